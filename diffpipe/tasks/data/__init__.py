@@ -1,0 +1,1 @@
+"""diffpipe.tasks.data."""

@@ -1,0 +1,1 @@
+"""Metrics: generic distribution distances and each domain's own."""

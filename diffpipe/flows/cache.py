@@ -1,0 +1,119 @@
+"""Our cache keys (DESIGN.md rule 3): sha256 of the canonical JSON of everything a stage's result depends on.
+
+key = sha256(stage spec after defaults, without its name and reference fields
+             + digests of the upstream artifacts it reads (the data artifact is the data fingerprint)
+             + the model spec when the stage builds a network
+             + runtime facts that change results (seed, device class, precision)
+             + code version of the stage's module and every diffpipe module it imports
+             + diffpipe version)
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+from functools import lru_cache
+from typing import Any
+
+import diffpipe
+from diffpipe.schemas import ArtifactRef, PipelineSpec, StageBase
+from diffpipe.tasks.context import resolve_device, resolve_precision
+
+EXCLUDED_FROM_CODE_VERSION = ("diffpipe.schemas", "diffpipe.errors", "diffpipe.flows")
+"""Schema effects reach keys through the spec dump; flows orchestrate and never change results."""
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of a string."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def code_version(module: str) -> str:
+    """Hash of the source of `module` and of every diffpipe module it imports, transitively."""
+    seen: dict[str, str] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen or name.startswith(EXCLUDED_FROM_CODE_VERSION):
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+            continue
+        source = open(spec.origin, encoding="utf-8").read()
+        seen[name] = sha256_text(source)
+        package = name if spec.origin.endswith("__init__.py") else name.rpartition(".")[0]
+        todo.extend(_diffpipe_imports(source, package))
+    return sha256_text(canonical_json(sorted(seen.items())))
+
+
+def _diffpipe_imports(source: str, package: str) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names if a.name.startswith("diffpipe")]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("diffpipe"):
+                out.append(base)
+                out += [f"{base}.{a.name}" for a in node.names]
+    return out
+
+
+def key_inputs(
+    pipeline: PipelineSpec, stage: StageBase | None, module: str, upstream: dict[str, ArtifactRef]
+) -> dict[str, Any]:
+    """Everything that determines a node's result, as a JSON-able dict (stage None: the data node)."""
+    runtime = pipeline.runtime
+    inputs: dict[str, Any] = {
+        "upstream": {name: ref.sha256 for name, ref in sorted(upstream.items())},
+        "runtime": {"seed": runtime.seed, "device": resolve_device(runtime).type,
+                    "precision": resolve_precision(runtime)},
+        "code": code_version(module),
+        "diffpipe": diffpipe.__version__,
+    }
+    if stage is None:
+        inputs["spec"] = pipeline.data.model_dump(mode="json")
+        return inputs
+    skip = {"name", *stage.references}
+    inputs["spec"] = stage.model_dump(mode="json", exclude=skip)
+    if stage.builds_model:
+        inputs["model"] = pipeline.model.model_dump(mode="json")
+    return inputs
+
+
+def cache_key(inputs: dict[str, Any]) -> str:
+    """The cache key of a node from its key inputs."""
+    return sha256_text(canonical_json(inputs))
+
+
+def explain_change(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two key-input dicts (why a stage is stale)."""
+    reasons = []
+    for k in sorted(set(old) | set(new)):
+        a, b, path = old.get(k), new.get(k), f"{prefix}{k}"
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            reasons += explain_change(a, b, path + ".")
+        elif path == "code":
+            reasons.append("code changed")
+        elif path.startswith("upstream."):
+            reasons.append(f"input '{path[9:]}' changed")
+        else:
+            reasons.append(f"{path}: {_fmt(a)} -> {_fmt(b)}")
+    return reasons
+
+
+def _fmt(v: Any) -> str:
+    return "unset" if v is None else json.dumps(v, default=str)

@@ -1,0 +1,34 @@
+"""Checks that need libraries (so they live outside schemas/): scheduler names and options."""
+
+from __future__ import annotations
+
+import inspect
+
+import diffusers
+
+from diffpipe.errors import SpecError
+from diffpipe.schemas import PipelineSpec, SampleStage
+from diffpipe.storage import ArtifactStore
+
+
+def check_spec(spec: PipelineSpec) -> None:
+    """Raise SpecError for what schema validation cannot see; also check the artifact root opens."""
+    for i, stage in enumerate(spec.stages):
+        if isinstance(stage, SampleStage):
+            _check_scheduler(i, stage)
+    ArtifactStore(spec.storage.root)
+
+
+def _check_scheduler(i: int, stage: SampleStage) -> None:
+    name = stage.scheduler.name
+    if name is None:
+        return
+    cls = getattr(diffusers, name, None)
+    if cls is None or not isinstance(cls, type) or not issubclass(cls, diffusers.SchedulerMixin):
+        raise SpecError(f"stages[{i}].scheduler.name", "not a diffusers scheduler", "a class such as DDIMScheduler",
+                        repr(name))
+    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    for option in stage.scheduler.options:
+        if option not in accepted:
+            raise SpecError(f"stages[{i}].scheduler.options.{option}", f"{name} has no such option",
+                            "one of " + ", ".join(sorted(accepted)), repr(option))

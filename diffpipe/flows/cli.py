@@ -1,0 +1,192 @@
+"""The `diffpipe` command: validate, run, status, show, schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from diffpipe.errors import DiffpipeError, InputError
+
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def _spec(args: argparse.Namespace):
+    import diffpipe.tasks  # noqa: F401  (registers stage and data kinds)
+
+    from .checks import check_spec
+    from .spec_loading import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    check_spec(spec)
+    return spec
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Validate a spec and print what it will run."""
+    spec = _spec(args)
+    stages = ", ".join(f"{s.name} ({s.stage})" for s in spec.stages)
+    print(f"OK: pipeline '{spec.name}': data {spec.data.kind}, model {spec.model.arch}; stages: {stages}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a pipeline; cached stages are skipped."""
+    spec = _spec(args)
+    from diffpipe.storage import ArtifactStore
+
+    ArtifactStore(spec.storage.root).check_writable()
+    for k, v in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    from .pipeline import pipeline_flow
+
+    summary = pipeline_flow(spec_path=str(args.spec), overrides=args.set)
+    if args.json:
+        print(json.dumps({"pipeline": spec.name, "stages": summary}, indent=2))
+    else:
+        _print_table(["stage", "kind", "state", "artifact", "key metrics"],
+                     [[s["name"], s["stage"], s["state"], s["artifact"]["sha256"][:12], _headline(s["metrics"])]
+                      for s in summary])
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per stage: cached / stale / never run, and why."""
+    spec = _spec(args)
+    from diffpipe.storage import ArtifactStore
+
+    from .plan import status
+
+    rows = status(spec, ArtifactStore(spec.storage.root))
+    if args.json:
+        print(json.dumps({"pipeline": spec.name, "stages": [r.as_json() for r in rows]}, indent=2))
+    else:
+        _print_table(["stage", "kind", "state", "cache key", "why"],
+                     [[r.name, r.kind, r.state, (r.key or "-")[:12], "; ".join(r.reasons) or "-"] for r in rows])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """A stage's artifact, lineage, metrics and files."""
+    spec = _spec(args)
+    from diffpipe.storage import ArtifactStore
+
+    from .plan import status
+
+    store = ArtifactStore(spec.storage.root)
+    rows = {r.name: r for r in status(spec, store)}
+    if args.stage not in rows:
+        raise InputError("stage", "no such stage in this pipeline", "one of " + ", ".join(rows), repr(args.stage))
+    row = rows[args.stage]
+    doc: dict[str, Any] = row.as_json()
+    if row.ref is not None:
+        manifest = store.manifest(row.ref.sha256)
+        doc["location"] = f"{store.root_uri.rstrip('/')}/{row.ref.uri}"
+        doc["lineage"] = manifest["lineage"]
+        doc["files"] = {k: v["size"] for k, v in manifest["files"].items()}
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+        return 0
+    print(f"{row.name} ({row.kind}): {row.state}" + (f" — {'; '.join(row.reasons)}" if row.reasons else ""))
+    if row.ref is None:
+        return 0
+    lineage = doc["lineage"]
+    print(f"  artifact  {doc['location']}  ({row.ref.kind}, {row.ref.nbytes / 1e6:.2f} MB)")
+    print(f"  cache key {row.key}")
+    print(f"  built     {lineage['created']} in {lineage['wall_time_s']:.1f} s on {lineage['environment']['platform']}")
+    for name, digest in lineage["upstream"].items():
+        print(f"  input     {name}: {digest[:12]}")
+    for k, v in _flat(row.metrics).items():
+        print(f"  metric    {k} = {v}")
+    for f, size in doc["files"].items():
+        print(f"  file      {f} ({size} B)")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of pipeline specs."""
+    from diffpipe.schemas import PipelineSpec
+
+    schema = PipelineSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "diffpipe pipeline spec"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    flat = _flat(metrics)
+    keys = [k for k in flat if k.split(".")[-1] in {"final_loss", "frechet_distance", "classifier_accuracy",
+                                                    "mmd2", "nfe_per_sample", "n_train"}]
+    return ", ".join(f"{k}={flat[k]:.4g}" if isinstance(flat[k], float) else f"{k}={flat[k]}" for k in keys[:4])
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _print_table(header: list[str], rows: list[list[Any]]) -> None:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for j, r in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `diffpipe` command."""
+    p = argparse.ArgumentParser(prog="diffpipe", description="Declarative, cached diffusion-model pipelines.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in [("validate", cmd_validate, "check a spec"), ("run", cmd_run, "run a pipeline"),
+                            ("status", cmd_status, "cached / stale / never run, per stage"),
+                            ("show", cmd_show, "a stage's artifacts, lineage, metrics, files")]:
+        c = sub.add_parser(name, help=help_)
+        c.add_argument("spec", type=Path, help="pipeline YAML file")
+        if name == "show":
+            c.add_argument("stage", help="stage name (or 'data')")
+        c.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                       help="override a field, e.g. stages.pretrain.steps=500 (repeatable)")
+        if name in ("run", "status", "show"):
+            c.add_argument("--json", action="store_true", help="print one JSON document")
+        c.set_defaults(fn=fn)
+    sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: exit 0 on success, 2 on bad input, 1 on a failure inside a stage."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DiffpipeError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are cached; rerun to continue", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"error: {e.__class__.__name__}: {e} (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The pipeline as nodes (data, then stages) with cache keys, and what state each node is in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from diffpipe.schemas import ArtifactRef, PipelineSpec, StageBase
+from diffpipe.storage import ArtifactStore
+from diffpipe.tasks.registry import domain_module, stage_module
+
+from .cache import cache_key, explain_change, key_inputs
+
+DATA_NODE = "data"
+
+
+@dataclass
+class Node:
+    """One unit of cached work: the data build or one stage."""
+
+    name: str
+    kind: str
+    stage: StageBase | None
+    upstream: dict[str, str] = field(default_factory=dict)
+    """Input name (`data`, `model`, `init`, ...) -> node name."""
+
+    @property
+    def module(self) -> str:
+        """The module implementing this node."""
+        return domain_module(self.kind) if self.stage is None else stage_module(self.kind)
+
+
+def nodes(spec: PipelineSpec) -> list[Node]:
+    """The data node followed by every stage, with its upstream node names."""
+    out = [Node(DATA_NODE, spec.data.kind, None)]
+    for st in spec.stages:
+        out.append(Node(st.name, st.stage, st, {"data": DATA_NODE, **spec.upstream(st)}))
+    return out
+
+
+def node_key(spec: PipelineSpec, node: Node, refs: dict[str, ArtifactRef]) -> tuple[str, dict[str, Any]]:
+    """Cache key and key inputs of a node, given the artifacts of the nodes it reads."""
+    upstream = {name: refs[src] for name, src in node.upstream.items()}
+    inputs = key_inputs(spec, node.stage, node.module, upstream)
+    return cache_key(inputs), inputs
+
+
+@dataclass
+class NodeStatus:
+    """Where a node stands without running anything."""
+
+    name: str
+    kind: str
+    state: str
+    """`cached`, `stale` (run before, but its inputs changed) or `never run`."""
+    key: str | None
+    reasons: list[str]
+    ref: ArtifactRef | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-able dict for `--json` output."""
+        return {"name": self.name, "stage": self.kind, "state": self.state, "cache_key": self.key,
+                "reasons": self.reasons, "artifact": self.ref.model_dump(mode="json") if self.ref else None,
+                "metrics": self.metrics}
+
+
+def status(spec: PipelineSpec, store: ArtifactStore) -> list[NodeStatus]:
+    """Per node: cached / stale / never run, and why, computed from the store alone."""
+    refs: dict[str, ArtifactRef] = {}
+    out = []
+    for node in nodes(spec):
+        missing = [src for src in node.upstream.values() if src not in refs]
+        previous = store.name_record(spec.name, node.name)
+        if missing:
+            state = "stale" if previous else "never run"
+            out.append(NodeStatus(node.name, node.kind, state, None, [f"input '{m}' is not built" for m in missing]))
+            continue
+        key, inputs = node_key(spec, node, refs)
+        ref = store.lookup(key, verify=spec.storage.verify_on_load)
+        if ref is not None:
+            refs[node.name] = ref
+            record = store.key_record(key) or {}
+            out.append(NodeStatus(node.name, node.kind, "cached", key, [], ref, record.get("metrics", {})))
+        elif store.key_record(key) is not None:
+            out.append(NodeStatus(node.name, node.kind, "stale", key, ["its artifact is missing or corrupt"]))
+        elif previous:
+            reasons = explain_change(previous.get("inputs", {}), inputs) or ["artifact removed"]
+            out.append(NodeStatus(node.name, node.kind, "stale", key, reasons))
+        else:
+            out.append(NodeStatus(node.name, node.kind, "never run", key, ["no run with these inputs"]))
+    return out

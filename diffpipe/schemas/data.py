@@ -1,0 +1,34 @@
+"""Data sets a pipeline trains on: a union on `kind`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .base import Strict
+
+
+class DigitsData(Strict):
+    """scikit-learn's bundled 8x8 digit images (1797 images, 10 classes), scaled to [-1, 1]."""
+
+    kind: Literal["digits"] = "digits"
+    class_conditional: bool = True
+    """Give the model the class label (and let samplers request classes)."""
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    """Share of images held out for evaluation (stratified by class)."""
+    split_seed: int = 0
+    """Seed of the train/test split."""
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: (channels, height, width)."""
+        return (1, 8, 8)
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes the model is conditioned on (None: unconditional)."""
+        return 10 if self.class_conditional else None
+
+
+DataSpec = Annotated[DigitsData, Field(discriminator="kind")]

@@ -1,0 +1,112 @@
+"""The whole pipeline spec and its cross-reference checks."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from .base import Strict
+from .data import DataSpec
+from .models import ModelSpec, UNet2DSpec
+from .runtime import RuntimeSpec
+from .stages import EvaluateStage, PretrainStage, SampleStage, StageBase
+from .storage import StorageSpec
+
+# Adding a stage kind: write its class (a StageBase subclass with `stage: Literal[...]`) and add it here.
+STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage)
+StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage, Field(discriminator="stage")]
+
+DEFAULTED_REFERENCES = {"model", "samples", "teacher"}
+"""Reference fields that, left empty, point at the latest earlier stage of a fitting kind."""
+
+
+class CrossReferenceError(ValueError):
+    """A stage refers to a stage that is missing, later, or of the wrong kind."""
+
+    def __init__(self, path: str, problem: str, expected: str, found: str):
+        self.path, self.problem, self.expected, self.found = path, problem, expected, found
+        super().__init__(f"{path}: {problem}; expected {expected}; found {found}")
+
+
+class PipelineSpec(Strict):
+    """A diffpipe pipeline: data, model, ordered stages, runtime and storage."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """Pipeline name (used for Prefect run names and the store's name index)."""
+    description: str = ""
+    """Free text shown in the UI."""
+    data: DataSpec
+    """The data set."""
+    model: ModelSpec = Field(default_factory=UNet2DSpec)
+    """The network every training stage builds."""
+    stages: list[StageSpec] = Field(min_length=1)
+    """Stages, run in order."""
+    runtime: RuntimeSpec = Field(default_factory=RuntimeSpec)
+    """Device, precision, seed, Dask."""
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    """Artifact root."""
+
+    @model_validator(mode="after")
+    def _check_cross_references(self) -> PipelineSpec:
+        seen: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            if stage.name in seen:
+                raise CrossReferenceError(
+                    f"stages[{i}].name", "stage names must be unique", "a new name",
+                    f"'{stage.name}', already used by stages[{seen[stage.name]}]",
+                )
+            for field, kinds in stage.references.items():
+                self._resolve_reference(i, stage, field, kinds, seen)
+            seen[stage.name] = i
+        self._check_schedulers()
+        return self
+
+    def _resolve_reference(
+        self, i: int, stage: StageBase, field: str, kinds: frozenset[str], seen: dict[str, int]
+    ) -> None:
+        path, target = f"stages[{i}].{field}", getattr(stage, field)
+        wanted = f"an earlier stage producing {' or '.join(sorted(kinds))}"
+        if target is None:
+            if field not in DEFAULTED_REFERENCES:
+                return
+            earlier = [s.name for s in self.stages[:i] if s.output_kind in kinds]
+            if not earlier:
+                raise CrossReferenceError(path, "no stage to refer to", wanted, "none before this stage")
+            setattr(stage, field, earlier[-1])
+            return
+        names = [s.name for s in self.stages]
+        if target not in names:
+            raise CrossReferenceError(path, "refers to a missing stage", wanted, f"'{target}'")
+        if target not in seen:
+            raise CrossReferenceError(path, "refers to a later stage", wanted, f"'{target}' (stages[{names.index(target)}])")
+        kind = self.stages[seen[target]].output_kind
+        if kind not in kinds:
+            raise CrossReferenceError(path, "refers to a stage of the wrong kind", wanted, f"'{target}' producing {kind}")
+
+    def _check_schedulers(self) -> None:
+        for i, stage in enumerate(self.stages):
+            if not isinstance(stage, SampleStage):
+                continue
+            source = self.stage(stage.model)
+            objective = getattr(source, "objective", None)
+            if objective is None or stage.scheduler.name is None:
+                continue
+            if stage.scheduler.name not in objective.schedulers:
+                raise CrossReferenceError(
+                    f"stages[{i}].scheduler.name",
+                    f"scheduler does not fit the {objective.kind} objective of stage '{source.name}'",
+                    "one of " + ", ".join(sorted(objective.schedulers)),
+                    f"'{stage.scheduler.name}'",
+                )
+
+    def stage(self, name: str) -> StageBase:
+        """The stage called `name`."""
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def upstream(self, stage: StageBase) -> dict[str, str]:
+        """Reference field -> name of the stage it points at, for every set reference."""
+        return {f: getattr(stage, f) for f in stage.references if getattr(stage, f) is not None}

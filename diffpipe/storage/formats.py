@@ -1,0 +1,71 @@
+"""File formats of artifacts: diffusers checkpoints (safetensors), zarr v3 via xarray, JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import xarray as xr
+from diffusers import ModelMixin
+from safetensors.torch import load_file, save_file
+
+MODEL_DIR = "model"
+ONLINE_MODEL_DIR = "model_online"
+SCHEDULER_DIR = "scheduler"
+TRAINING_FILE = "training.json"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON with sorted keys (stable bytes for stable digests)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text())
+
+
+def write_dataset(ds: xr.Dataset, path: Path) -> None:
+    """Write an xarray Dataset as a zarr v3 store."""
+    ds.to_zarr(path, mode="w", zarr_format=3, consolidated=False)
+
+
+def open_dataset(path: Path | str) -> xr.Dataset:
+    """Open a zarr store lazily (Dask-backed)."""
+    return xr.open_zarr(path, consolidated=False)
+
+
+def save_model(model: ModelMixin, path: Path) -> None:
+    """Save a diffusers model folder (config.json + safetensors weights)."""
+    model.save_pretrained(path, safe_serialization=True)
+
+
+def model_class(path: Path) -> type[ModelMixin]:
+    """The model class named in a diffusers model folder's config (`_class_name`)."""
+    import diffusers
+
+    from diffpipe.tasks.nets import CUSTOM_MODELS
+
+    name = read_json(path / "config.json")["_class_name"]
+    cls = CUSTOM_MODELS.get(name) or getattr(diffusers, name, None)
+    if cls is None:
+        raise ValueError(f"{path}: unknown model class '{name}'")
+    return cls
+
+
+def load_model(path: Path) -> ModelMixin:
+    """Load any diffusers model folder written by `save_model`."""
+    return model_class(path).from_pretrained(path)
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Save a flat dict of tensors as safetensors."""
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file."""
+    return load_file(str(path))

@@ -1,0 +1,278 @@
+"""Content-addressed artifact store over fsspec, with atomic publish, verification and a cache-key index.
+
+Layout under the root:
+    objects/<sha[:2]>/<sha>/...     the artifact's files (immutable once published)
+    manifests/<sha>.json            file list with per-file digests, kind, lineage; written last = commit
+    keys/<cache key>.json           cache index: which artifact a stage's cache key produced, and why
+    names/<pipeline>/<stage>.json   the newest cache key of each named stage (for `status` explanations)
+    runs/<cache key>/step-<n>/      resumable training checkpoints
+    tmp/<uuid>/                     uploads in flight (never read)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from diffpipe.errors import CorruptArtifact, InputError
+from diffpipe.schemas import ArtifactKind, ArtifactRef
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of one local file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tree_listing(local_dir: Path) -> dict[str, dict[str, Any]]:
+    """Relative path -> {sha256, size} for every file below `local_dir`, sorted by path."""
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    return {p.relative_to(local_dir).as_posix(): {"sha256": file_sha256(p), "size": p.stat().st_size} for p in files}
+
+
+def tree_digest(listing: dict[str, dict[str, Any]]) -> str:
+    """Digest of a directory: sha256 over its sorted (path, digest, size) lines."""
+    lines = "".join(f"{k}\t{v['sha256']}\t{v['size']}\n" for k, v in sorted(listing.items()))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+class ArtifactStore:
+    """Put, get and verify content-addressed artifacts under an fsspec root URI."""
+
+    def __init__(self, root: str):
+        self.root_uri = root
+        try:
+            self.fs, path = fsspec.core.url_to_fs(root)
+        except (ValueError, ImportError) as e:
+            raise InputError("storage.root", "cannot open the artifact root", "an fsspec URI", f"'{root}' ({e})") from e
+        self.root = path.rstrip("/") if path not in ("/", "") else path
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self._cache_dir: Path | None = None
+
+    def check_writable(self) -> None:
+        """Raise InputError if the root cannot be created or written."""
+        probe = self._path("tmp", f"probe-{uuid.uuid4().hex}")
+        try:
+            self.fs.makedirs(self._path("tmp"), exist_ok=True)
+            self.fs.pipe_file(probe, b"ok")
+            self.fs.rm_file(probe)
+        except (OSError, PermissionError) as e:
+            raise InputError("storage.root", "the artifact root is not writable", "a writable location",
+                             f"'{self.root_uri}' ({e.__class__.__name__}: {e})") from e
+
+    # -- paths -------------------------------------------------------------------------------
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts]) if self.root else "/".join(parts)
+
+    def object_path(self, sha: str) -> str:
+        """Store path of an artifact's folder."""
+        return self._path("objects", sha[:2], sha)
+
+    def local_path(self, ref: ArtifactRef) -> Path:
+        """A local folder holding the artifact's files (the store itself when it is local)."""
+        if self.is_local:
+            return Path(self.object_path(ref.sha256))
+        if self._cache_dir is None:
+            self._cache_dir = Path(tempfile.mkdtemp(prefix="diffpipe-cache-"))
+        target = self._cache_dir / ref.sha256
+        if not target.exists():
+            part = self._cache_dir / f"{ref.sha256}.part"
+            self.fs.get(self.object_path(ref.sha256) + "/", str(part), recursive=True)
+            part.rename(target)
+        return target
+
+    # -- publish -----------------------------------------------------------------------------
+    def publish(self, local_dir: Path, kind: ArtifactKind, lineage: dict[str, Any]) -> ArtifactRef:
+        """Publish a finished local folder atomically; identical content is stored once."""
+        listing = tree_listing(local_dir)
+        if not listing:
+            raise ValueError(f"refusing to publish an empty artifact from {local_dir}")
+        sha = tree_digest(listing)
+        ref = ArtifactRef(uri=f"objects/{sha[:2]}/{sha}", sha256=sha,
+                          nbytes=sum(v["size"] for v in listing.values()), kind=kind)
+        manifest = {"ref": ref.model_dump(mode="json"), "files": listing, "lineage": lineage}
+        if not self._has_valid_object(ref):
+            self._upload(local_dir, ref)
+        self._write_json(self._path("manifests", f"{sha}.json"), manifest)
+        return ref
+
+    def _has_valid_object(self, ref: ArtifactRef) -> bool:
+        try:
+            self.verify(ref)
+            return True
+        except (CorruptArtifact, FileNotFoundError):
+            return False
+
+    def _upload(self, local_dir: Path, ref: ArtifactRef) -> None:
+        final = self.object_path(ref.sha256)
+        staging = self._path("tmp", uuid.uuid4().hex)
+        self.fs.makedirs(staging, exist_ok=True)
+        self.fs.put(str(local_dir) + "/", staging + "/", recursive=True)
+        if self.fs.exists(final):
+            self.fs.rm(final, recursive=True)
+        self.fs.makedirs(self._path("objects", ref.sha256[:2]), exist_ok=True)
+        self.fs.mv(staging, final, recursive=True)
+
+    # -- read and verify ---------------------------------------------------------------------
+    def manifest(self, sha: str) -> dict[str, Any]:
+        """The manifest of a published artifact (FileNotFoundError when absent)."""
+        return self._read_json(self._path("manifests", f"{sha}.json"))
+
+    def verify(self, ref: ArtifactRef) -> None:
+        """Recompute every file digest; raise CorruptArtifact on any difference."""
+        manifest = self.manifest(ref.sha256)
+        base = self.object_path(ref.sha256)
+        for rel, meta in manifest["files"].items():
+            try:
+                digest = self._remote_sha256(f"{base}/{rel}")
+            except FileNotFoundError as e:
+                raise CorruptArtifact(f"artifact {ref.sha256[:12]}: file '{rel}' is missing") from e
+            if digest != meta["sha256"]:
+                raise CorruptArtifact(f"artifact {ref.sha256[:12]}: file '{rel}' does not match its checksum")
+
+    def _remote_sha256(self, path: str) -> str:
+        if self.is_local:
+            return file_sha256(Path(path))
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            while block := f.read(CHUNK):
+                h.update(block)
+        return h.hexdigest()
+
+    # -- cache-key index ---------------------------------------------------------------------
+    def record_key(self, key: str, ref: ArtifactRef, record: dict[str, Any]) -> None:
+        """Remember that cache key `key` produced `ref` (with the inputs that made the key)."""
+        self._write_json(self._path("keys", f"{key}.json"), {"ref": ref.model_dump(mode="json"), **record})
+
+    def lookup(self, key: str, verify: bool = True) -> ArtifactRef | None:
+        """The artifact recorded for a cache key, or None when absent or corrupt (with a warning)."""
+        try:
+            record = self._read_json(self._path("keys", f"{key}.json"))
+        except FileNotFoundError:
+            return None
+        ref = ArtifactRef.model_validate(record["ref"])
+        if not verify:
+            return ref if self.fs.exists(self._path("manifests", f"{ref.sha256}.json")) else None
+        try:
+            self.verify(ref)
+        except (CorruptArtifact, FileNotFoundError) as e:
+            log.warning("cached artifact for key %s is unusable and will be recomputed: %s", key[:12], e)
+            return None
+        return ref
+
+    def key_record(self, key: str) -> dict[str, Any] | None:
+        """The index record of a cache key, if any."""
+        try:
+            return self._read_json(self._path("keys", f"{key}.json"))
+        except FileNotFoundError:
+            return None
+
+    def record_name(self, pipeline: str, stage: str, record: dict[str, Any]) -> None:
+        """Remember the newest cache key and key inputs of a named stage."""
+        self._write_json(self._path("names", pipeline, f"{stage}.json"), record)
+
+    def name_record(self, pipeline: str, stage: str) -> dict[str, Any] | None:
+        """The newest record of a named stage, if any."""
+        try:
+            return self._read_json(self._path("names", pipeline, f"{stage}.json"))
+        except FileNotFoundError:
+            return None
+
+    # -- training checkpoints ----------------------------------------------------------------
+    def run_dir(self, key: str) -> RunDir:
+        """The resumable-checkpoint area of the stage run with cache key `key`."""
+        return RunDir(self, self._path("runs", key))
+
+    def clear_run(self, key: str) -> None:
+        """Delete the training checkpoints of a finished run."""
+        path = self._path("runs", key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # -- small JSON files, written atomically ------------------------------------------------
+    def _write_json(self, path: str, obj: Any) -> None:
+        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        parent = path.rsplit("/", 1)[0]
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, path)
+
+    def _read_json(self, path: str) -> Any:
+        try:
+            return json.loads(self.fs.cat_file(path))
+        except FileNotFoundError:
+            raise
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{path}: unreadable ({e})") from e
+
+
+class RunDir:
+    """Numbered training checkpoints of one stage run: save atomically, find the newest."""
+
+    def __init__(self, store: ArtifactStore, path: str):
+        self.store, self.path = store, path
+
+    def steps(self) -> list[int]:
+        """Steps with a complete checkpoint, ascending."""
+        fs = self.store.fs
+        if not fs.exists(self.path):
+            return []
+        out = []
+        for entry in fs.ls(self.path, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("step-") and fs.exists(f"{entry}/COMPLETE"):
+                out.append(int(name[5:]))
+        return sorted(out)
+
+    def save(self, step: int, local_dir: Path, keep: int = 2) -> None:
+        """Publish a checkpoint folder as `step-<n>` (a COMPLETE marker is written last)."""
+        (local_dir / "COMPLETE").write_text(str(step))
+        fs, final = self.store.fs, f"{self.path}/step-{step:08d}"
+        staging = f"{self.path}/.tmp-{uuid.uuid4().hex}"
+        fs.makedirs(self.path, exist_ok=True)
+        fs.put(str(local_dir) + "/", staging + "/", recursive=True)
+        if fs.exists(final):
+            fs.rm(final, recursive=True)
+        fs.mv(staging, final, recursive=True)
+        for old in self.steps()[:-keep]:
+            fs.rm(f"{self.path}/step-{old:08d}", recursive=True)
+
+    def load(self, step: int, into: Path) -> Path:
+        """Copy checkpoint `step` into a local folder and return it."""
+        src = f"{self.path}/step-{step:08d}"
+        if self.store.is_local:
+            return Path(src)
+        into.mkdir(parents=True, exist_ok=True)
+        self.store.fs.get(src + "/", str(into) + "/", recursive=True)
+        return into
+
+
+def env_info() -> dict[str, str]:
+    """Versions of the libraries and platform that produced an artifact."""
+    import platform
+
+    import diffusers
+    import torch
+
+    import diffpipe
+
+    return {
+        "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+        "diffusers": diffusers.__version__, "diffpipe": diffpipe.__version__, "host": os.uname().nodename,
+    }

@@ -1,0 +1,79 @@
+"""What a stage function receives (Prefect-free): spec, inputs, store, device, logger, staging folder."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffpipe.schemas import ArtifactKind, ArtifactRef, PipelineSpec, RuntimeSpec
+from diffpipe.storage import ArtifactStore
+
+log = logging.getLogger("diffpipe")
+
+
+@dataclass
+class StageOutput:
+    """What a stage leaves in its staging folder, plus what the UI should show."""
+
+    kind: ArtifactKind
+    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    images: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class StageContext:
+    """Everything a stage function may use; stages never see Prefect."""
+
+    pipeline: PipelineSpec
+    node: str
+    key: str
+    inputs: dict[str, ArtifactRef]
+    store: ArtifactStore
+    workdir: Path
+    log: Callable[[str], None] = log.info
+    progress: bool = True
+
+    def input_path(self, name: str) -> Path:
+        """Local folder of the input artifact bound to `name` (`data`, `model`, `init`, ...)."""
+        return self.store.local_path(self.inputs[name])
+
+    @property
+    def runtime(self) -> RuntimeSpec:
+        """The pipeline's runtime settings."""
+        return self.pipeline.runtime
+
+    @property
+    def device(self) -> torch.device:
+        """The device stages compute on."""
+        return resolve_device(self.runtime)
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast on CUDA when the precision asks for it, else nothing."""
+        if self.device.type == "cuda" and resolve_precision(self.runtime) == "bf16":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the runtime seed plus `offset`."""
+        return torch.Generator().manual_seed(self.runtime.seed + offset)
+
+
+def resolve_device(runtime: RuntimeSpec) -> torch.device:
+    """`auto` means CUDA when available, else CPU."""
+    if runtime.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(runtime.device)
+
+
+def resolve_precision(runtime: RuntimeSpec) -> str:
+    """`auto` means bf16 on CUDA and fp32 on the CPU."""
+    if runtime.precision == "auto":
+        return "bf16" if resolve_device(runtime).type == "cuda" else "fp32"
+    return runtime.precision

@@ -1,0 +1,50 @@
+"""Stage kinds and data kinds register here by name; the pipeline walker knows no method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from .context import StageContext, StageOutput
+
+StageFn = Callable[[StageContext], StageOutput]
+STAGES: dict[str, StageFn] = {}
+DOMAINS: dict[str, Domain] = {}
+
+
+class Domain(Protocol):
+    """A data kind: builds its data artifact and knows its own metrics and previews."""
+
+    def build(self, ctx: StageContext) -> StageOutput:
+        """Write the data set into `ctx.workdir`."""
+        ...
+
+
+def stage(kind: str) -> Callable[[StageFn], StageFn]:
+    """Register the function that runs stages of `kind`."""
+
+    def register(fn: StageFn) -> StageFn:
+        STAGES[kind] = fn
+        return fn
+
+    return register
+
+
+def domain(kind: str) -> Callable[[type], type]:
+    """Register the domain class that handles data of `kind`."""
+
+    def register(cls: type) -> type:
+        DOMAINS[kind] = cls()
+        return cls
+
+    return register
+
+
+def stage_module(kind: str) -> str:
+    """Python module that implements stage `kind` (its code version is part of the cache key)."""
+    return STAGES[kind].__module__
+
+
+def domain_module(kind: str) -> str:
+    """Python module that implements data `kind`."""
+    return type(DOMAINS[kind]).__module__

@@ -1,0 +1,171 @@
+"""A resumable training loop shared by every training stage: EMA, warm-up, clipping, checkpoints, logs.
+
+Resumption is exact: model, EMA, optimizer, the step's random generator and the loss history are
+saved every `checkpoint_every` steps, so a run killed at any point and restarted reaches the same
+final weights as an uninterrupted run with the same seed (on the same device and thread count).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from diffusers import ModelMixin  # noqa: E402
+from diffusers.training_utils import EMAModel  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from diffpipe.storage.formats import (  # noqa: E402
+    MODEL_DIR,
+    ONLINE_MODEL_DIR,
+    load_tensors,
+    save_model,
+    save_tensors,
+    write_json,
+)
+
+from .context import StageContext  # noqa: E402
+
+StepLoss = Callable[[torch.Generator], torch.Tensor]
+"""Computes the mean loss of one fresh batch; all randomness comes from the given generator."""
+
+
+@dataclass
+class TrainConfig:
+    """The loop's options (mirrors the common fields of training stage schemas)."""
+
+    steps: int
+    lr: float
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    ema_decay: float | None = 0.999
+    checkpoint_every: int = 250
+    log_every: int = 50
+
+
+@dataclass
+class TrainResult:
+    """What a finished loop reports."""
+
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+    wall_s: float = 0.0
+    steps_per_s: float = 0.0
+
+
+def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    return lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+
+
+def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainConfig, gen: torch.Generator) -> tuple[TrainResult, EMAModel | None]:
+    """Run (or resume) the loop; returns the loss history and the EMA of the weights."""
+    device = ctx.device
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True) if cfg.ema_decay else None
+    run = ctx.store.run_dir(ctx.key)
+    result = TrainResult()
+    start = _resume(run, model, ema, opt, sched, gen, result, ctx)
+    t0, bar = time.perf_counter(), tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
+    for step in range(start, cfg.steps):
+        with ctx.autocast():
+            loss = step_loss(gen)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        if ema is not None:
+            ema.step(model.parameters())
+        result.losses.append(loss.item())
+        bar.update(1)
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            recent = result.losses[-cfg.log_every:]
+            ctx.log(f"{ctx.node} step {done}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
+            bar.set_postfix(loss=f"{recent[-1]:.4f}")
+        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            _checkpoint(run, done, model, ema, opt, sched, gen, result)
+    bar.close()
+    result.wall_s = time.perf_counter() - t0
+    result.steps_per_s = (cfg.steps - start) / result.wall_s if result.wall_s > 0 else math.nan
+    model.eval()
+    return result, ema
+
+
+def _checkpoint(run, step, model, ema, opt, sched, gen, result) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        save_tensors(model.state_dict(), d / "model.safetensors")
+        if ema is not None:
+            save_tensors({str(i): p for i, p in enumerate(ema.shadow_params)}, d / "ema.safetensors")
+        torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, d / "state.pt")
+        write_json(d / "progress.json", {"step": step, "losses": result.losses})
+        run.save(step, d)
+
+
+def _resume(run, model, ema, opt, sched, gen, result, ctx) -> int:
+    steps = run.steps()
+    if not steps:
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        d = run.load(steps[-1], Path(tmp))
+        model.load_state_dict(load_tensors(d / "model.safetensors"))
+        if ema is not None:
+            shadow = load_tensors(d / "ema.safetensors")
+            ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(ema.shadow_params)]
+            ema.optimization_step = steps[-1]
+        state = torch.load(d / "state.pt", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["lr_scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        result.losses = json.loads((d / "progress.json").read_text())["losses"]
+    result.resumed_from = steps[-1]
+    ctx.log(f"{ctx.node}: resumed from the checkpoint at step {steps[-1]}")
+    return steps[-1]
+
+
+def save_trained(model: ModelMixin, ema: EMAModel | None, out: Path) -> None:
+    """Write `model/` (EMA weights when EMA is on) and `model_online/` (the raw weights, with EMA)."""
+    if ema is None:
+        save_model(model, out / MODEL_DIR)
+        return
+    save_model(model, out / ONLINE_MODEL_DIR)
+    averaged = copy.deepcopy(model)
+    ema.copy_to(averaged.parameters())
+    save_model(averaged, out / MODEL_DIR)
+
+
+def plot_losses(losses: list[float], path: Path, title: str) -> Path:
+    """Loss curve (raw and a running mean) as a PNG."""
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(losses, lw=0.5, alpha=0.4, label="loss")
+    w = max(1, len(losses) // 50)
+    if len(losses) >= w:
+        smooth = torch.tensor(losses).unfold(0, w, 1).mean(1)
+        ax.plot(range(w - 1, len(losses)), smooth, lw=1.5, label=f"mean of {w}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

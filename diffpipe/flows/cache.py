@@ -44,7 +44,10 @@ def code_version(module: str) -> str:
         name = todo.pop()
         if name in seen or name.startswith(EXCLUDED_FROM_CODE_VERSION):
             continue
-        spec = importlib.util.find_spec(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, AttributeError, ValueError):
+            continue  # `from pkg.module import name` where name is not a module
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             continue
         source = open(spec.origin, encoding="utf-8").read()

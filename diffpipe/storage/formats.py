@@ -58,7 +58,7 @@ def model_class(path: Path) -> type[ModelMixin]:
 
 def load_model(path: Path) -> ModelMixin:
     """Load any diffusers model folder written by `save_model`."""
-    return model_class(path).from_pretrained(path)
+    return model_class(path).from_pretrained(path, low_cpu_mem_usage=False)
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -45,7 +45,7 @@ def sample(
 ) -> torch.Tensor:
     """Integrate the scheduler from noise to data for a batch of `shape`."""
     scheduler.set_timesteps(steps, device=device)
-    x = torch.randn(shape, generator=gen).to(device) * scheduler.init_noise_sigma
+    x = torch.randn(shape, generator=gen).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
     step_kwargs = {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         xin = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x

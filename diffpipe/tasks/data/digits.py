@@ -58,7 +58,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (rows are samples)."""
     mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eps = 1e-6 * np.eye(a.shape[1])  # dead ReLU units make the covariances singular
+    s1, s2 = np.cov(a, rowvar=False) + eps, np.cov(b, rowvar=False) + eps
     covmean = linalg.sqrtm(s1 @ s2)
     if np.iscomplexobj(covmean):
         covmean = covmean.real

@@ -128,6 +128,13 @@ def solve_countdown(numbers: Sequence[int], target: int) -> list[str]:
     return sorted({e.render() for e in all_countdown_expressions(numbers) if e.value == target})
 
 
+@lru_cache(maxsize=4096)
+def _reachable_targets(sorted_numbers: tuple[int, ...]) -> tuple[int, ...]:
+    """Positive integers some expression over these numbers equals (brute force, cached per multiset)."""
+    values = {e.value for e in all_countdown_expressions(sorted_numbers)}
+    return tuple(sorted(int(v) for v in values if v is not None and v.denominator == 1 and v >= 1))
+
+
 class _Parser:
     """Recursive-descent parser for + - * / with parentheses over non-negative integers."""
 
@@ -215,13 +222,10 @@ def _split_of(key: str, test_fraction: float) -> str:
 
 def _random_countdown(rng: np.random.Generator, num_numbers: int, max_number: int,
                       max_target: int) -> tuple[tuple[int, ...], int] | None:
-    """Random numbers and the value of one random expression over them (None when not a valid target)."""
+    """Random numbers and a target drawn uniformly from those they reach (None when none is in range)."""
     numbers = tuple(int(x) for x in rng.integers(1, max_number + 1, size=num_numbers))
-    expressions = all_countdown_expressions(numbers)
-    value = expressions[int(rng.integers(len(expressions)))].value
-    if value is None or value.denominator != 1 or not 1 <= value <= max_target:
-        return None
-    return numbers, int(value)
+    targets = [t for t in _reachable_targets(tuple(sorted(numbers))) if t <= max_target]
+    return (numbers, targets[int(rng.integers(len(targets)))]) if targets else None
 
 
 def countdown_key(numbers: Sequence[int], target: int) -> str:
@@ -405,7 +409,8 @@ def _sudoku_dataset(items: list[tuple[np.ndarray, np.ndarray]], split: str) -> x
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def score_completions(task: str, prompts: np.ndarray, completions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def score_completions(task: str, prompts: np.ndarray,
+                      completions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rewards (the d1 schemes) and exact correctness of completions given token arrays of prompts."""
     rewards, correct = [], []
     for prompt_ids, completion_ids in zip(np.asarray(prompts), np.asarray(completions), strict=True):
@@ -427,8 +432,8 @@ def check_reasoning_dataset(ds: xr.Dataset, where: str) -> None:
     """Raise DataError unless `ds` holds in-vocabulary prompt and completion token arrays of one task."""
     for name in ("prompt", "completion"):
         if name not in ds:
-            raise DataError(where, f"variable '{name}' is missing", expected="prompt and completion token arrays",
-                            found=str(sorted(ds.data_vars)))
+            raise DataError(where, f"variable '{name}' is missing",
+                            expected="prompt and completion token arrays", found=str(sorted(ds.data_vars)))
         values = np.asarray(ds[name])
         if values.ndim != 2 or values.min() < 0 or values.max() >= VOCAB.size:
             raise DataError(f"{where}:{name}", "token ids out of range",

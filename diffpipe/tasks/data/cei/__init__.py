@@ -1,4 +1,4 @@
-"""Coulomb explosion imaging data: geometries, charge rules, the batched forward model, augmentation, builder."""
+"""Coulomb explosion imaging data: geometries, charge rules, batched forward model, augmentation, builder."""
 
 from .augment import drop_ions, random_rotations, rotate, smear_momenta
 from .build import (

@@ -1,4 +1,4 @@
-"""Build a CEI data set with Dask: events simulated in chunks, each chunk written as a region of one zarr v3 store.
+"""Build a CEI data set with Dask: events simulated in chunks, each written as a region of one zarr v3 store.
 
 Store layout (xarray, dims event, atom, xyz; atoms padded to the largest molecule):
   positions (event, atom, xyz) float32 Bohr  - initial geometry, centre of mass at 0, randomly rotated
@@ -96,7 +96,8 @@ def build_cei_dataset(*, store_path: str, include_g2: bool = True, min_atoms: in
         "displacement_sigma_bohr": displacement_sigma_bohr, "distortion_probability": distortion_probability,
         "distortion_sigma_bohr": distortion_sigma_bohr, "charge_regime": charge_regime,
         "min_distance_bohr": min_distance_bohr, "random_rotation": random_rotation,
-        "test_fraction": test_fraction, "test_molecules": None if test_molecules is None else list(test_molecules),
+        "test_fraction": test_fraction,
+        "test_molecules": None if test_molecules is None else list(test_molecules),
         "split_seed": split_seed, "seed": seed, "events_per_chunk": events_per_chunk,
         "momentum_rtol": momentum_rtol, "steps_per_decade": steps_per_decade, "max_time_au": max_time_au,
     }
@@ -143,7 +144,8 @@ def split_molecules(molecules: list[Molecule], test_fraction: float, test_names:
     if test_names is not None:
         unknown = sorted(set(test_names) - set(names))
         if unknown:
-            raise DataError("test_molecules", "names not among the usable molecules", found=", ".join(unknown))
+            raise DataError("test_molecules", "names not among the usable molecules",
+                            found=", ".join(unknown))
         chosen = set(test_names)
     else:
         n_test = round(test_fraction * len(names))
@@ -167,7 +169,7 @@ def _write_template(store_path: str, molecules: list[Molecule], n_train: int, ma
         "positions": (("event", "atom", "xyz"), lazy("float32", max_atoms, 3), {"units": UNITS["positions"]}),
         "momenta": (("event", "atom", "xyz"), lazy("float32", max_atoms, 3), {"units": UNITS["momenta"]}),
         "mask": (("event", "atom"), lazy("bool", max_atoms), {"description": "True for real atoms"}),
-        "element": (("event", "atom"), lazy("int8", max_atoms), {"description": "atomic number, 0 = padding"}),
+        "element": (("event", "atom"), lazy("int8", max_atoms), {"description": "Z, 0 = padding"}),
         "charge": (("event", "atom"), lazy("int8", max_atoms), {"units": UNITS["charge"]}),
         "molecule_id": (("event",), lazy("int32"), {"description": "index into attrs molecule_names"}),
         "geometry_id": (("event",), lazy("int32"), {"description": "draw index within the molecule"}),
@@ -250,13 +252,13 @@ def _dask_client(n_workers: int, dask_address: str | None, client) -> Iterator:
         with Client(dask_address) as remote:
             yield remote
         return
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as local:
+    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as local:
         yield local
 
 
 def check_cei_store(store_path: str) -> xr.Dataset:
-    """Open a CEI store lazily; DataError naming the store if it is missing or from an incompatible builder."""
+    """Open a CEI store lazily; DataError naming the store if missing or from an incompatible builder."""
     try:
         dataset = xr.open_zarr(store_path, consolidated=False)
     except (FileNotFoundError, KeyError, ValueError) as err:

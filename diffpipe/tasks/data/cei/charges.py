@@ -26,11 +26,16 @@ XRAY_CHARGE_RANGES: dict[str, tuple[int, int]] = {
 """Inclusive (lowest, highest) charge per element in the X-ray regime."""
 
 
-def check_charge_rule(symbols: list[str], regime: str, where: str) -> None:
-    """Raise DataError naming `where` if an element has no mass or no charge rule in `regime`."""
+def check_regime(regime: str) -> None:
+    """Raise DataError unless `regime` is one of CHARGE_REGIMES."""
     if regime not in CHARGE_REGIMES:
         raise DataError("charge_regime", "unknown charge regime", expected=" or ".join(CHARGE_REGIMES),
                         found=repr(regime))
+
+
+def check_charge_rule(symbols: list[str], regime: str, where: str) -> None:
+    """Raise DataError naming `where` if an element has no mass or no charge rule in `regime`."""
+    check_regime(regime)
     for symbol in symbols:
         if symbol not in atomic_numbers or atomic_numbers[symbol] == 0:
             raise DataError(where, "unknown element", expected="a chemical symbol", found=repr(symbol))

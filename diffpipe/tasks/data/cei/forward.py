@@ -37,31 +37,41 @@ class ExplosionResult:
     force_evaluations: int
 
 
+def _pairs(n_atoms: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index vectors (i, j) of the atom pairs i < j."""
+    first, second = torch.triu_indices(n_atoms, n_atoms, 1, device=device)
+    return first, second
+
+
 def _pair_charges(charges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """q_i q_j for real, distinct atom pairs, zero elsewhere: (B, A, A)."""
+    """q_i q_j for the pairs i < j (B, P), zero where either atom is padding."""
     q = charges * mask
-    qq = q[:, :, None] * q[:, None, :]
-    return qq * (1.0 - torch.eye(q.shape[1], dtype=q.dtype, device=q.device))
+    first, second = _pairs(q.shape[1], q.device)
+    return q[:, first] * q[:, second]
 
 
 def _pair_vectors(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_i - r_j (B, A, A, 3) and |r_i - r_j|^2 (B, A, A), with coincident (padding/diagonal) pairs set to 1."""
-    diff = positions[:, :, None, :] - positions[:, None, :, :]
+    """r_i - r_j (B, P, 3) and |r_i - r_j|^2 (B, P) for pairs i < j; coincident (padding) pairs get 1."""
+    first, second = _pairs(positions.shape[1], positions.device)
+    diff = positions[:, first] - positions[:, second]
     dist2 = (diff * diff).sum(-1)
     return diff, torch.where(dist2 > 0, dist2, torch.ones_like(dist2))
 
 
 def coulomb_forces(positions: torch.Tensor, pair_charges: torch.Tensor) -> torch.Tensor:
-    """Coulomb force on every atom (B, A, 3) in Hartree/Bohr from positions and q_i q_j."""
+    """Coulomb force on every atom (B, A, 3) in Hartree/Bohr from positions and pair charges (B, P)."""
+    first, second = _pairs(positions.shape[1], positions.device)
     diff, dist2 = _pair_vectors(positions)
-    weight = pair_charges * dist2.rsqrt() / dist2
-    return (weight[..., None] * diff).sum(2)
+    pair_force = (pair_charges * dist2.rsqrt() / dist2)[..., None] * diff
+    forces = torch.zeros_like(positions)
+    forces.index_add_(1, first, pair_force)
+    return forces.index_add_(1, second, -pair_force)
 
 
 def potential_energy(positions: torch.Tensor, charges: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Coulomb potential energy per event (B,) in Hartree."""
     _, dist2 = _pair_vectors(positions)
-    return 0.5 * (_pair_charges(charges, mask) * dist2.rsqrt()).sum((1, 2))
+    return (_pair_charges(charges, mask) * dist2.rsqrt()).sum(1)
 
 
 def kinetic_energy(momenta: torch.Tensor, masses: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -72,11 +82,12 @@ def kinetic_energy(momenta: torch.Tensor, masses: torch.Tensor, mask: torch.Tens
 def explosion_time_scale(positions: torch.Tensor, charges: torch.Tensor, masses: torch.Tensor,
                          mask: torch.Tensor) -> float:
     """Fastest pair time scale sqrt(mu r^3 / (q_i q_j)) in the batch (atomic time units)."""
+    first, second = _pairs(positions.shape[1], positions.device)
     qq = _pair_charges(charges, mask)
     _, dist2 = _pair_vectors(positions)
-    mu = masses[:, :, None] * masses[:, None, :] / (masses[:, :, None] + masses[:, None, :])
+    mu = masses[:, first] * masses[:, second] / (masses[:, first] + masses[:, second])
     scale = torch.where(qq > 0, (mu * dist2 ** 1.5 / qq.clamp_min(1e-30)).sqrt(), torch.inf)
-    return float(scale.min())
+    return float(scale.min()) if scale.numel() else math.inf
 
 
 def _rk4_step(r: torch.Tensor, p: torch.Tensor, h: float, inv_mass: torch.Tensor,

@@ -14,7 +14,7 @@ from ase.data import atomic_numbers
 
 from diffpipe.errors import DataError
 
-from .charges import check_charge_rule
+from .charges import check_charge_rule, check_regime
 from .units import BOHR_PER_ANGSTROM
 
 DEFAULT_ELEMENTS = ("H", "C", "N", "O", "F", "Si", "P", "S", "Cl")
@@ -52,7 +52,7 @@ def g2_molecules(min_atoms: int, max_atoms: int, elements: tuple[str, ...]) -> l
 
 
 def read_xyz(path: Path) -> Molecule:
-    """Parse one plain .xyz file (count, comment, `symbol x y z` lines in Angstrom); DataError if malformed."""
+    """Parse a plain .xyz file (count, comment, `symbol x y z` lines in Angstrom); DataError if malformed."""
     where = str(path)
     try:
         lines = path.read_text().splitlines()
@@ -105,6 +105,7 @@ def collect_molecules(include_g2: bool, min_atoms: int, max_atoms: int, elements
                       xyz_folder: str | None, regime: str,
                       min_distance_bohr: float) -> tuple[list[Molecule], list[DataError]]:
     """Good molecules (G2 selection + user .xyz files, unique names) and one DataError per rejected one."""
+    check_regime(regime)
     molecules = g2_molecules(min_atoms, max_atoms, elements) if include_g2 else []
     problems: list[DataError] = []
     if xyz_folder is not None:

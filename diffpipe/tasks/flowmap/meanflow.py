@@ -1,0 +1,135 @@
+"""MeanFlow losses (Geng et al. 2025, reference/training.md 3.3-3.4): training and distillation.
+
+The MeanFlow identity u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t), with the total derivative
+taken along dz/dt = v, dr/dt = 0, turns into a regression target with a stop-gradient. Defaults are
+py-meanflow's improved CIFAR recipe ("v1" time sampler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+
+from . import TwoTimeNet, VelocityFn, bcast
+
+TimeSampler = Literal["v0", "v1"]
+Derivative = Literal["jvp", "finite_difference"]
+UFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def logit_normal(n: int, mean: float, std: float, generator: torch.Generator) -> torch.Tensor:
+    """n draws of sigmoid(mean + std * N(0, 1))."""
+    return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
+
+
+def sample_two_times(
+    n: int, generator: torch.Generator, *, sampler: TimeSampler = "v1", t_mean: float = -0.6,
+    t_std: float = 1.6, r_mean: float = -4.0, r_std: float = 1.6, ratio: float = 0.75,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (r, t) with r <= t: independent logit-normal draws, r set to t with probability 1 - ratio.
+
+    v0 (paper): sort the two draws, then set r = t for a (1 - ratio) share.
+    v1 (py-meanflow default): set r = t for a (1 - ratio) share, then r = min(t, r).
+    """
+    t = logit_normal(n, t_mean, t_std, generator)
+    r = logit_normal(n, r_mean, r_std, generator)
+    differ = torch.rand(n, generator=generator) < ratio
+    if sampler == "v0":
+        t, r = torch.maximum(t, r), torch.minimum(t, r)
+        return torch.where(differ, r, t), t
+    return torch.minimum(t, torch.where(differ, r, t)), t
+
+
+@contextmanager
+def shared_randomness(seed: int, device: torch.device) -> Iterator[None]:
+    """Run a block with the global RNG seeded to `seed` (so dropout masks repeat), restoring it afterwards."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def mean_velocity_and_derivative(
+    u_fn: UFn, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor, *, derivative: Derivative = "jvp",
+    fd_delta: float = 5e-3, seed: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """u_fn(z, t) (with gradient) and its total time derivative along (dz, dt) = (v, 1) (without gradient).
+
+    `jvp` is one forward-mode pass (torch.func.jvp); `finite_difference` is the central difference
+    [u(z + d v, t + d) - u(z - d v, t - d)] / (2 d) with all three evaluations under one dropout seed.
+    """
+    if derivative == "jvp":
+        u, dudt = torch.func.jvp(u_fn, (z, t), (v, torch.ones_like(t)))
+        return u, dudt.detach()
+    step = bcast(torch.full_like(t, fd_delta), z)
+    with shared_randomness(seed, z.device):
+        u = u_fn(z, t)
+    with torch.no_grad():
+        with shared_randomness(seed, z.device):
+            plus = u_fn(z + step * v, t + fd_delta)
+        with shared_randomness(seed, z.device):
+            minus = u_fn(z - step * v, t - fd_delta)
+    return u, (plus - minus) / (2 * fd_delta)
+
+
+def meanflow_target(
+    u_fn: UFn, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor, **derivative_options
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prediction u(z, r, t) and the stop-gradient target v - (t - r) du/dt of the MeanFlow identity."""
+    u, dudt = mean_velocity_and_derivative(u_fn, z, t, v, **derivative_options)
+    return u, (v - bcast(t - r, z) * dudt).detach()
+
+
+class MeanFlowLoss:
+    """MeanFlow training: one-point velocity eps - x0 in the JVP tangent and the target (py-meanflow)."""
+
+    def __init__(
+        self, *, time_sampler: TimeSampler = "v1", t_mean: float = -0.6, t_std: float = 1.6,
+        r_mean: float = -4.0, r_std: float = 1.6, ratio: float = 0.75, norm_p: float = 0.75,
+        norm_eps: float = 1e-3, derivative: Derivative = "jvp", fd_delta: float = 5e-3,
+    ):
+        self.times = dict(sampler=time_sampler, t_mean=t_mean, t_std=t_std, r_mean=r_mean, r_std=r_std,
+                          ratio=ratio)
+        self.norm_p, self.norm_eps = norm_p, norm_eps
+        self.derivative, self.fd_delta = derivative, fd_delta
+
+    def velocity(self, x0: torch.Tensor, eps: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                 cond: torch.Tensor | None) -> torch.Tensor:
+        """The velocity used as JVP tangent and in the target: here the conditional eps - x0."""
+        return eps - x0
+
+    def per_sample_error(self, net: TwoTimeNet, x0: torch.Tensor, cond: torch.Tensor | None,
+                         generator: torch.Generator) -> torch.Tensor:
+        """Unweighted per-sample squared error sum |u_theta - sg(u_tgt)|^2 on a fresh (r, t, eps) draw."""
+        n, device = x0.shape[0], x0.device
+        r, t = (s.to(device=device, dtype=x0.dtype) for s in sample_two_times(n, generator, **self.times))
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        xt = (1 - bcast(t, x0)) * x0 + bcast(t, x0) * eps
+        v = self.velocity(x0, eps, xt, t, cond)
+        u, target = meanflow_target(lambda z, tt: net(z, r, tt, cond), xt, r, t, v,
+                                    derivative=self.derivative, fd_delta=self.fd_delta, seed=seed)
+        err = u - target
+        return err.to(torch.promote_types(err.dtype, torch.float32)).pow(2).flatten(1).sum(1)
+
+    def __call__(self, net: TwoTimeNet, x0: torch.Tensor, cond: torch.Tensor | None,
+                 generator: torch.Generator) -> torch.Tensor:
+        """Per-sample loss with py-meanflow's adaptive weight: E / sg(E + norm_eps)^norm_p."""
+        err = self.per_sample_error(net, x0, cond, generator)
+        return err / (err.detach() + self.norm_eps) ** self.norm_p
+
+
+class MeanFlowDistillLoss(MeanFlowLoss):
+    """MeanFlow distillation (MF-RAE's MFD): the frozen teacher's velocity replaces eps - x0 everywhere."""
+
+    def __init__(self, teacher: VelocityFn, **options):
+        super().__init__(**options)
+        self.teacher = teacher
+
+    def velocity(self, x0: torch.Tensor, eps: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
+                 cond: torch.Tensor | None) -> torch.Tensor:
+        """The teacher's velocity at (x_t, t), without gradient."""
+        with torch.no_grad():
+            return self.teacher(xt, t, cond).to(xt.dtype)

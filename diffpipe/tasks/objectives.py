@@ -8,6 +8,7 @@ sees one embedding range. Per-sample losses are returned (EDM style).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -111,8 +112,11 @@ def scheduler_defaults(spec: Objective, name: str) -> dict[str, Any]:
             return {"use_flow_sigmas": True, "prediction_type": "flow_prediction", "flow_shift": 1.0}
         return {}
     if isinstance(spec, DDPM):
-        return {"num_train_timesteps": spec.num_train_timesteps, "beta_schedule": spec.beta_schedule,
-                "prediction_type": spec.prediction}
+        out = {"num_train_timesteps": spec.num_train_timesteps, "beta_schedule": spec.beta_schedule,
+               "prediction_type": spec.prediction}
+        if "timestep_spacing" in inspect.signature(getattr(diffusers, name).__init__).parameters:
+            out["timestep_spacing"] = "trailing"  # start sampling at the last training step (pure noise)
+        return out
     return {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max, "sigma_data": spec.sigma_data}
 
 

@@ -1,4 +1,4 @@
-"""Offline builder: writes the climate store (same layout as ingest) from real forcing, FaIR 2 and our lat-lon layer.
+"""Offline builder: the climate store (ingest's layout) from real forcing, FaIR 2 and our lat-lon layer.
 
 One Dask task per (scenario, member) computes that member's whole time series (the AR(1) state is
 sequential in time) and writes its one-chunk-per-year records; memory per task is one member's
@@ -22,7 +22,14 @@ from distributed import Client, LocalCluster
 from diffpipe.errors import DataError
 
 from . import spatial
-from .forcing import available_scenarios, calibrated_transfer, global_response, member_seed, pathway, scenario_years
+from .forcing import (
+    available_scenarios,
+    calibrated_transfer,
+    global_response,
+    member_seed,
+    pathway,
+    scenario_years,
+)
 from .layout import (
     MAP_FORCERS,
     OUTPUT_VARIABLES,
@@ -35,7 +42,16 @@ from .layout import (
     write_statistics,
 )
 
-DEFAULT_SCENARIOS = ("historical", "hist-GHG", "hist-aer", "ssp126", "ssp245", "ssp370", "ssp585", "ssp534-over")
+DEFAULT_SCENARIOS = (
+    "historical",
+    "hist-GHG",
+    "hist-aer",
+    "ssp126",
+    "ssp245",
+    "ssp370",
+    "ssp585",
+    "ssp534-over",
+)
 OVERSHOOT_SCENARIO = "ssp534-over"
 NOISE_STREAMS = {"tas": 0, "dtr": 1, "pr": 2, "pr90": 3}
 
@@ -48,17 +64,23 @@ class ClimateBuildOptions:
     nlon: int = 32  # grid columns, 0..360 degrees (144 for the full profile)
     members: int = 3  # ensemble members per scenario
     scenarios: tuple[str, ...] = DEFAULT_SCENARIOS  # historical, hist-GHG, hist-aer and any vendored SSP
-    stats_scenarios: tuple[str, ...] | None = None  # normalisation statistics from these (None: all but ssp245
+    stats_scenarios: tuple[str, ...] | None = (
+        None  # normalisation statistics from these (None: all but ssp245
+    )
     # and the overshoot scenario)
     seed: int = 0  # seed of every random stream (global and local variability)
     ecs_K: float = 3.0  # equilibrium climate sensitivity of the FaIR 2 energy balance model (K)
     tcr_K: float = 1.8  # transient climate response (K)
     global_noise_forcing_W_m2: float = 0.5  # FaIR stochastic forcing std sigma_eta (W m-2)
     global_noise_surface_W_m2: float = 0.5  # FaIR stochastic surface disturbance std sigma_xi (W m-2)
-    arctic_amplification: float = 2.5  # local/global warming ratio at the North Pole, before normalisation (1)
+    arctic_amplification: float = (
+        2.5  # local/global warming ratio at the North Pole, before normalisation (1)
+    )
     antarctic_amplification: float = 1.5  # same at the South Pole (1)
     land_sea_warming_ratio: float = 1.5  # land/ocean forced warming ratio (1)
-    aerosol_local_weight: float = 0.5  # share of the aerosol cooling pattern tied to the emission regions (0..1)
+    aerosol_local_weight: float = (
+        0.5  # share of the aerosol cooling pattern tied to the emission regions (0..1)
+    )
     heat_capacity_land_W_yr_m2_K: float = 0.5  # effective heat capacity of land (W yr m-2 K-1)
     heat_capacity_ocean_W_yr_m2_K: float = 6.3  # ocean mixed layer, about 50 m (W yr m-2 K-1)
     local_feedback_W_m2_K: float = 1.3  # local damping setting the AR(1) memory exp(-feedback / capacity)
@@ -89,12 +111,19 @@ def validate_options(options: ClimateBuildOptions) -> None:
     known = available_scenarios()
     for name in options.scenarios + tuple(options.stats_scenarios or ()):
         if name not in known:
-            raise DataError(f"climate builder option 'scenarios' ({name})", "unknown scenario",
-                            expected=", ".join(known), found=name)
+            raise DataError(
+                f"climate builder option 'scenarios' ({name})",
+                "unknown scenario",
+                expected=", ".join(known),
+                found=name,
+            )
     if options.nlat < 3 or options.nlon < 4 or options.members < 1:
-        raise DataError("climate builder options nlat/nlon/members", "grid or ensemble too small",
-                        expected="nlat >= 3, nlon >= 4, members >= 1",
-                        found=f"{options.nlat} x {options.nlon}, {options.members} members")
+        raise DataError(
+            "climate builder options nlat/nlon/members",
+            "grid or ensemble too small",
+            expected="nlat >= 3, nlon >= 4, members >= 1",
+            found=f"{options.nlat} x {options.nlon}, {options.members} members",
+        )
 
 
 def _streams(options: ClimateBuildOptions, scenario: str, member: int) -> dict[str, np.random.Generator]:
@@ -102,8 +131,14 @@ def _streams(options: ClimateBuildOptions, scenario: str, member: int) -> dict[s
     return {k: np.random.default_rng([base, v]) for k, v in NOISE_STREAMS.items()}
 
 
-def _local_variability(options: ClimateBuildOptions, noise: spatial.CorrelatedNoise, scenario: str,
-                       member: int, years: int, ar1: np.ndarray) -> np.ndarray:
+def _local_variability(
+    options: ClimateBuildOptions,
+    noise: spatial.CorrelatedNoise,
+    scenario: str,
+    member: int,
+    years: int,
+    ar1: np.ndarray,
+) -> np.ndarray:
     """Unit-variance AR(1) tas variability; SSP members continue their historical member's state."""
     start = None
     if scenario not in ("historical", "hist-GHG", "hist-aer"):
@@ -118,10 +153,22 @@ def member_fields(options: ClimateBuildOptions, scenario: str, member: int) -> n
     lat, lon = spatial.climatebench_grid(options.nlat, options.nlon)
     land = spatial.land_mask(lat, lon)
     years = scenario_years(scenario)
-    glob = global_response(scenario, member, options.seed, options.ecs_K, options.tcr_K,
-                           options.global_noise_forcing_W_m2, options.global_noise_surface_W_m2)
-    warm = spatial.warming_pattern(lat, land, options.arctic_amplification, options.antarctic_amplification,
-                                   options.land_sea_warming_ratio)
+    glob = global_response(
+        scenario,
+        member,
+        options.seed,
+        options.ecs_K,
+        options.tcr_K,
+        options.global_noise_forcing_W_m2,
+        options.global_noise_surface_W_m2,
+    )
+    warm = spatial.warming_pattern(
+        lat,
+        land,
+        options.arctic_amplification,
+        options.antarctic_amplification,
+        options.land_sea_warming_ratio,
+    )
     aer = spatial.aerosol_pattern(lat, lon, land, years, options.aerosol_local_weight)
     forced_other = warm[None] * glob.other[:, None, None]
     forced_aer = aer * glob.aerosol[:, None, None]
@@ -132,25 +179,39 @@ def member_fields(options: ClimateBuildOptions, scenario: str, member: int) -> n
     tas_std = np.where(land, options.noise_std_land_K, options.noise_std_ocean_K) * polar
     noise = spatial.CorrelatedNoise.on_grid(lat, lon, options.noise_length_deg)
     streams = _streams(options, scenario, member)
-    tas = forced_other + forced_aer + tas_std * _local_variability(options, noise, scenario, member, years.size, ar1)
+    tas = (
+        forced_other
+        + forced_aer
+        + tas_std * _local_variability(options, noise, scenario, member, years.size, ar1)
+    )
 
     land_factor = np.where(land, 1.0, 0.4)
-    dtr = land_factor * (options.dtr_ghg_K_per_K * forced_other + options.dtr_aerosol_K_per_K * forced_aer
-                         + options.dtr_noise_std_K * noise.draw(streams["dtr"], years.size))
+    dtr = land_factor * (
+        options.dtr_ghg_K_per_K * forced_other
+        + options.dtr_aerosol_K_per_K * forced_aer
+        + options.dtr_noise_std_K * noise.draw(streams["dtr"], years.size)
+    )
 
     pr0 = spatial.precipitation_climatology(lat, land)
     mean_pr = spatial.area_mean(pr0, lat)
     wet = spatial.wet_get_wetter(pr0, lat)
     hs = options.hydrological_sensitivity_per_K
-    dpr_forced = mean_pr * hs * (wet[None] * glob.other[:, None, None]
-                                 + options.aerosol_precip_factor * aer * glob.aerosol[:, None, None])
+    dpr_forced = (
+        mean_pr
+        * hs
+        * (
+            wet[None] * glob.other[:, None, None]
+            + options.aerosol_precip_factor * aer * glob.aerosol[:, None, None]
+        )
+    )
     pr = dpr_forced + options.pr_noise_fraction * pr0 * noise.draw(streams["pr"], years.size)
 
     ratio90, sampling = spatial.gamma_quantile_terms(options.daily_rain_gamma_shape)
     daily_mean = np.maximum(pr0 + dpr_forced, 0.05 * pr0)
     intensify = np.exp((options.extreme_precip_scaling_per_K - hs) * tas)
-    pr90 = (ratio90 * (daily_mean * intensify - pr0)
-            + sampling * daily_mean * noise.draw(streams["pr90"], years.size))
+    pr90 = ratio90 * (daily_mean * intensify - pr0) + sampling * daily_mean * noise.draw(
+        streams["pr90"], years.size
+    )
     return np.stack([tas, dtr, pr, pr90], axis=1).astype(np.float32)
 
 
@@ -159,8 +220,10 @@ def scenario_maps(options: ClimateBuildOptions, scenario: str) -> np.ndarray:
     lat, lon = spatial.climatebench_grid(options.nlat, options.nlon)
     path, years = pathway(scenario), scenario_years(scenario)
     out = path.output_slice()
-    maps = [spatial.emission_maps(lat, lon, years, path.so2_emissions[out], "SO2"),
-            spatial.emission_maps(lat, lon, years, path.bc_emissions[out], "BC")]
+    maps = [
+        spatial.emission_maps(lat, lon, years, path.so2_emissions[out], "SO2"),
+        spatial.emission_maps(lat, lon, years, path.bc_emissions[out], "BC"),
+    ]
     return np.stack(maps, axis=1).astype(np.float32)
 
 
@@ -168,7 +231,10 @@ CF_ATTRIBUTES = {
     "tas": {"units": "K", "long_name": "near-surface air temperature anomaly from pre-industrial control"},
     "diurnal_temperature_range": {"units": "K", "long_name": "diurnal temperature range anomaly"},
     "pr": {"units": "mm day-1", "long_name": "precipitation anomaly"},
-    "pr90": {"units": "mm day-1", "long_name": "anomaly of the annual 90th percentile of daily precipitation"},
+    "pr90": {
+        "units": "mm day-1",
+        "long_name": "anomaly of the annual 90th percentile of daily precipitation",
+    },
     "CO2": {"units": "GtCO2", "long_name": "cumulative anthropogenic CO2 emissions since 1850"},
     "CH4": {"units": "GtCH4 yr-1", "long_name": "anthropogenic CH4 emissions"},
     "SO2": {"units": "kg m-2 s-1", "long_name": "anthropogenic SO2 emissions"},
@@ -181,7 +247,7 @@ def _store_attrs(options: ClimateBuildOptions) -> dict[str, object]:
     transfer = calibrated_transfer(options.ecs_K, options.tcr_K)
     return {
         "source": "diffpipe offline climate builder: RCMIP v5.1.0 forcing (fair 1.6.4 wheel), FaIR 2 "
-                  "3-layer energy balance model, idealised latitude-longitude layer",
+        "3-layer energy balance model, idealised latitude-longitude layer",
         "builder_options": json.dumps(asdict(options), sort_keys=True),
         "ebm_ocean_heat_transfer_W_m2_K": list(transfer),
         "cf_attributes": json.dumps(CF_ATTRIBUTES, sort_keys=True),
@@ -190,8 +256,10 @@ def _store_attrs(options: ClimateBuildOptions) -> dict[str, object]:
 
 def _grid(options: ClimateBuildOptions) -> tuple[xr.DataArray, xr.DataArray]:
     lat, lon = spatial.climatebench_grid(options.nlat, options.nlon)
-    return (xr.DataArray(lat, dims="lat", attrs={"units": "degrees_north", "standard_name": "latitude"}),
-            xr.DataArray(lon, dims="lon", attrs={"units": "degrees_east", "standard_name": "longitude"}))
+    return (
+        xr.DataArray(lat, dims="lat", attrs={"units": "degrees_north", "standard_name": "latitude"}),
+        xr.DataArray(lon, dims="lon", attrs={"units": "degrees_east", "standard_name": "longitude"}),
+    )
 
 
 @contextmanager
@@ -201,8 +269,12 @@ def dask_client(address: str | None, workers: int) -> Iterator[Client | None]:
         with Client(address) as client:
             yield client
     elif workers > 0:
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
     else:
         with dask.config.set(scheduler="threads"):
@@ -220,12 +292,16 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None) 
         create_store(tmp, template(plans, *_grid(options), _store_attrs(options)))
         writes = []
         for plan in plans:
-            outputs = [da.from_delayed(dask.delayed(member_fields)(options, plan.name, m),
-                                       (plan.steps, *shape), dtype=np.float32) for m in range(plan.members)]
-            maps = da.from_delayed(dask.delayed(scenario_maps)(options, plan.name), (plan.steps, *map_shape),
-                                   dtype=np.float32)
+            outputs = [
+                da.from_delayed(
+                    dask.delayed(member_fields)(options, plan.name, m), (plan.steps, *shape), dtype=np.float32
+                )
+                for m in range(plan.members)
+            ]
+            maps = da.from_delayed(
+                dask.delayed(scenario_maps)(options, plan.name), (plan.steps, *map_shape), dtype=np.float32
+            )
             writes += scenario_writes(tmp, plan, outputs, maps, pathway(plan.name).scalar_inputs())
         dask.compute(*writes)
         write_statistics(tmp, options.resolved_stats_scenarios())
     return Path(dest)
-

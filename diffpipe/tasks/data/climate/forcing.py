@@ -48,7 +48,11 @@ def available_scenarios() -> tuple[str, ...]:
 
 def scenario_years(name: str) -> np.ndarray:
     """Output years: 1850-2014 for historical experiments, 2015-2100 for SSPs."""
-    return np.arange(CUMULATIVE_FROM, HIST_END + 1) if name in HISTORICAL else np.arange(HIST_END + 1, LAST_YEAR + 1)
+    return (
+        np.arange(CUMULATIVE_FROM, HIST_END + 1)
+        if name in HISTORICAL
+        else np.arange(HIST_END + 1, LAST_YEAR + 1)
+    )
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,9 @@ def pathway(name: str) -> Pathway:
     elif name == "hist-aer":
         total = aer
         emissions["CO2"], emissions["CH4"] = zeros, zeros
-    return Pathway(name, years, total, aer, emissions["CO2"], emissions["CH4"], emissions["Sulfur"], emissions["BC"])
+    return Pathway(
+        name, years, total, aer, emissions["CO2"], emissions["CH4"], emissions["Sulfur"], emissions["BC"]
+    )
 
 
 @lru_cache(maxsize=32)
@@ -113,14 +119,28 @@ def calibrated_transfer(ecs: float, tcr: float) -> tuple[float, float, float]:
     return feedback, brentq(tcr_gap, 0.05, 20.0, xtol=1e-8), DEEP_TRANSFER
 
 
-def ebm(ecs: float, tcr: float, stochastic: bool = False, seed: int | None = None, sigma_eta: float = 0.5,
-        sigma_xi: float = 0.5, gamma: float = 2.0,
-        transfer: tuple[float, float, float] | None = None) -> EnergyBalanceModel:
+def ebm(
+    ecs: float,
+    tcr: float,
+    stochastic: bool = False,
+    seed: int | None = None,
+    sigma_eta: float = 0.5,
+    sigma_xi: float = 0.5,
+    gamma: float = 2.0,
+    transfer: tuple[float, float, float] | None = None,
+) -> EnergyBalanceModel:
     """FaIR 2's 3-layer energy balance model calibrated to the given ECS and TCR (K)."""
     return EnergyBalanceModel(
-        ocean_heat_capacity=OCEAN_HEAT_CAPACITY, ocean_heat_transfer=transfer or calibrated_transfer(ecs, tcr),
-        deep_ocean_efficacy=DEEP_OCEAN_EFFICACY, forcing_4co2=FORCING_4CO2, stochastic_run=stochastic,
-        sigma_eta=sigma_eta, sigma_xi=sigma_xi, gamma_autocorrelation=gamma, seed=seed)
+        ocean_heat_capacity=OCEAN_HEAT_CAPACITY,
+        ocean_heat_transfer=transfer or calibrated_transfer(ecs, tcr),
+        deep_ocean_efficacy=DEEP_OCEAN_EFFICACY,
+        forcing_4co2=FORCING_4CO2,
+        stochastic_run=stochastic,
+        sigma_eta=sigma_eta,
+        sigma_xi=sigma_xi,
+        gamma_autocorrelation=gamma,
+        seed=seed,
+    )
 
 
 def member_seed(seed: int, member: int, scenario: str) -> int:
@@ -152,12 +172,13 @@ class GlobalResponse:
 
     @property
     def other(self) -> np.ndarray:
-        """Everything but the aerosol-forced part (greenhouse gases, natural forcing, internal variability)."""
+        """All but the aerosol-forced part: greenhouse gases, natural forcing, internal variability."""
         return self.total - self.aerosol
 
 
-def global_response(name: str, member: int, seed: int, ecs: float, tcr: float, sigma_eta: float,
-                    sigma_xi: float) -> GlobalResponse:
+def global_response(
+    name: str, member: int, seed: int, ecs: float, tcr: float, sigma_eta: float, sigma_xi: float
+) -> GlobalResponse:
     """FaIR 2 response of one member: stochastic total and deterministic aerosol part, on output years."""
     path = pathway(name)
     out = path.output_slice()
@@ -171,6 +192,6 @@ def global_response(name: str, member: int, seed: int, ecs: float, tcr: float, s
     else:
         hist = pathway("historical")
         branch = _run(stochastic("historical"), hist.erf_total)[-1]
-        future = _run(stochastic(name), path.erf_total[HIST_END - FIRST_YEAR:], state=branch)[1:, 1]
+        future = _run(stochastic(name), path.erf_total[HIST_END - FIRST_YEAR :], state=branch)[1:, 1]
         total = np.concatenate([np.zeros(HIST_END + 1 - FIRST_YEAR), future])
     return GlobalResponse(total[out], aerosol[out])

@@ -60,21 +60,32 @@ def find_scenarios(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict[s
     return found
 
 
-def _check_pairs(source: str, found: dict[str, dict[str, str]], wanted: Sequence[str] | None,
-                 known: Sequence[str]) -> list[str]:
+def _check_pairs(
+    source: str, found: dict[str, dict[str, str]], wanted: Sequence[str] | None, known: Sequence[str]
+) -> list[str]:
     if not found:
-        raise DataError(source, "no ClimateBench files", expected="inputs_<scenario>.nc and outputs_<scenario>.nc")
+        raise DataError(
+            source, "no ClimateBench files", expected="inputs_<scenario>.nc and outputs_<scenario>.nc"
+        )
     for name, files in found.items():
         for kind in ("inputs", "outputs"):
             if kind not in files:
-                raise DataError(f"{source}/{kind}_{name}.nc", "missing file", expected=f"a {kind} file for '{name}'",
-                                found=f"only {next(iter(files.values()))}")
+                raise DataError(
+                    f"{source}/{kind}_{name}.nc",
+                    "missing file",
+                    expected=f"a {kind} file for '{name}'",
+                    found=f"only {next(iter(files.values()))}",
+                )
         if name not in known:
-            raise DataError(files["inputs"], f"unknown scenario '{name}'", expected=", ".join(known), found=name)
+            raise DataError(
+                files["inputs"], f"unknown scenario '{name}'", expected=", ".join(known), found=name
+            )
     names = list(wanted) if wanted is not None else sorted(found, key=lambda s: (list(known).index(s), s))
     for name in names:
         if name not in found:
-            raise DataError(source, f"unknown scenario '{name}'", expected=", ".join(sorted(found)), found=name)
+            raise DataError(
+                source, f"unknown scenario '{name}'", expected=", ".join(sorted(found)), found=name
+            )
     return names
 
 
@@ -86,7 +97,9 @@ def _engine(head: bytes, path: str) -> str:
     raise DataError(path, "not a netCDF file", expected="netCDF3 or netCDF4/HDF5", found=repr(head[:8]))
 
 
-def open_netcdf(fs: fsspec.AbstractFileSystem, path: str, stack: ExitStack, chunks: dict[str, int]) -> xr.Dataset:
+def open_netcdf(
+    fs: fsspec.AbstractFileSystem, path: str, stack: ExitStack, chunks: dict[str, int]
+) -> xr.Dataset:
     """Open a netCDF3 (scipy) or netCDF4 (h5netcdf) file lazily from any fsspec filesystem."""
     with fs.open(path, "rb") as f:
         engine = _engine(f.read(8), path)
@@ -100,37 +113,58 @@ def _years(ds: xr.Dataset, path: str) -> np.ndarray:
     if "time" not in ds.coords:
         raise DataError(f"{path} variable 'time'", "missing variable", expected="a time coordinate")
     time = ds["time"]
-    years = time.dt.year.values if hasattr(time, "dt") and not np.issubdtype(time.dtype, np.number) else time.values
+    years = (
+        time.dt.year.values
+        if hasattr(time, "dt") and not np.issubdtype(time.dtype, np.number)
+        else time.values
+    )
     if not np.allclose(years, np.round(years)):
         raise DataError(f"{path} variable 'time'", "time is not in whole years", found=str(years[:5]))
     years = np.round(years).astype(np.int64)
     bad = np.flatnonzero(np.diff(years) <= 0)
     if bad.size:
         i = int(bad[0])
-        raise DataError(f"{path} variable 'time'", "time is not strictly increasing",
-                        expected="increasing years", found=f"{years[i]} then {years[i + 1]} at index {i + 1}")
+        raise DataError(
+            f"{path} variable 'time'",
+            "time is not strictly increasing",
+            expected="increasing years",
+            found=f"{years[i]} then {years[i + 1]} at index {i + 1}",
+        )
     return years
 
 
 def _require(ds: xr.Dataset, path: str, names: Sequence[str], dims: dict[str, tuple[str, ...]]) -> None:
     for name in names:
         if name not in ds.data_vars:
-            raise DataError(f"{path} variable '{name}'", "missing variable",
-                            expected=", ".join(names), found=", ".join(map(str, ds.data_vars)))
+            raise DataError(
+                f"{path} variable '{name}'",
+                "missing variable",
+                expected=", ".join(names),
+                found=", ".join(map(str, ds.data_vars)),
+            )
         if set(ds[name].dims) != set(dims[name]):
-            raise DataError(f"{path} variable '{name}'", "wrong dimensions",
-                            expected=str(dims[name]), found=str(ds[name].dims))
+            raise DataError(
+                f"{path} variable '{name}'",
+                "wrong dimensions",
+                expected=str(dims[name]),
+                found=str(ds[name].dims),
+            )
 
 
 def _same_grid(a: xr.Dataset, b: xr.Dataset, where: str) -> None:
     for axis in ("lat", "lon"):
         if a[axis].size != b[axis].size or not np.allclose(a[axis].values, b[axis].values, atol=1e-6):
-            raise DataError(where, f"grid mismatch on '{axis}'", expected=f"{a[axis].size} values "
-                            f"{float(a[axis][0]):g}..{float(a[axis][-1]):g}",
-                            found=f"{b[axis].size} values {float(b[axis][0]):g}..{float(b[axis][-1]):g}")
+            raise DataError(
+                where,
+                f"grid mismatch on '{axis}'",
+                expected=f"{a[axis].size} values {float(a[axis][0]):g}..{float(a[axis][-1]):g}",
+                found=f"{b[axis].size} values {float(b[axis][0]):g}..{float(b[axis][-1]):g}",
+            )
 
 
-def open_scenario(fs: fsspec.AbstractFileSystem, name: str, files: dict[str, str], stack: ExitStack) -> ScenarioFiles:
+def open_scenario(
+    fs: fsspec.AbstractFileSystem, name: str, files: dict[str, str], stack: ExitStack
+) -> ScenarioFiles:
     """Open one scenario's pair of files and check variables, dims, grid and time (not values)."""
     ipath, opath = files["inputs"], files["outputs"]
     inputs = open_netcdf(fs, ipath, stack, {"time": TIME_BLOCK})
@@ -139,13 +173,18 @@ def open_scenario(fs: fsspec.AbstractFileSystem, name: str, files: dict[str, str
     _require(inputs, ipath, GLOBAL_FORCERS + MAP_FORCERS, in_dims)
     if "member" not in outputs.dims:
         outputs = outputs.expand_dims("member")
-    _require(outputs, opath, OUTPUT_VARIABLES, dict.fromkeys(OUTPUT_VARIABLES, ("member", "time", "lat", "lon")))
+    _require(
+        outputs, opath, OUTPUT_VARIABLES, dict.fromkeys(OUTPUT_VARIABLES, ("member", "time", "lat", "lon"))
+    )
     _same_grid(inputs, outputs, f"{opath} vs {ipath}")
     years_in, years_out = _years(inputs, ipath), _years(outputs, opath)
     if not np.array_equal(years_in, years_out):
-        raise DataError(f"{opath} vs {ipath} variable 'time'", "time mismatch between inputs and outputs",
-                        expected=f"{years_in[0]}..{years_in[-1]} ({years_in.size})",
-                        found=f"{years_out[0]}..{years_out[-1]} ({years_out.size})")
+        raise DataError(
+            f"{opath} vs {ipath} variable 'time'",
+            "time mismatch between inputs and outputs",
+            expected=f"{years_in[0]}..{years_in[-1]} ({years_in.size})",
+            found=f"{years_out[0]}..{years_out[-1]} ({years_out.size})",
+        )
     outputs = outputs.transpose("member", "time", "lat", "lon", ...)
     return ScenarioFiles(name, ipath, opath, inputs, outputs, years_in)
 
@@ -154,16 +193,22 @@ def check_values(scenarios: list[ScenarioFiles]) -> None:
     """Raise DataError on the first variable holding NaN, infinite or fill (|x| >= 1e19) values."""
     counts = {}
     for s in scenarios:
-        for ds, path, names in ((s.inputs, s.inputs_path, GLOBAL_FORCERS + MAP_FORCERS),
-                                (s.outputs, s.outputs_path, OUTPUT_VARIABLES)):
+        for ds, path, names in (
+            (s.inputs, s.inputs_path, GLOBAL_FORCERS + MAP_FORCERS),
+            (s.outputs, s.outputs_path, OUTPUT_VARIABLES),
+        ):
             for name in names:
                 x = ds[name].data
                 counts[(path, name)] = (~da.isfinite(x) | (abs(x) >= FILL_THRESHOLD)).sum()
     (computed,) = dask.compute(counts)
     for (path, name), n in computed.items():
         if n:
-            raise DataError(f"{path} variable '{name}'", "contains NaN or fill values",
-                            expected="finite values below 1e19", found=f"{int(n)} bad values")
+            raise DataError(
+                f"{path} variable '{name}'",
+                "contains NaN or fill values",
+                expected="finite values below 1e19",
+                found=f"{int(n)} bad values",
+            )
 
 
 def _jsonable(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -183,19 +228,28 @@ def _store_attrs(scenarios: list[ScenarioFiles], source: str) -> dict[str, Any]:
     cf |= {n: _jsonable(first.outputs[n].attrs) for n in OUTPUT_VARIABLES}
     cf["time"] = _jsonable(first.outputs["time"].attrs)
     sources = {s.name: _jsonable(s.inputs.attrs) | _jsonable(s.outputs.attrs) for s in scenarios}
-    return {"source": f"ClimateBench files from {source}", "cf_attributes": json.dumps(cf, sort_keys=True),
-            "source_attributes": json.dumps(sources, sort_keys=True)}
+    return {
+        "source": f"ClimateBench files from {source}",
+        "cf_attributes": json.dumps(cf, sort_keys=True),
+        "source_attributes": json.dumps(sources, sort_keys=True),
+    }
 
 
 def _grid_axis(ds: xr.Dataset, axis: str) -> xr.DataArray:
     return xr.DataArray(ds[axis].values.astype(np.float64), dims=axis, attrs=_jsonable(ds[axis].attrs))
 
 
-def ingest_climatebench(source: str | Path, dest: Path, *, scenarios: Sequence[str] | None = None,
-                        stats_scenarios: Sequence[str] | None = None,
-                        known_scenarios: Sequence[str] = KNOWN_SCENARIOS,
-                        storage_options: dict[str, Any] | None = None, scheduler: str | None = None) -> Path:
-    """Validate ClimateBench netCDF files under a directory or fsspec URI and write one climate store at `dest`.
+def ingest_climatebench(
+    source: str | Path,
+    dest: Path,
+    *,
+    scenarios: Sequence[str] | None = None,
+    stats_scenarios: Sequence[str] | None = None,
+    known_scenarios: Sequence[str] = KNOWN_SCENARIOS,
+    storage_options: dict[str, Any] | None = None,
+    scheduler: str | None = None,
+) -> Path:
+    """Validate ClimateBench netCDF files under a directory or fsspec URI; write one climate store at `dest`.
 
     Everything is checked before anything is written; the store appears at `dest` only when complete.
     `stats_scenarios` default: every scenario except ssp245. `scheduler` is passed to `dask.compute`.
@@ -210,14 +264,21 @@ def ingest_climatebench(source: str | Path, dest: Path, *, scenarios: Sequence[s
             _same_grid(opened[0].outputs, s.outputs, f"{s.outputs_path} vs {opened[0].outputs_path}")
         check_values(opened)
         plans = plan_layout([(s.name, s.years, s.outputs.sizes["member"]) for s in opened])
-        stats = list(stats_scenarios) if stats_scenarios else [n for n in names if n != TEST_SCENARIO] or names
+        stats = (
+            list(stats_scenarios) if stats_scenarios else [n for n in names if n != TEST_SCENARIO] or names
+        )
         lat, lon = _grid_axis(opened[0].outputs, "lat"), _grid_axis(opened[0].outputs, "lon")
         with staged_store(dest) as tmp:
             create_store(tmp, template(plans, lat, lon, _store_attrs(opened, source)))
             writes = []
             for plan, s in zip(plans, opened, strict=True):
-                writes += scenario_writes(tmp, plan, _member_fields(s.outputs), _maps(s.inputs),
-                                          np.stack([s.inputs[n].values for n in GLOBAL_FORCERS], axis=-1))
+                writes += scenario_writes(
+                    tmp,
+                    plan,
+                    _member_fields(s.outputs),
+                    _maps(s.inputs),
+                    np.stack([s.inputs[n].values for n in GLOBAL_FORCERS], axis=-1),
+                )
             dask.compute(*writes, scheduler=scheduler)
             write_statistics(tmp, stats)
     return Path(dest)

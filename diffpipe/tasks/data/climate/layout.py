@@ -37,8 +37,22 @@ MAP_FORCERS = ("SO2", "BC")
 GLOBAL_FORCERS = ("CO2", "CH4")
 TEST_SCENARIO = "ssp245"
 KNOWN_SCENARIOS = (
-    "historical", "hist-GHG", "hist-aer", "hist-nat", "piControl", "1pctCO2", "abrupt-4xCO2",
-    "ssp119", "ssp126", "ssp245", "ssp370", "ssp370-lowNTCF", "ssp434", "ssp460", "ssp534-over", "ssp585",
+    "historical",
+    "hist-GHG",
+    "hist-aer",
+    "hist-nat",
+    "piControl",
+    "1pctCO2",
+    "abrupt-4xCO2",
+    "ssp119",
+    "ssp126",
+    "ssp245",
+    "ssp370",
+    "ssp370-lowNTCF",
+    "ssp434",
+    "ssp460",
+    "ssp534-over",
+    "ssp585",
 )
 READ_BLOCK = 256  # records per Dask task when scanning the whole store (one zarr call reads them together)
 STATS_FIELDS = {"outputs": "variable", "forcing_maps": "forcer", "forcing_global": "scalar_forcer"}
@@ -99,7 +113,11 @@ def _index_coords(plans: list[ScenarioPlan]) -> dict[str, tuple[str, np.ndarray,
     flags = _flag_attrs(names)
     return {
         "record_scenario": ("record", np.concatenate(rec_scn).astype(np.int16), flags),
-        "record_member": ("record", np.concatenate(rec_mem).astype(np.int16), {"long_name": "ensemble member"}),
+        "record_member": (
+            "record",
+            np.concatenate(rec_mem).astype(np.int16),
+            {"long_name": "ensemble member"},
+        ),
         "record_year": ("record", np.concatenate(rec_year).astype(np.int32), {"units": "year"}),
         "record_step": ("record", np.concatenate(rec_step).astype(np.int32), {"long_name": "index on step"}),
         "step_scenario": ("step", np.concatenate(step_scn).astype(np.int16), flags),
@@ -107,7 +125,9 @@ def _index_coords(plans: list[ScenarioPlan]) -> dict[str, tuple[str, np.ndarray,
     }
 
 
-def template(plans: list[ScenarioPlan], lat: xr.DataArray, lon: xr.DataArray, attrs: dict[str, Any]) -> xr.Dataset:
+def template(
+    plans: list[ScenarioPlan], lat: xr.DataArray, lon: xr.DataArray, attrs: dict[str, Any]
+) -> xr.Dataset:
     """A lazy, all-zero Dataset with the store's full shape, coordinates and attributes."""
     nrec = sum(p.members * p.steps for p in plans)
     nstep = sum(p.steps for p in plans)
@@ -116,14 +136,21 @@ def template(plans: list[ScenarioPlan], lat: xr.DataArray, lon: xr.DataArray, at
     coords = {k: xr.Variable(*v) for k, v in _index_coords(plans).items()}
     coords |= {"lat": lat.variable, "lon": lon.variable}
     data = {
-        "outputs": (("record", "variable", "lat", "lon"),
-                    da.zeros((nrec, nv, ny, nx), chunks=(1, nv, ny, nx), dtype=np.float32),
-                    {"channel_names": list(OUTPUT_VARIABLES)}),
-        "forcing_maps": (("step", "forcer", "lat", "lon"),
-                         da.zeros((nstep, nf, ny, nx), chunks=(1, nf, ny, nx), dtype=np.float32),
-                         {"channel_names": list(MAP_FORCERS)}),
-        "forcing_global": (("step", "scalar_forcer"), da.zeros((nstep, ng), chunks=(nstep, ng), dtype=np.float32),
-                           {"channel_names": list(GLOBAL_FORCERS)}),
+        "outputs": (
+            ("record", "variable", "lat", "lon"),
+            da.zeros((nrec, nv, ny, nx), chunks=(1, nv, ny, nx), dtype=np.float32),
+            {"channel_names": list(OUTPUT_VARIABLES)},
+        ),
+        "forcing_maps": (
+            ("step", "forcer", "lat", "lon"),
+            da.zeros((nstep, nf, ny, nx), chunks=(1, nf, ny, nx), dtype=np.float32),
+            {"channel_names": list(MAP_FORCERS)},
+        ),
+        "forcing_global": (
+            ("step", "scalar_forcer"),
+            da.zeros((nstep, ng), chunks=(nstep, ng), dtype=np.float32),
+            {"channel_names": list(GLOBAL_FORCERS)},
+        ),
     }
     ds = xr.Dataset(data, coords=coords)
     ds.attrs = {"layout": LAYOUT_VERSION, "scenarios": [p.name for p in plans]} | attrs
@@ -131,8 +158,10 @@ def template(plans: list[ScenarioPlan], lat: xr.DataArray, lon: xr.DataArray, at
 
 
 def _encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    return {name: {"chunks": tuple(c[0] for c in ds[name].chunks)} for name in ("outputs", "forcing_maps",
-                                                                                  "forcing_global")}
+    return {
+        name: {"chunks": tuple(c[0] for c in ds[name].chunks)}
+        for name in ("outputs", "forcing_maps", "forcing_global")
+    }
 
 
 def create_store(path: Path, ds: xr.Dataset) -> None:
@@ -140,15 +169,24 @@ def create_store(path: Path, ds: xr.Dataset) -> None:
     ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=False, compute=False, encoding=_encoding(ds))
 
 
-def scenario_writes(path: Path, plan: ScenarioPlan, outputs: Sequence[xr.DataArray | da.Array],
-                    maps: xr.DataArray | da.Array | np.ndarray, scalars: np.ndarray) -> list[Any]:
+def scenario_writes(
+    path: Path,
+    plan: ScenarioPlan,
+    outputs: Sequence[xr.DataArray | da.Array],
+    maps: xr.DataArray | da.Array | np.ndarray,
+    scalars: np.ndarray,
+) -> list[Any]:
     """Delayed region writes of one scenario: outputs per member (time, variable, lat, lon), maps, scalars."""
     writes = []
     for member, field in enumerate(outputs):
         ds = xr.Dataset({"outputs": (("record", "variable", "lat", "lon"), _data(field))})
         writes.append(_region_write(ds, path, {"record": plan.member_records(member)}))
-    step = xr.Dataset({"forcing_maps": (("step", "forcer", "lat", "lon"), _data(maps)),
-                       "forcing_global": (("step", "scalar_forcer"), np.asarray(scalars, np.float32))})
+    step = xr.Dataset(
+        {
+            "forcing_maps": (("step", "forcer", "lat", "lon"), _data(maps)),
+            "forcing_global": (("step", "scalar_forcer"), np.asarray(scalars, np.float32)),
+        }
+    )
     writes.append(_region_write(step, path, {"step": plan.step_slice}))
     return writes
 
@@ -168,9 +206,11 @@ def write_statistics(path: Path, stats_scenarios: Sequence[str]) -> None:
     codes = [ds.attrs["scenarios"].index(s) for s in stats_scenarios]
     records = np.flatnonzero(np.isin(ds["record_scenario"].values, codes))
     steps = np.flatnonzero(np.isin(ds["step_scenario"].values, codes))
-    picked = {"outputs": ds["outputs"].isel(record=records),
-              "forcing_maps": ds["forcing_maps"].isel(step=steps),
-              "forcing_global": ds["forcing_global"].isel(step=steps)}
+    picked = {
+        "outputs": ds["outputs"].isel(record=records),
+        "forcing_maps": ds["forcing_maps"].isel(step=steps),
+        "forcing_global": ds["forcing_global"].isel(step=steps),
+    }
     stats = {}
     for name, channel in STATS_FIELDS.items():
         arr = picked[name].astype(np.float64)
@@ -212,9 +252,12 @@ def open_climate_store(path: Path | str, block: int | None = None) -> xr.Dataset
     """
     ds = xr.open_zarr(path, consolidated=False) if block is None else open_blocks(path, block)
     if ds.attrs.get("layout") != LAYOUT_VERSION:
-        raise DataError(str(path), "not a climate store", expected=LAYOUT_VERSION, found=str(ds.attrs.get("layout")))
-    return ds.assign_coords(variable=list(OUTPUT_VARIABLES), forcer=list(MAP_FORCERS),
-                            scalar_forcer=list(GLOBAL_FORCERS))
+        raise DataError(
+            str(path), "not a climate store", expected=LAYOUT_VERSION, found=str(ds.attrs.get("layout"))
+        )
+    return ds.assign_coords(
+        variable=list(OUTPUT_VARIABLES), forcer=list(MAP_FORCERS), scalar_forcer=list(GLOBAL_FORCERS)
+    )
 
 
 def cf_attributes(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
@@ -225,8 +268,12 @@ def cf_attributes(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
 def scenario_code(ds: xr.Dataset, scenario: str) -> int:
     """Integer code of a scenario in the store (DataError if the store lacks it)."""
     if scenario not in ds.attrs["scenarios"]:
-        raise DataError(f"climate store scenario '{scenario}'", "unknown scenario",
-                        expected=", ".join(ds.attrs["scenarios"]), found=scenario)
+        raise DataError(
+            f"climate store scenario '{scenario}'",
+            "unknown scenario",
+            expected=", ".join(ds.attrs["scenarios"]),
+            found=scenario,
+        )
     return ds.attrs["scenarios"].index(scenario)
 
 
@@ -245,7 +292,7 @@ def scenario_view(ds: xr.Dataset, scenario: str) -> xr.Dataset:
     rec0, members, step0, years = scenario_records(ds, scenario)
     out = ds["outputs"].isel(record=slice(rec0, rec0 + members * years)).data
     out = out.reshape(members, years, *out.shape[1:])
-    time = ds["step_year"].values[step0:step0 + years]
+    time = ds["step_year"].values[step0 : step0 + years]
     maps = ds["forcing_maps"].isel(step=slice(step0, step0 + years)).data
     scalars = ds["forcing_global"].isel(step=slice(step0, step0 + years)).data
     grid = {"lat": ds["lat"], "lon": ds["lon"]}

@@ -90,10 +90,24 @@ class ClimateSamples(Dataset):
         return target * std + mean
 
 
-def batch_loader(samples: ClimateSamples, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 num_workers: int = 0, drop_last: bool = False) -> DataLoader:
+def batch_loader(
+    samples: ClimateSamples,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
     """A DataLoader yielding batched dicts, each batch read from zarr in one call per array."""
-    order = RandomSampler(samples, generator=torch.Generator().manual_seed(seed)) if shuffle \
+    order = (
+        RandomSampler(samples, generator=torch.Generator().manual_seed(seed))
+        if shuffle
         else SequentialSampler(samples)
-    return DataLoader(samples, sampler=BatchSampler(order, batch_size, drop_last), batch_size=None,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+    )
+    return DataLoader(
+        samples,
+        sampler=BatchSampler(order, batch_size, drop_last),
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )

@@ -27,24 +27,42 @@ EARTH_RADIUS_M = 6.371e6
 SECONDS_PER_YEAR = 365.25 * 86400
 KG_PER_MT = 1e9
 CONTINENTS = (  # (centre lat, centre lon, half-extent lat, half-extent lon), degrees
-    (47, 258, 20, 32), (68, 315, 12, 18), (-17, 298, 28, 15), (50, 90, 20, 65), (20, 78, 12, 12),
-    (25, 45, 10, 12), (5, 20, 30, 22), (-25, 134, 11, 18), (-82, 0, 14, 400),
+    (47, 258, 20, 32),
+    (68, 315, 12, 18),
+    (-17, 298, 28, 15),
+    (50, 90, 20, 65),
+    (20, 78, 12, 12),
+    (25, 45, 10, 12),
+    (5, 20, 30, 22),
+    (-25, 134, 11, 18),
+    (-82, 0, 14, 400),
 )
 REGIONS = {  # emission region: (centre lat, centre lon, radius deg)
-    "north_america": (40, 275, 8), "europe": (50, 15, 8), "east_asia": (32, 115, 7), "south_asia": (24, 80, 6),
-    "africa": (0, 20, 10), "south_america": (-15, 305, 9), "middle_east": (28, 50, 6),
+    "north_america": (40, 275, 8),
+    "europe": (50, 15, 8),
+    "east_asia": (32, 115, 7),
+    "south_asia": (24, 80, 6),
+    "africa": (0, 20, 10),
+    "south_america": (-15, 305, 9),
+    "middle_east": (28, 50, 6),
 }
 SHARE_YEARS = (1850, 1950, 1980, 2010, 2050, 2100)
 SO2_SHARES = {  # illustrative regional shares of global emissions (rows follow REGIONS)
-    "north_america": (0.35, 0.35, 0.30, 0.10, 0.06, 0.05), "europe": (0.45, 0.40, 0.35, 0.08, 0.05, 0.05),
-    "east_asia": (0.05, 0.08, 0.15, 0.40, 0.30, 0.20), "south_asia": (0.05, 0.05, 0.07, 0.20, 0.30, 0.30),
-    "africa": (0.03, 0.04, 0.04, 0.07, 0.12, 0.20), "south_america": (0.04, 0.04, 0.05, 0.07, 0.08, 0.10),
+    "north_america": (0.35, 0.35, 0.30, 0.10, 0.06, 0.05),
+    "europe": (0.45, 0.40, 0.35, 0.08, 0.05, 0.05),
+    "east_asia": (0.05, 0.08, 0.15, 0.40, 0.30, 0.20),
+    "south_asia": (0.05, 0.05, 0.07, 0.20, 0.30, 0.30),
+    "africa": (0.03, 0.04, 0.04, 0.07, 0.12, 0.20),
+    "south_america": (0.04, 0.04, 0.05, 0.07, 0.08, 0.10),
     "middle_east": (0.03, 0.04, 0.04, 0.08, 0.09, 0.10),
 }
 BC_SHARES = {
-    "north_america": (0.25, 0.20, 0.12, 0.06, 0.05, 0.05), "europe": (0.35, 0.30, 0.20, 0.07, 0.05, 0.05),
-    "east_asia": (0.15, 0.20, 0.30, 0.35, 0.25, 0.15), "south_asia": (0.10, 0.12, 0.15, 0.22, 0.28, 0.30),
-    "africa": (0.08, 0.10, 0.13, 0.17, 0.22, 0.27), "south_america": (0.05, 0.05, 0.07, 0.08, 0.08, 0.10),
+    "north_america": (0.25, 0.20, 0.12, 0.06, 0.05, 0.05),
+    "europe": (0.35, 0.30, 0.20, 0.07, 0.05, 0.05),
+    "east_asia": (0.15, 0.20, 0.30, 0.35, 0.25, 0.15),
+    "south_asia": (0.10, 0.12, 0.15, 0.22, 0.28, 0.30),
+    "africa": (0.08, 0.10, 0.13, 0.17, 0.22, 0.27),
+    "south_america": (0.05, 0.05, 0.07, 0.08, 0.08, 0.10),
     "middle_east": (0.02, 0.03, 0.03, 0.05, 0.07, 0.08),
 }
 
@@ -86,8 +104,9 @@ def normalise_area_mean(field: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return field / area_mean(field, lat)[..., None, None]
 
 
-def warming_pattern(lat: np.ndarray, land: np.ndarray, arctic: float, antarctic: float,
-                    land_ratio: float) -> np.ndarray:
+def warming_pattern(
+    lat: np.ndarray, land: np.ndarray, arctic: float, antarctic: float, land_ratio: float
+) -> np.ndarray:
     """Forced warming per kelvin of global warming: polar amplification x land/sea ratio, area mean 1.
 
     `arctic` / `antarctic` are the local-to-global warming ratios at the poles before normalisation.
@@ -103,18 +122,25 @@ def _shares(table: dict[str, tuple[float, ...]], years: np.ndarray) -> np.ndarra
 
 
 def _blobs(lat: np.ndarray, lon: np.ndarray, widen: float) -> np.ndarray:
-    return np.stack([np.exp(-0.5 * (_angular_distance(lat, lon, la, lo) / (widen * r)) ** 2)
-                     for la, lo, r in REGIONS.values()])
+    return np.stack(
+        [
+            np.exp(-0.5 * (_angular_distance(lat, lon, la, lo) / (widen * r)) ** 2)
+            for la, lo, r in REGIONS.values()
+        ]
+    )
 
 
 def cell_area(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
     """Approximate cell areas (m^2) of a regular grid, zero at the pole rows."""
     dlat, dlon = np.deg2rad(180.0 / max(lat.size - 1, 1)), np.deg2rad(360.0 / lon.size)
-    return np.broadcast_to((EARTH_RADIUS_M**2 * np.cos(np.deg2rad(lat)) * dlat * dlon)[:, None], (lat.size, lon.size))
+    return np.broadcast_to(
+        (EARTH_RADIUS_M**2 * np.cos(np.deg2rad(lat)) * dlat * dlon)[:, None], (lat.size, lon.size)
+    )
 
 
-def emission_maps(lat: np.ndarray, lon: np.ndarray, years: np.ndarray, totals_mt: np.ndarray,
-                  species: str) -> np.ndarray:
+def emission_maps(
+    lat: np.ndarray, lon: np.ndarray, years: np.ndarray, totals_mt: np.ndarray, species: str
+) -> np.ndarray:
     """(year, lat, lon) emission flux in kg m-2 s-1 whose global integral equals the RCMIP total (Mt/yr)."""
     table = SO2_SHARES if species == "SO2" else BC_SHARES
     area = cell_area(lat, lon)
@@ -124,20 +150,27 @@ def emission_maps(lat: np.ndarray, lon: np.ndarray, years: np.ndarray, totals_mt
     return per_m2_year * (totals_mt * KG_PER_MT / SECONDS_PER_YEAR)[:, None, None]
 
 
-def aerosol_pattern(lat: np.ndarray, lon: np.ndarray, land: np.ndarray, years: np.ndarray,
-                    local_weight: float) -> np.ndarray:
+def aerosol_pattern(
+    lat: np.ndarray, lon: np.ndarray, land: np.ndarray, years: np.ndarray, local_weight: float
+) -> np.ndarray:
     """(year, lat, lon) cooling per kelvin of global aerosol cooling: broad NH part + loading near sources."""
     broad = (1.0 + 0.6 * np.sin(np.deg2rad(lat)))[:, None] * np.where(land, 1.3, 1.0)
     loading = np.einsum("tr,ryx->tyx", _shares(SO2_SHARES, years), _blobs(lat, lon, 2.5))
     loading = normalise_area_mean(loading, lat)
-    return normalise_area_mean((1.0 - local_weight) * normalise_area_mean(broad, lat) + local_weight * loading, lat)
+    return normalise_area_mean(
+        (1.0 - local_weight) * normalise_area_mean(broad, lat) + local_weight * loading, lat
+    )
 
 
 def precipitation_climatology(lat: np.ndarray, land: np.ndarray) -> np.ndarray:
     """Idealised mean precipitation (mm/day): ITCZ, dry subtropics, mid-latitude storm tracks."""
     a = np.abs(lat)
-    zonal = (0.9 + 5.5 * np.exp(-(((lat - 6.0) / 9.0) ** 2)) + 2.2 * np.exp(-(((a - 45.0) / 12.0) ** 2))
-             - 0.6 * np.exp(-(((a - 22.0) / 8.0) ** 2)))
+    zonal = (
+        0.9
+        + 5.5 * np.exp(-(((lat - 6.0) / 9.0) ** 2))
+        + 2.2 * np.exp(-(((a - 45.0) / 12.0) ** 2))
+        - 0.6 * np.exp(-(((a - 22.0) / 8.0) ** 2))
+    )
     return np.clip(zonal, 0.2, None)[:, None] * np.where(land, 0.8, 1.0)
 
 
@@ -147,7 +180,7 @@ def wet_get_wetter(pr0: np.ndarray, lat: np.ndarray, dry_threshold: float = 0.6)
 
 
 def gamma_quantile_terms(shape: float, quantile: float = 0.9, days: int = 365) -> tuple[float, float]:
-    """For daily rain ~ Gamma(shape, mean/shape): (quantile / mean, std of the annual sample quantile / mean)."""
+    """Daily rain ~ Gamma(shape, mean/shape): (quantile / mean, std of the annual sample quantile / mean)."""
     x = float(special.gammaincinv(shape, quantile))
     density = float(np.exp((shape - 1) * np.log(x) - x - special.gammaln(shape)))
     return x / shape, np.sqrt(quantile * (1 - quantile) / days) / density / shape

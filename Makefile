@@ -1,0 +1,36 @@
+# One command sets everything up and runs the main job (`make demo`); one sets up and tests (`make test`).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: setup demo test lint benchmarks ui clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: a range admitting newer releases pulls a multi-GB CUDA build on CPU machines
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/diffpipe run pipelines/digits.yaml
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+benchmarks: setup
+	$(PY) benchmarks/pipeline_cache.py
+	$(PY) benchmarks/pretrain_throughput.py
+
+ui: setup
+	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf artifacts .prefect

@@ -1,0 +1,134 @@
+"""Climate data throughput: builder/ingest MB/s with 2 Dask workers / 1; loader samples/s zarr / memory.
+
+Run: `python benchmarks/climate_data.py [--nlat 32 --nlon 48 --members 2]`; writes
+benchmarks/results/climate_data.json. MB are uncompressed float32 bytes written (outputs + maps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import dask
+import numpy as np
+import torch
+from distributed import Client, LocalCluster
+
+from diffpipe.tasks.data.climate import (
+    ClimateBuildOptions,
+    ClimateSamples,
+    build_climate_store,
+    ingest_climatebench,
+    open_climate_store,
+    scenario_view,
+)
+
+RESULTS = Path(__file__).parent / "results" / "climate_data.json"
+
+
+def store_megabytes(path: Path) -> float:
+    """Uncompressed size of the outputs and forcing maps in MB."""
+    ds = open_climate_store(path)
+    return (ds["outputs"].nbytes + ds["forcing_maps"].nbytes) / 1e6
+
+
+def time_build(options: ClimateBuildOptions, workers: int, dest: Path) -> float:
+    """Seconds to build with a LocalCluster of `workers` processes (cluster start-up excluded)."""
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None)
+    with cluster, Client(cluster):
+        start = time.perf_counter()
+        build_climate_store(dest, replace(options, dask_address=cluster.scheduler_address))
+        return time.perf_counter() - start
+
+
+def export_netcdf(store: Path, folder: Path) -> None:
+    """Write every scenario of a store as ClimateBench inputs_/outputs_ netCDF4 files."""
+    ds = open_climate_store(store)
+    folder.mkdir(parents=True)
+    for name in ds.attrs["scenarios"]:
+        view = scenario_view(ds, name).compute()
+        view[["CO2", "CH4", "SO2", "BC"]].to_netcdf(folder / f"inputs_{name}.nc", engine="h5netcdf")
+        view[["tas", "diurnal_temperature_range", "pr", "pr90"]].to_netcdf(
+            folder / f"outputs_{name}.nc", engine="h5netcdf"
+        )
+
+
+def time_ingest(folder: Path, dest: Path, workers: int) -> float:
+    """Seconds to ingest with `workers` Dask threads."""
+    with dask.config.set(num_workers=workers):
+        start = time.perf_counter()
+        ingest_climatebench(folder, dest, scheduler="threads")
+        return time.perf_counter() - start
+
+
+def loader_rates(store: Path, batch: int, batches: int) -> dict[str, float]:
+    """Samples/s of random batches read from zarr vs the same batches indexed from in-memory tensors.
+
+    torch uses one thread: on a shared 2-core machine its default pool makes a small gather ~50x slower.
+    """
+    torch.set_num_threads(1)
+    samples = ClimateSamples(store, ["historical", "ssp126", "ssp370", "ssp585"])
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(0))[: batch * batches]
+    index_batches = [order[i : i + batch].tolist() for i in range(0, order.numel(), batch)]
+    start = time.perf_counter()
+    for idx in index_batches:
+        samples[idx]
+    zarr_rate = order.numel() / (time.perf_counter() - start)
+    memory = samples[list(range(len(samples)))]
+    start = time.perf_counter()
+    for idx in index_batches:
+        ix = torch.tensor(idx)
+        {k: v[ix] for k, v in memory.items()}
+    memory_rate = order.numel() / (time.perf_counter() - start)
+    return {
+        "zarr_samples_per_s": zarr_rate,
+        "memory_samples_per_s": memory_rate,
+        "zarr_over_memory": zarr_rate / memory_rate,
+    }
+
+
+def main() -> None:
+    """Run all measurements and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--nlat", type=int, default=32)
+    parser.add_argument("--nlon", type=int, default=48)
+    parser.add_argument("--members", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=40)
+    args = parser.parse_args()
+    options = ClimateBuildOptions(nlat=args.nlat, nlon=args.nlon, members=args.members)
+    work = Path(tempfile.mkdtemp(prefix="climate_bench_"))
+    try:
+        build = {w: time_build(options, w, work / f"built{w}.zarr") for w in (1, 2)}
+        megabytes = store_megabytes(work / "built1.zarr")
+        np.testing.assert_array_equal(
+            open_climate_store(work / "built1.zarr")["outputs"][:50].values,
+            open_climate_store(work / "built2.zarr")["outputs"][:50].values,
+        )
+        export_netcdf(work / "built1.zarr", work / "netcdf")
+        ingest = {w: time_ingest(work / "netcdf", work / f"ingested{w}.zarr", w) for w in (1, 2)}
+        result = {
+            "grid": [args.nlat, args.nlon],
+            "members": args.members,
+            "scenarios": list(options.scenarios),
+            "megabytes": megabytes,
+            "builder_mb_per_s": {str(w): megabytes / s for w, s in build.items()},
+            "builder_2_over_1": build[1] / build[2],
+            "ingest_mb_per_s": {str(w): megabytes / s for w, s in ingest.items()},
+            "ingest_2_over_1": ingest[1] / ingest[2],
+            "loader": loader_rates(work / "built1.zarr", args.batch, args.batches) | {"batch": args.batch},
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

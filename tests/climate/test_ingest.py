@@ -1,0 +1,138 @@
+"""Ingest of ClimateBench-layout netCDF files: round trip, fsspec sources and every bad-input case."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import MEMBERS, SCENARIO_YEARS, climatebench_pair, write_pair
+
+from diffpipe.errors import DataError
+from diffpipe.tasks.data.climate import ingest as ingest_module
+from diffpipe.tasks.data.climate import ingest_climatebench, open_climate_store, scenario_view
+
+
+def _assert_round_trip(store: Path, folder: Path) -> None:
+    ds = open_climate_store(store)
+    assert ds.attrs["scenarios"] == list(SCENARIO_YEARS)
+    assert ds["outputs"].encoding["chunks"] == (1, 4, ds.sizes["lat"], ds.sizes["lon"])
+    for name in SCENARIO_YEARS:
+        view = scenario_view(ds, name)
+        inputs, outputs = (xr.open_dataset(folder / f"{k}_{name}.nc") for k in ("inputs", "outputs"))
+        for var in ("tas", "diurnal_temperature_range", "pr", "pr90"):
+            np.testing.assert_array_equal(view[var].values, outputs[var].values)
+            assert view[var].attrs == outputs[var].attrs
+        for var in ("CO2", "CH4", "SO2", "BC"):
+            np.testing.assert_array_equal(view[var].values, inputs[var].values)
+            assert view[var].attrs == inputs[var].attrs
+        np.testing.assert_array_equal(view["time"].values, outputs["time"].values)
+        assert view.attrs["source_model"] == "synthetic"
+    assert ds["lat"].attrs["standard_name"] == "latitude"
+
+
+def test_round_trip_netcdf3(climatebench_dir: Path, tmp_path: Path) -> None:
+    store = ingest_climatebench(climatebench_dir, tmp_path / "store.zarr")
+    _assert_round_trip(store, climatebench_dir)
+
+
+def test_statistics_exclude_the_test_scenario(climatebench_dir: Path, tmp_path: Path) -> None:
+    ds = open_climate_store(ingest_climatebench(climatebench_dir, tmp_path / "store.zarr"))
+    assert ds.attrs["stats_scenarios"] == ["historical", "ssp126"]
+    train = xr.concat(
+        [scenario_view(ds, s)["tas"].stack(s=("member", "time")) for s in ("historical", "ssp126")], dim="s"
+    )
+    np.testing.assert_allclose(ds["outputs_mean"].sel(variable="tas"), float(train.mean()), rtol=1e-5)
+    np.testing.assert_allclose(ds["outputs_std"].sel(variable="tas"), float(train.std()), rtol=1e-5)
+
+
+def test_netcdf4_through_fsspec_uri(tmp_path: Path) -> None:
+    folder = tmp_path / "nc4"
+    folder.mkdir()
+    for i, name in enumerate(SCENARIO_YEARS):
+        write_pair(folder, name, climatebench_pair(name, seed=i), engine="h5netcdf")
+    store = ingest_climatebench(f"file://{folder}", tmp_path / "store.zarr")
+    _assert_round_trip(store, folder)
+
+
+def test_scenario_subset_and_member_dimension(climatebench_dir: Path, tmp_path: Path) -> None:
+    ds = open_climate_store(ingest_climatebench(climatebench_dir, tmp_path / "s.zarr", scenarios=["ssp245"]))
+    assert ds.attrs["scenarios"] == ["ssp245"]
+    assert scenario_view(ds, "ssp245")["tas"].sizes["member"] == MEMBERS
+
+
+def _expect_error(folder: Path, tmp_path: Path, *fragments: str, **kwargs: object) -> None:
+    dest = tmp_path / "bad.zarr"
+    with pytest.raises(DataError) as err:
+        ingest_climatebench(folder, dest, **kwargs)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+    assert not dest.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bad.zarr")]
+
+
+def _rewrite(folder: Path, name: str, kind: str, edit) -> None:
+    pair = list(climatebench_pair(name, seed=list(SCENARIO_YEARS).index(name)))
+    index = 0 if kind == "inputs" else 1
+    pair[index] = edit(pair[index])
+    write_pair(folder, name, tuple(pair))
+
+
+def test_missing_variable(climatebench_dir: Path, tmp_path: Path) -> None:
+    _rewrite(climatebench_dir, "ssp126", "outputs", lambda ds: ds.drop_vars("pr90"))
+    _expect_error(climatebench_dir, tmp_path, "outputs_ssp126.nc", "'pr90'", "missing variable")
+
+
+def test_grid_mismatch_between_inputs_and_outputs(climatebench_dir: Path, tmp_path: Path) -> None:
+    _rewrite(climatebench_dir, "historical", "inputs", lambda ds: ds.assign_coords(lon=ds["lon"] + 1.0))
+    _expect_error(
+        climatebench_dir,
+        tmp_path,
+        "outputs_historical.nc vs",
+        "inputs_historical.nc",
+        "grid mismatch",
+        "'lon'",
+    )
+
+
+def test_unknown_scenario_in_file_name(climatebench_dir: Path, tmp_path: Path) -> None:
+    write_pair(climatebench_dir, "sspXYZ", climatebench_pair("ssp245", seed=9))
+    _expect_error(climatebench_dir, tmp_path, "inputs_sspXYZ.nc", "unknown scenario 'sspXYZ'")
+
+
+def test_requested_scenario_absent(climatebench_dir: Path, tmp_path: Path) -> None:
+    _expect_error(climatebench_dir, tmp_path, "unknown scenario 'ssp585'", scenarios=["ssp585"])
+
+
+def test_missing_partner_file(climatebench_dir: Path, tmp_path: Path) -> None:
+    (climatebench_dir / "outputs_ssp126.nc").unlink()
+    _expect_error(climatebench_dir, tmp_path, "outputs_ssp126.nc", "missing file")
+
+
+@pytest.mark.parametrize("bad_value", [np.nan, 1e20])
+def test_nan_and_fill_values(climatebench_dir: Path, tmp_path: Path, bad_value: float) -> None:
+    def poison(ds: xr.Dataset) -> xr.Dataset:
+        ds["SO2"].values[2, 1, 3] = bad_value
+        return ds
+
+    _rewrite(climatebench_dir, "ssp245", "inputs", poison)
+    _expect_error(climatebench_dir, tmp_path, "inputs_ssp245.nc", "'SO2'", "NaN or fill", "1 bad values")
+
+
+def test_non_monotonic_time(climatebench_dir: Path, tmp_path: Path) -> None:
+    def shuffle(ds: xr.Dataset) -> xr.Dataset:
+        return ds.isel(time=[0, 2, 1, 3, 4])
+
+    _rewrite(climatebench_dir, "ssp126", "outputs", shuffle)
+    _expect_error(climatebench_dir, tmp_path, "outputs_ssp126.nc", "'time'", "not strictly increasing")
+
+
+def test_failure_while_writing_leaves_nothing(
+    climatebench_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*args: object) -> None:
+        raise DataError("statistics", "simulated failure")
+
+    monkeypatch.setattr(ingest_module, "write_statistics", boom)
+    _expect_error(climatebench_dir, tmp_path, "simulated failure")

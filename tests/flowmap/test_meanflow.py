@@ -1,4 +1,4 @@
-"""MeanFlow: the identity on the exact ring flow, JVP vs finite differences, time sampling, a tiny training."""
+"""MeanFlow: identity on the exact ring flow, JVP vs finite differences, time sampling, tiny training."""
 
 from __future__ import annotations
 
@@ -36,9 +36,9 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_meanflow_identity_holds_on_exact_ring_flow_with_jvp(ring):
-    z, t = _state(ring, 256, 0.7)
+    z, t = _state(ring, 64, 0.7)
     r = torch.full_like(t, 0.2)
-    u_fn = lambda zz, tt: ring.flow_map(zz, r, tt, substeps=200)  # noqa: E731
+    u_fn = lambda zz, tt: ring.flow_map(zz, r, tt, substeps=100)  # noqa: E731
     u, target = meanflow_target(u_fn, z, r, t, ring.velocity(z, t), derivative="jvp")
     assert _relative(target, u) < 1e-5
     # the identity needs the derivative along the flow: dropping the z-direction breaks it
@@ -48,9 +48,9 @@ def test_meanflow_identity_holds_on_exact_ring_flow_with_jvp(ring):
 
 
 def test_jvp_and_finite_difference_targets_agree_on_exact_flow(ring):
-    z, t = _state(ring, 256, 0.6, seed=1)
+    z, t = _state(ring, 64, 0.6, seed=1)
     r = torch.full_like(t, 0.1)
-    u_fn = lambda zz, tt: ring.flow_map(zz, r, tt, substeps=100)  # noqa: E731
+    u_fn = lambda zz, tt: ring.flow_map(zz, r, tt, substeps=60)  # noqa: E731
     v = ring.velocity(z, t)
     _, by_jvp = meanflow_target(u_fn, z, r, t, v, derivative="jvp")
     _, by_fd = meanflow_target(u_fn, z, r, t, v, derivative="finite_difference", fd_delta=5e-3)
@@ -61,10 +61,10 @@ def test_jvp_and_finite_difference_losses_agree_on_a_network():
     torch.manual_seed(0)
     net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 32, "depth": 2, "time_channels": 16})
     x0 = torch.randn(128, 2)
-    by_jvp = MeanFlowLoss(derivative="jvp")(net, x0, None, generator(3))
-    by_fd = MeanFlowLoss(derivative="finite_difference", fd_delta=1e-3)(net, x0, None, generator(3))
-    assert _relative(by_fd, by_jvp) < 1e-2
-    coarse = MeanFlowLoss(derivative="finite_difference", fd_delta=5e-2)(net, x0, None, generator(3))
+    by_jvp = MeanFlowLoss(derivative="jvp")(net, x0, None, generator(3)).detach()
+    by_fd = MeanFlowLoss(derivative="finite_difference")(net, x0, None, generator(3)).detach()
+    assert _relative(by_fd, by_jvp) < 1e-3
+    coarse = MeanFlowLoss(derivative="finite_difference", fd_delta=1e-1)(net, x0, None, generator(3)).detach()
     assert _relative(coarse, by_jvp) > _relative(by_fd, by_jvp)
 
 
@@ -80,8 +80,8 @@ def test_time_samplers_keep_r_below_t_and_the_configured_share_of_r_equal_t():
 
 
 def test_distillation_loss_vanishes_for_the_exact_flow_map_but_training_loss_does_not(ring):
-    x0 = ring.sample(256, generator(), dtype=F64)
-    exact = lambda z, r, t, cond: ring.flow_map(z, r, t, substeps=100)  # noqa: E731
+    x0 = ring.sample(96, generator(), dtype=F64)
+    exact = lambda z, r, t, cond: ring.flow_map(z, r, t, substeps=60)  # noqa: E731
     distill = MeanFlowDistillLoss(ring.velocity, norm_p=0.0).per_sample_error(exact, x0, None, generator(1))
     train = MeanFlowLoss(norm_p=0.0).per_sample_error(exact, x0, None, generator(1))
     assert float(distill.mean()) < 1e-8
@@ -108,7 +108,7 @@ def test_tiny_meanflow_training_from_random_init_lowers_one_step_mmd(ring):
         return mmd2_unbiased(sample_flow_map(net, noise, 1), data, BANDWIDTHS)
 
     before = one_step_mmd()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     loss_fn, g = MeanFlowLoss(), generator(3)
     for _ in range(300):
         loss = loss_fn(net, ring.sample(256, g), None, g).mean()

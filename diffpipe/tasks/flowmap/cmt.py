@@ -32,7 +32,10 @@ def make_flow_solver(name: str, options: dict[str, Any] | None = None) -> Schedu
         raise SpecError("solver", "not a diffusers scheduler class",
                         expected="e.g. DPMSolverMultistepScheduler", found=name)
     defaults = {} if name.startswith("FlowMatch") else FLOW_SIGMA_DEFAULTS
-    scheduler = cls(**{**defaults, **(options or {})})
+    try:
+        scheduler = cls(**{**defaults, **(options or {})})
+    except TypeError as err:
+        raise SpecError("solver", "the scheduler takes no flow-ODE options", found=f"{name}: {err}") from err
     config = scheduler.config
     flow = name.startswith("FlowMatch") or (config.get("use_flow_sigmas") and
                                             config.get("prediction_type") == "flow_prediction")

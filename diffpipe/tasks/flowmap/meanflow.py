@@ -117,7 +117,10 @@ class MeanFlowLoss:
     def __call__(self, net: TwoTimeNet, x0: torch.Tensor, cond: torch.Tensor | None,
                  generator: torch.Generator) -> torch.Tensor:
         """Per-sample loss with py-meanflow's adaptive weight: E / sg(E + norm_eps)^norm_p."""
-        err = self.per_sample_error(net, x0, cond, generator)
+        return self.adaptive_weight(self.per_sample_error(net, x0, cond, generator))
+
+    def adaptive_weight(self, err: torch.Tensor) -> torch.Tensor:
+        """py-meanflow's weighting of per-sample errors E: E / sg(E + norm_eps)^norm_p (p = 0: unweighted)."""
         return err / (err.detach() + self.norm_eps) ** self.norm_p
 
 

@@ -26,13 +26,19 @@ from . import register_model
 
 @register_model
 class VelocityMLP(ModelMixin, ConfigMixin):
-    """One-time MLP for low-dimensional data, called like a UNet: (sample, timestep, class_labels)."""
+    """One-time MLP for low-dimensional data, called like a UNet: (sample, timestep, class_labels).
+
+    `time_scale` multiplies the diffusers timestep (1000 t) inside the sinusoidal embedding. diffusers'
+    own value 1 puts frequencies up to 1000 rad per unit t into the features; their t-derivatives swamp
+    the MeanFlow JVP target (1-step MMD^2 on the ring stalls near 0.3-0.8 vs 0.07 with 0.01, 1500 steps).
+    """
 
     @register_to_config
     def __init__(self, data_dim: int = 2, hidden: int = 256, depth: int = 3, time_channels: int = 64,
-                 num_class_embeds: int | None = None):
+                 num_class_embeds: int | None = None, time_scale: float = 0.01):
         super().__init__()
-        self.time_proj = Timesteps(time_channels, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_proj = Timesteps(time_channels, flip_sin_to_cos=True, downscale_freq_shift=0,
+                                   scale=time_scale)
         self.time_embedding = TimestepEmbedding(time_channels, hidden)
         self.class_embedding = nn.Embedding(num_class_embeds, hidden) if num_class_embeds else None
         widths = [data_dim] + [hidden] * depth

@@ -1,0 +1,65 @@
+"""Two-time wrapper: teacher initialisation, save/load, forward-mode AD through a diffusers UNet."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import generator  # noqa: E402
+from diffusers import UNet2DModel  # noqa: E402
+
+from diffpipe.errors import SpecError  # noqa: E402
+from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss  # noqa: E402
+from diffpipe.tasks.nets.flowmap import FlowMapNet, VelocityMLP, one_time_velocity  # noqa: E402
+
+
+def _digits_unet() -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, num_class_embeds=11,
+    )
+
+
+def test_student_from_a_unet_teacher_gives_the_teacher_velocity():
+    teacher = _digits_unet()
+    student = FlowMapNet.from_teacher(teacher)
+    x, t, labels = torch.randn(6, 1, 8, 8), torch.rand(6), torch.randint(0, 11, (6,))
+    with torch.no_grad():
+        v = one_time_velocity(teacher)(x, t, labels)
+        assert torch.allclose(student(x, t, t, labels), v, atol=1e-5)
+        assert torch.allclose(student(x, 0.3 * t, t, labels), v, atol=1e-5)
+        assert not torch.allclose(student(x, t, t, (labels + 1) % 11), v, atol=1e-3)
+
+
+def test_student_from_an_mlp_teacher_is_exact_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    teacher = VelocityMLP(hidden=32, depth=2, time_channels=16)
+    student = FlowMapNet.from_teacher(teacher)
+    z, t = torch.randn(10, 2), torch.rand(10)
+    with torch.no_grad():
+        assert torch.equal(student(z, t, t), one_time_velocity(teacher)(z, t, None))
+        student.base.class_embedding.gap.linear_2.bias.add_(0.5)
+        before = student(z, 0.5 * t, t)
+    student.save_pretrained(tmp_path)
+    loaded = FlowMapNet.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(loaded(z, 0.5 * t, t), before)
+
+
+def test_meanflow_jvp_runs_through_the_unet_and_trains_the_gap_embedding():
+    student = FlowMapNet.from_teacher(_digits_unet())
+    x0, labels = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    loss = MeanFlowLoss()(student, x0, labels, generator()).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert float(student.base.class_embedding.gap.linear_2.weight.grad.abs().sum()) > 0
+
+
+def test_unknown_base_models_are_refused():
+    with pytest.raises(SpecError, match="base_class"):
+        FlowMapNet(base_class="DiTTransformer2DModel", base_config={})

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
 
 from .context import StageContext, StageOutput
+from .domain import Domain
 
 StageFn = Callable[[StageContext], StageOutput]
 STAGES: dict[str, StageFn] = {}
 DOMAINS: dict[str, Domain] = {}
-
-
-class Domain(Protocol):
-    """A data kind: builds its data artifact and knows its own metrics and previews."""
-
-    def build(self, ctx: StageContext) -> StageOutput:
-        """Write the data set into `ctx.workdir`."""
-        ...
 
 
 def stage(kind: str) -> Callable[[StageFn], StageFn]:

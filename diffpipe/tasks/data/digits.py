@@ -14,9 +14,10 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from diffpipe.schemas import DigitsData
-from diffpipe.storage.formats import load_tensors, open_dataset, save_tensors, write_dataset, write_json
+from diffpipe.storage.formats import load_tensors, save_tensors, write_dataset, write_json
 
 from ..context import StageContext, StageOutput
+from ..domain import ImageDomain
 from ..registry import domain
 from .images import save_grid
 
@@ -74,8 +75,8 @@ def _as_dataset(x: np.ndarray, y: np.ndarray) -> xr.Dataset:
 
 
 @domain("digits")
-class DigitsDomain:
-    """Builds the digits data artifact and scores digit samples."""
+class DigitsDomain(ImageDomain):
+    """Builds the digits data artifact and scores digit samples with a frozen classifier."""
 
     def build(self, ctx: StageContext) -> StageOutput:
         """Split, store as zarr, train the frozen classifier once."""
@@ -97,11 +98,6 @@ class DigitsDomain:
                          torch.from_numpy(y_tr[:50]), title="training digits")
         return StageOutput("dataset", metrics, f"digits: {len(x_tr)} train / {len(x_te)} test images", {"examples": grid})
 
-    def load(self, path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images (N, 1, 8, 8) and labels of one split."""
-        ds = open_dataset(path / f"{split}.zarr").load()
-        return torch.from_numpy(ds["x"].values), torch.from_numpy(ds["label"].values)
-
     def classifier(self, path: Path) -> DigitsClassifier:
         """The frozen classifier stored with the data."""
         clf = DigitsClassifier()
@@ -109,8 +105,8 @@ class DigitsDomain:
         return clf.eval()
 
     @torch.no_grad()
-    def metrics(self, data_path: Path, x: torch.Tensor, labels: torch.Tensor | None,
-                reference: torch.Tensor) -> dict[str, Any]:
+    def domain_metrics(self, data_path: Path, x: torch.Tensor, labels: torch.Tensor | None,
+                       reference: torch.Tensor) -> dict[str, Any]:
         """Classifier accuracy on requested classes (overall and per class) and FD in classifier features."""
         clf = self.classifier(data_path)
         out: dict[str, Any] = {
@@ -123,7 +119,3 @@ class DigitsDomain:
             out["classifier_accuracy"] = float(hit.float().mean())
             out["accuracy_per_class"] = {int(c): float(hit[labels == c].float().mean()) for c in labels.unique()}
         return out
-
-    def preview(self, x: torch.Tensor, labels: torch.Tensor | None, path: Path, title: str) -> Path:
-        """A PNG grid of samples."""
-        return save_grid(x, path, labels, title=title)

@@ -3,7 +3,7 @@
 from .artifact import ArtifactKind, ArtifactRef
 from .data import DataSpec, DigitsData
 from .models import DiTSpec, ModelSpec, UNet2DSpec
-from .objectives import DDPM, EDM, FlowMatching, Objective
+from .objectives import DDPM, EDM, FlowMatching, Objective, Regression
 from .pipeline import STAGE_CLASSES, CrossReferenceError, PipelineSpec, StageSpec
 from .runtime import RuntimeSpec
 from .stages import EvaluateStage, PretrainStage, SampleStage, SchedulerSpec, StageBase
@@ -12,6 +12,6 @@ from .storage import StorageSpec
 __all__ = [
     "DDPM", "EDM", "STAGE_CLASSES", "ArtifactKind", "ArtifactRef", "CrossReferenceError", "DataSpec",
     "DiTSpec", "DigitsData", "EvaluateStage", "FlowMatching", "ModelSpec", "Objective", "PipelineSpec",
-    "PretrainStage", "RuntimeSpec", "SampleStage", "SchedulerSpec", "StageBase", "StageSpec", "StorageSpec",
+    "PretrainStage", "Regression", "RuntimeSpec", "SampleStage", "SchedulerSpec", "StageBase", "StageSpec", "StorageSpec",
     "UNet2DSpec",
 ]

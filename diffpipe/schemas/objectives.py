@@ -68,4 +68,12 @@ class EDM(Strict):
     schedulers: ClassVar[frozenset[str]] = frozenset({"EDMEulerScheduler", "EDMDPMSolverMultistepScheduler"})
 
 
-Objective = Annotated[FlowMatching | DDPM | EDM, Field(discriminator="kind")]
+class Regression(Strict):
+    """Deterministic baseline with the same network: predicts x0 from the condition in one call (no noise)."""
+
+    kind: Literal["regression"] = "regression"
+    default_scheduler: ClassVar[str | None] = None
+    schedulers: ClassVar[frozenset[str]] = frozenset()
+
+
+Objective = Annotated[FlowMatching | DDPM | EDM | Regression, Field(discriminator="kind")]

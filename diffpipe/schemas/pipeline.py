@@ -92,6 +92,12 @@ class PipelineSpec(Strict):
             objective = getattr(source, "objective", None)
             if objective is None or stage.scheduler.name is None:
                 continue
+            if not objective.schedulers:
+                raise CrossReferenceError(
+                    f"stages[{i}].scheduler.name", f"the {objective.kind} objective of stage '{source.name}' "
+                    "samples in one deterministic call and takes no scheduler", "no scheduler name",
+                    f"'{stage.scheduler.name}'",
+                )
             if stage.scheduler.name not in objective.schedulers:
                 raise CrossReferenceError(
                     f"stages[{i}].scheduler.name",

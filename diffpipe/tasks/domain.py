@@ -141,7 +141,7 @@ class ImageDomain:
             ds["label"] = ("sample", labels.numpy().astype(np.int64))
         write_dataset(ds, ctx.workdir / SAMPLES_FILE)
         nfe = net.calls // max(1, len(chunks))
-        name = type(scheduler).__name__
+        name = type(scheduler).__name__ if scheduler is not None else "direct (regression)"
         metrics = {"num_samples": spec.num_samples, "scheduler": name, "steps": spec.scheduler.steps,
                    "nfe_per_sample": nfe, "sampling_wall_s": wall, "samples_per_s": spec.num_samples / wall}
         grid = self.preview(x, labels, ctx.workdir / "grid.png", f"{ctx.node}: {name}, {nfe} NFE")

@@ -16,7 +16,7 @@ import diffusers
 import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler, SchedulerMixin
 
-from diffpipe.schemas import DDPM, EDM, FlowMatching, Objective
+from diffpipe.schemas import DDPM, EDM, FlowMatching, Objective, Regression
 
 from . import timeconv
 
@@ -95,6 +95,17 @@ class EDMLoss:
         return weight * _per_sample_mean((denoised - x0) ** 2)
 
 
+class RegressionLoss:
+    """Deterministic regression |net(0, 0, cond) - x0|^2: the same backbone without noise."""
+
+    def __init__(self, spec: Regression):
+        self.spec = spec
+
+    def __call__(self, net: NetFn, x0: torch.Tensor, cond: Any, gen: torch.Generator) -> torch.Tensor:
+        zeros_t = torch.zeros(x0.shape[0], device=x0.device)
+        return _per_sample_mean((net(torch.zeros_like(x0), zeros_t, cond).float() - x0) ** 2)
+
+
 def edm_net_timestep(sigma: torch.Tensor) -> torch.Tensor:
     """Network time input for an EDM noise level: 1000 * t with t = sigma / (1 + sigma)."""
     return timeconv.diffusers_timestep_from_t(timeconv.t_from_sigma(sigma))
@@ -102,7 +113,8 @@ def edm_net_timestep(sigma: torch.Tensor) -> torch.Tensor:
 
 def make_loss(spec: Objective) -> Callable[..., torch.Tensor]:
     """The per-sample training loss of an objective."""
-    return {"flow_matching": FlowMatchingLoss, "ddpm": DDPMLoss, "edm": EDMLoss}[spec.kind](spec)
+    losses = {"flow_matching": FlowMatchingLoss, "ddpm": DDPMLoss, "edm": EDMLoss, "regression": RegressionLoss}
+    return losses[spec.kind](spec)
 
 
 def scheduler_defaults(spec: Objective, name: str) -> dict[str, Any]:
@@ -120,8 +132,10 @@ def scheduler_defaults(spec: Objective, name: str) -> dict[str, Any]:
     return {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max, "sigma_data": spec.sigma_data}
 
 
-def make_scheduler(spec: Objective, name: str | None, options: dict[str, Any]) -> SchedulerMixin:
-    """A diffusers scheduler configured for the objective, with user options on top."""
+def make_scheduler(spec: Objective, name: str | None, options: dict[str, Any]) -> SchedulerMixin | None:
+    """A diffusers scheduler configured for the objective, with user options on top (None: regression)."""
+    if isinstance(spec, Regression):
+        return None
     name = name or spec.default_scheduler
     cls = getattr(diffusers, name)
     return cls(**{**scheduler_defaults(spec, name), **options})

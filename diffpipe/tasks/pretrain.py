@@ -49,7 +49,9 @@ def run_pretrain(ctx: StageContext) -> StageOutput:
     result, ema = train(ctx, model, step_loss, train_config(spec), ctx.generator(offset=1))
     out = ctx.workdir
     save_trained(model.cpu(), ema, out)
-    make_scheduler(spec.objective, None, {}).save_pretrained(out / SCHEDULER_DIR)
+    scheduler = make_scheduler(spec.objective, None, {})
+    if scheduler is not None:
+        scheduler.save_pretrained(out / SCHEDULER_DIR)
     write_json(out / TRAINING_FILE, {"objective": spec.objective.model_dump(mode="json"), "steps": spec.steps,
                                      "ema": spec.ema_decay is not None,
                                      "num_classes": getattr(ctx.pipeline.data, "num_classes", None)})

@@ -40,10 +40,13 @@ def guided(net: NetFn, null_label: int | None, scale: float) -> NetFn:
 
 @torch.no_grad()
 def sample(
-    net: NetFn, objective: Objective, scheduler: SchedulerMixin, steps: int, shape: tuple[int, ...],
+    net: NetFn, objective: Objective, scheduler: SchedulerMixin | None, steps: int, shape: tuple[int, ...],
     labels: torch.Tensor | None, gen: torch.Generator, device: torch.device,
 ) -> torch.Tensor:
-    """Integrate the scheduler from noise to data for a batch of `shape`."""
+    """Integrate the scheduler from noise to data for a batch of `shape` (regression: one direct call)."""
+    if scheduler is None:
+        zeros = torch.zeros(shape, device=device)
+        return net(zeros, torch.zeros(shape[0], device=device), labels)
     scheduler.set_timesteps(steps, device=device)
     x = torch.randn(shape, generator=gen).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
     step_kwargs = {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}

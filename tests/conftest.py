@@ -27,7 +27,7 @@ def tiny_digits_spec(root: Path) -> dict:
     spec = copy.deepcopy(spec)
     spec["model"] = {"arch": "unet2d", "block_out_channels": [16, 32], "norm_num_groups": 8}
     for stage in spec["stages"]:
-        stage.update(TINY_OVERRIDES.get(stage["name"], {}))
+        stage.update(copy.deepcopy(TINY_OVERRIDES.get(stage["name"], {})))
     spec["storage"] = {"root": str(root)}
     spec["runtime"] = {"device": "cpu", "seed": 0}
     return spec

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
 import numpy as np
+import torch
 import xarray as xr
 
 from diffpipe.errors import DataError
@@ -117,10 +118,16 @@ def _trees(leaves: tuple[int, ...]) -> Iterator[Expr]:
                     yield _combine(op, left, right)
 
 
-def all_countdown_expressions(numbers: Sequence[int]) -> list[Expr]:
+def all_countdown_expressions(numbers: Sequence[int]) -> tuple[Expr, ...]:
     """Every expression using each number exactly once (all orders, shapes and operators)."""
-    orders = sorted(set(itertools.permutations(numbers)))
-    return [tree for order in orders for tree in _trees(order)]
+    return _expressions(tuple(sorted(numbers)))
+
+
+@lru_cache(maxsize=256)
+def _expressions(sorted_numbers: tuple[int, ...]) -> tuple[Expr, ...]:
+    """All expressions over a multiset of numbers (cached: 192 for three numbers, 7680 for four)."""
+    orders = sorted(set(itertools.permutations(sorted_numbers)))
+    return tuple(tree for order in orders for tree in _trees(order))
 
 
 def solve_countdown(numbers: Sequence[int], target: int) -> list[str]:
@@ -441,3 +448,13 @@ def check_reasoning_dataset(ds: xr.Dataset, where: str) -> None:
     if ds.attrs.get("task") not in ("countdown", "sudoku"):
         raise DataError(where, "attribute 'task' is not a reasoning task", expected="countdown or sudoku",
                         found=repr(ds.attrs.get("task")))
+
+
+def reward_fn_for(task: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """A torch reward function (prompts, completions) -> (rewards, correct) for the RL loop."""
+
+    def reward_fn(prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rewards, correct = score_completions(task, prompts.cpu().numpy(), completions.cpu().numpy())
+        return torch.from_numpy(rewards).float(), torch.from_numpy(correct)
+
+    return reward_fn

@@ -1,0 +1,216 @@
+"""Tiny MDLM on Countdown and Sudoku: pretrain, then each discrete RL algorithm at equal rollouts.
+
+Also: ELBO estimator bias, variance and MSE against the exact ELBO (mask enumeration) at equal forward
+budgets, and forward passes per update of each algorithm. Prints and writes
+benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task and seed).
+
+    python benchmarks/mdlm_rl.py --tasks countdown sudoku --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffpipe.tasks.data.reasoning import EOS, MASK, VOCAB, build_countdown, build_sudoku, reward_fn_for
+from diffpipe.tasks.mdlm import (
+    MaskPlan,
+    draw_elbo_plan,
+    masked_diffusion_loss,
+    masked_token_logps,
+    plan_estimate,
+    sample_completions,
+)
+from diffpipe.tasks.mdlm.elbo import exact_elbo_from_sums, mask_size_sums
+from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
+from diffpipe.tasks.rl.discrete import ALGORITHMS, make_options, rl_update
+
+RESULTS = Path(__file__).parent / "results" / "mdlm_rl.json"
+CACHE = Path("/tmp/diffpipe_mdlm_rl_cache")
+TASKS = {
+    # block_length: two semi-autoregressive blocks per completion; pretrain steps give a modest accuracy
+    "countdown": {"build": lambda s: build_countdown(1500, 200, seed=s), "block_length": 4,
+                  "pretrain_steps": 1500},
+    "sudoku": {"build": lambda s: build_sudoku(2000, 200, seed=s), "block_length": 8, "pretrain_steps": 600},
+}
+MODEL = {"d_model": 64, "num_layers": 3, "num_heads": 4}
+ROLLOUTS_PER_UPDATE = 48
+
+
+def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt and completion token tensors of a split."""
+    return torch.from_numpy(ds.prompt.values), torch.from_numpy(ds.completion.values)
+
+
+def pretrain(task: str, data: dict, seed: int, steps: int) -> tuple[MaskedDiffusionTransformer, dict]:
+    """Train (or load from the /tmp cache) a tiny MDLM with the masked-diffusion loss."""
+    path = CACHE / f"{task}_seed{seed}_steps{steps}"
+    prompts, completions = tensors(data["train"])
+    if (path / "config.json").exists():
+        meta = json.loads((path / "meta.json").read_text())
+        return MaskedDiffusionTransformer.from_pretrained(path), meta
+    torch.manual_seed(seed)
+    model = MaskedDiffusionTransformer(VOCAB.size, prompts.shape[1] + completions.shape[1], MASK, **MODEL)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100)
+                                                 * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    for _ in range(steps):
+        idx = torch.randint(0, prompts.shape[0], (128,), generator=generator)
+        loss = masked_diffusion_loss(model, prompts[idx], completions[idx], MASK, generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    meta = {"pretrain_seconds": time.perf_counter() - started, "final_loss": float(loss.detach()),
+            "steps": steps, "params": sum(p.numel() for p in model.parameters())}
+    model.save_pretrained(path)
+    (path / "meta.json").write_text(json.dumps(meta))
+    return model, meta
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: str, ds, block_length: int) -> dict[str, float]:
+    """Greedy held-out accuracy and mean reward (steps = completion length)."""
+    prompts, completions = tensors(ds)
+    length = completions.shape[1]
+    samples = sample_completions(model, prompts, length, MASK, steps=length, block_length=block_length)
+    rewards, correct = reward_fn_for(task)(prompts, samples)
+    return {"accuracy": float(correct.float().mean()), "reward": float(rewards.mean())}
+
+
+def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
+           block_length: int, lr: float) -> dict:
+    """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time."""
+    model, ref = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    options = make_options(algorithm, block_length=block_length)
+    prompts, completions = tensors(data["train"])
+    per_update = max(1, ROLLOUTS_PER_UPDATE // options.group_size)
+    generator = torch.Generator().manual_seed(1000 + seed)
+    rollouts, history, started = 0, [], time.perf_counter()
+    while rollouts < rollout_budget:
+        idx = torch.randint(0, prompts.shape[0], (per_update,), generator=generator)
+        stats = rl_update(model, ref, optimizer, prompts[idx], algorithm, options, generator,
+                          reward_fn=reward_fn_for(task), completion_length=completions.shape[1],
+                          eos_token_id=EOS)
+        rollouts += stats["rollouts"]
+        history.append(stats)
+    wall = time.perf_counter() - started
+    keys = ("sampling_forwards_per_rollout", "scoring_forwards_per_rollout", "grad_forwards_per_rollout")
+    quarter = len(history) // 4 or 1
+    return {
+        "after": evaluate(model, task, data["test"], block_length), "wall_seconds": wall,
+        "updates": len(history), "rollouts": rollouts, "group_size": options.group_size,
+        "num_iterations": options.num_iterations,
+        "train_reward_first_quarter": float(np.mean([h["reward_mean"] for h in history[:quarter]])),
+        "train_reward_last_quarter": float(np.mean([h["reward_mean"] for h in history[-quarter:]])),
+        "zero_std_ratio": float(np.mean([h["zero_std_ratio"] for h in history])),
+        "forwards_per_rollout": {k: history[0][k] for k in keys},
+        "forwards_per_update": {k.replace("_per_rollout", ""): history[0][k] * history[0]["rollouts"]
+                                for k in keys},
+        "seconds_per_update": wall / len(history),
+    }
+
+
+@torch.no_grad()
+def elbo_study(model: torch.nn.Module, data: dict, num_sequences: int, replicates: int, seed: int) -> dict:
+    """Bias, variance and MSE of each estimator against the exact ELBO at equal forward budgets."""
+    prompts, completions = tensors(data["test"])
+    prompts, completions = prompts[:num_sequences], completions[:num_sequences]
+    length = completions.shape[1]
+    exact = exact_elbo_from_sums(mask_size_sums(model, prompts, completions, MASK)).double()
+    generator = torch.Generator().manual_seed(seed)
+    arms = [(f"mc-{k}", "mc", k, {}) for k in (1, 2, 3, 4, 8)]
+    arms += [(f"stratified-{k}", "stratified", k, {}) for k in (2, 3, 4, 8)]
+    arms += [(f"antithetic-{k}", "antithetic", k, {}) for k in (2, 4, 8)]
+    arms += [(f"gauss{k}-count", "quadrature", k, {"rule": "gauss", "fixed_count": True})
+             for k in (1, 2, 3, 4, 8)]
+    arms += [(f"gauss{k}-bernoulli", "quadrature", k, {"rule": "gauss", "fixed_count": False})
+             for k in (1, 2, 3, 4)]
+    arms += [("simpson3-count", "quadrature", 3, {"rule": "simpson", "fixed_count": True}),
+             ("simpson3-bernoulli", "quadrature", 3, {"rule": "simpson", "fixed_count": False})]
+    rows = {}
+    for name, estimator, budget, kwargs in arms:
+        plan = draw_elbo_plan(estimator, num_sequences * replicates, length, budget, generator, **kwargs)
+        values = plan_estimate(model, prompts.repeat(replicates, 1), completions.repeat(replicates, 1), plan,
+                               MASK)
+        values = values.double().view(replicates, num_sequences)
+        bias = values.mean(0) - exact
+        variance = values.var(0)
+        rows[name] = {"forwards": budget, "bias": float(bias.mean()), "abs_bias": float(bias.abs().mean()),
+                      "variance": float(variance.mean()), "mse": float((variance + bias ** 2).mean())}
+    return {"completion_length": length, "sequences": num_sequences, "replicates": replicates,
+            "exact_elbo_mean": float(exact.mean()), "estimators": rows,
+            "time_share_of_mc1_variance": time_share(model, prompts, completions)}
+
+
+@torch.no_grad()
+def time_share(model: torch.nn.Module, prompts: torch.Tensor, completions: torch.Tensor) -> float:
+    """Exact share of the single-draw 'mc' variance due to the random mask count (time), by enumeration."""
+    batch, length = completions.shape
+    subsets = [[i for i in range(length) if code >> i & 1] for code in range(1, 2 ** length)]
+    masks = torch.zeros(len(subsets), length, dtype=torch.bool)
+    for row, subset in enumerate(subsets):
+        masks[row, subset] = True
+    plan = MaskPlan(masks.unsqueeze(1).expand(-1, batch, -1), torch.ones(len(subsets), batch))
+    per_mask = (masked_token_logps(model, prompts, completions, plan, MASK) * plan.masks).sum(-1).double()
+    sizes = masks.sum(-1)
+    scaled = per_mask * (length / sizes.double()).unsqueeze(1)
+    means = torch.stack([scaled[sizes == s].mean(0) for s in range(1, length + 1)])
+    within = torch.stack([scaled[sizes == s].var(0, unbiased=False) for s in range(1, length + 1)])
+    between = means.var(0, unbiased=False)
+    return float((between / (between + within.mean(0))).mean())
+
+
+def main() -> None:
+    """Run the benchmark for the requested tasks and seeds, merge into the JSON results."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", nargs="+", default=["countdown", "sudoku"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--rollouts", type=int, default=1536)
+    parser.add_argument("--elbo-replicates", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--skip-elbo", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    results["config"] = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
+                         "optimizer": "AdamW betas (0.9, 0.99), no weight decay",
+                         "options": "reference defaults of each algorithm (options.py), block_length per task"}
+    for task in args.tasks:
+        spec = TASKS[task]
+        for seed in args.seeds:
+            data = spec["build"](seed)
+            model, meta = pretrain(task, data, seed, spec["pretrain_steps"])
+            run = {"pretrain": meta, "before": evaluate(model, task, data["test"], spec["block_length"]),
+                   "algorithms": {}}
+            print(task, seed, "pretrained", run["before"], meta, flush=True)
+            if task == "countdown" and not args.skip_elbo:
+                run["elbo_study"] = elbo_study(model, data, 24, args.elbo_replicates, seed)
+                print(json.dumps(run["elbo_study"], indent=1), flush=True)
+            for algorithm in args.algorithms:
+                run["algorithms"][algorithm] = run_rl(task, model, data, algorithm, seed, args.rollouts,
+                                                      spec["block_length"], args.lr)
+                print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
+            before = max(run["before"]["accuracy"], 1e-9)
+            run["accuracy_ratio_after_over_before"] = {a: r["after"]["accuracy"] / before
+                                                       for a, r in run["algorithms"].items()}
+            run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
+            results["runs"][f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"] = run
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Pieces shared by the discrete RL methods: rollout batches, advantages, KL estimators, mask plans."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from diffpipe.tasks.mdlm.plans import MaskPlan
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(prompts (N, P), completions (N, L)) -> (rewards float (N,), correct bool (N,))."""
+
+
+@dataclass(frozen=True)
+class Rollouts:
+    """G completions per prompt, flattened prompt-major: row i belongs to group i // G."""
+
+    prompt: torch.Tensor
+    completion: torch.Tensor
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    group_size: int
+
+    def grouped(self, values: torch.Tensor) -> torch.Tensor:
+        """View of a per-row tensor as (groups, G)."""
+        return values.view(-1, self.group_size)
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, *, leave_one_out: bool,
+                     scale: bool) -> torch.Tensor:
+    """R - group mean (d1, GDPO) or leave-one-out G/(G-1) (R - mean) (DiffuCoder, ESPO); optional / std."""
+    grouped = rewards.view(-1, group_size)
+    adv = grouped - grouped.mean(dim=1, keepdim=True)
+    if leave_one_out:
+        adv = adv * group_size / (group_size - 1)
+    if scale:
+        adv = adv / (grouped.std(dim=1, keepdim=True) + 1e-4)
+    return adv.reshape(-1)
+
+
+def zero_std_ratio(rewards: torch.Tensor, group_size: int) -> float:
+    """Fraction of groups whose rewards are all equal (they carry no signal)."""
+    grouped = rewards.view(-1, group_size)
+    return float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean())
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator exp(d) - d - 1 with d = ref - current (TRL, d1, DiffuCoder)."""
+    diff = ref_logp - logp
+    return torch.exp(diff) - diff - 1
+
+
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k2 estimator (current - ref)^2 / 2 (ESPO on sequence ELBOs)."""
+    return 0.5 * (logp - ref_logp) ** 2
+
+
+def tokens_through_eos(completion: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """Float mask (N, L) of completion positions up to and including the first EOS (d1's loss mask)."""
+    is_eos = completion == eos_token_id
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long() == 0
+    return before.float()
+
+
+def mean_field_plan(batch_size: int, length: int, prompt_length: int, p_mask_prompt: float,
+                    generator: torch.Generator | None) -> MaskPlan:
+    """d1's one-step surrogate: the whole completion masked, each prompt token masked with p_mask_prompt."""
+    prompt_masks = torch.rand(1, batch_size, prompt_length, generator=generator) < p_mask_prompt
+    masks = torch.ones(1, batch_size, length, dtype=torch.bool)
+    return MaskPlan(masks, torch.ones(1, batch_size), prompt_masks)
+
+
+def coupled_plan(batch_size: int, length: int, prompt_length: int, t_min: float, t_max: float,
+                 p_mask_prompt: float, generator: torch.Generator | None) -> MaskPlan:
+    """DiffuCoder's passes: full mask (weight 1/2), m ~ Bernoulli(t) (1/(2t)), complement (1/(2(1-t))).
+
+    One t ~ U(t_min, t_max) per batch, as the reference draws one per micro-batch.
+    """
+    t = t_min + (t_max - t_min) * float(torch.rand(1, generator=generator))
+    partial = torch.rand(batch_size, length, generator=generator) < t
+    masks = torch.stack([torch.ones_like(partial), partial, ~partial])
+    weights = torch.tensor([0.5, 0.5 / t, 0.5 / (1 - t)]).view(3, 1).expand(3, batch_size).clone()
+    prompt_masks = torch.rand(1, batch_size, prompt_length, generator=generator) < p_mask_prompt
+    return MaskPlan(masks, weights, prompt_masks.expand(3, -1, -1))
+
+
+def wdce_plan(batch_size: int, length: int, num_replicates: int, t_min: float,
+              generator: torch.Generator | None) -> MaskPlan:
+    """DMPO's weighted denoising CE: antithetic pairs, ratio t_min + (1 - t_min) U, weight 1/(|m| R)."""
+    if num_replicates % 2:
+        raise ValueError(f"num_replicates must be even (antithetic pairs), got {num_replicates}")
+    ratios = t_min + (1 - t_min) * torch.rand(num_replicates // 2, batch_size, 1, generator=generator)
+    half = torch.rand(num_replicates // 2, batch_size, length, generator=generator) < ratios
+    masks = torch.cat([half, ~half])
+    counts = masks.sum(-1).float()
+    weights = torch.where(counts > 0, 1.0 / (counts.clamp(min=1) * num_replicates), 0.0)
+    return MaskPlan(masks, weights)

@@ -1,0 +1,122 @@
+"""Countdown and Sudoku generators: verifiers against brute force, splits, tokens."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from diffpipe.errors import DataError
+from diffpipe.tasks.data.reasoning import (
+    EOS,
+    VOCAB,
+    all_countdown_expressions,
+    all_sudoku_grids,
+    build_countdown,
+    build_sudoku,
+    check_reasoning_dataset,
+    countdown_key,
+    countdown_reward,
+    reward_fn_for,
+    score_completions,
+    sudoku_reward,
+    sudoku_solutions,
+    verify_countdown,
+    verify_sudoku,
+)
+
+
+@pytest.fixture(scope="module")
+def countdown():
+    return build_countdown(60, 20, num_numbers=(3, 4), max_number=6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def sudoku():
+    return build_sudoku(150, 50, seed=3)
+
+
+def test_countdown_verifier_agrees_with_brute_force_on_every_problem(countdown):
+    for ds in countdown.values():
+        for numbers, target in zip(ds.numbers.values, ds.target.values, strict=True):
+            numbers = [int(n) for n in numbers if n >= 0]
+            if len(numbers) == 4:  # 7680 expressions: check a stride of them to stay fast
+                expressions = all_countdown_expressions(numbers)[::7]
+            else:
+                expressions = all_countdown_expressions(numbers)
+            hits = 0
+            for expr in expressions:
+                is_solution = expr.value == target
+                hits += is_solution
+                assert verify_countdown(expr.render(), numbers, int(target)) == is_solution, expr.render()
+            if len(numbers) == 3:
+                assert hits > 0
+
+
+def test_countdown_verifier_rejects_wrong_number_use_and_bad_syntax():
+    assert verify_countdown("3+5*2", [3, 5, 2], 13)
+    assert not verify_countdown("3+5", [3, 5, 2], 8)            # a number left out
+    assert not verify_countdown("3+5+2+2", [3, 5, 2], 12)       # a number used twice
+    assert not verify_countdown("(3+5*2", [3, 5, 2], 13)        # unbalanced
+    assert not verify_countdown("6/(3-3)", [6, 3, 3], 1)        # division by zero
+    assert verify_countdown("6/4*2", [6, 4, 2], 3)              # exact rationals in between
+    assert not verify_countdown("03+5*2", [3, 5, 2], 13)        # leading zero
+    assert countdown_reward("3+5", [3, 5, 2], 13) == 0.1
+    assert countdown_reward("3+", [3, 5, 2], 13) == 0.0
+
+
+def test_countdown_completions_are_solutions_and_tokens_round_trip(countdown):
+    for ds in countdown.values():
+        check_reasoning_dataset(ds, "countdown")
+        rewards, correct = score_completions("countdown", ds.prompt.values, ds.completion.values)
+        assert correct.all() and (rewards == 1.0).all()
+        assert (ds.completion.values[:, -1] == EOS).all()
+
+
+def test_countdown_splits_are_disjoint_and_deterministic(countdown):
+    keys = {split: {countdown_key([n for n in nums if n >= 0], t) for nums, t in
+                    zip(ds.numbers.values, ds.target.values, strict=True)} for split, ds in countdown.items()}
+    assert len(keys["train"]) == 60 and len(keys["test"]) == 20
+    assert not keys["train"] & keys["test"]
+    again = build_countdown(60, 20, num_numbers=(3, 4), max_number=6, seed=3)
+    assert (again["test"].prompt.values == countdown["test"].prompt.values).all()
+
+
+def test_there_are_288_sudoku_grids_and_all_are_valid():
+    grids = all_sudoku_grids()
+    assert grids.shape == (288, 16) and len({tuple(g) for g in grids}) == 288
+    assert all(verify_sudoku("".join(map(str, g)), [0] * 16) for g in grids)
+
+
+def test_sudoku_verifier_agrees_with_brute_force_on_every_puzzle(sudoku):
+    grids = all_sudoku_grids()
+    for ds in sudoku.values():
+        for puzzle, solution in zip(ds.puzzle.values, ds.solution.values, strict=True):
+            accepted = [verify_sudoku("".join(map(str, g)), puzzle) for g in grids]
+            assert sum(accepted) == 1 and len(sudoku_solutions(puzzle)) == 1
+            assert (grids[int(np.argmax(accepted))] == solution).all()
+            assert sudoku_reward("".join(map(str, solution)), puzzle) == 1.0
+
+
+def test_sudoku_splits_never_share_a_solution_grid(sudoku):
+    grids = {split: {tuple(s) for s in ds.solution.values} for split, ds in sudoku.items()}
+    assert not grids["train"] & grids["test"]
+    assert len({tuple(p) for p in sudoku["train"].puzzle.values}) == 150
+
+
+def test_reward_fn_scores_token_tensors(sudoku):
+    ds = sudoku["test"]
+    prompts, completions = torch.from_numpy(ds.prompt.values), torch.from_numpy(ds.completion.values)
+    wrong = completions.clone()
+    wrong[:, :] = torch.from_numpy(VOCAB.encode("1" * 16, 16, EOS))[None]
+    rewards, correct = reward_fn_for("sudoku")(prompts, completions)
+    assert correct.all() and torch.allclose(rewards, torch.ones_like(rewards))
+    rewards, correct = reward_fn_for("sudoku")(prompts, wrong)
+    assert not correct.any() and (rewards < 1).all()
+
+
+def test_bad_dataset_raises_data_error(sudoku):
+    with pytest.raises(DataError, match="completion"):
+        check_reasoning_dataset(sudoku["test"].drop_vars("completion"), "sudoku.zarr")

@@ -89,6 +89,9 @@ def test_exact_model_minimises_loss(objective) -> None:
     exact = nets[objective.kind](objective)
     loss = make_loss(objective)
     x0 = S * torch.randn(4096, 1, 2, 2)
-    best = loss(lambda x, t, lab: exact(x.double(), t, lab).float(), x0, None, torch.Generator().manual_seed(1)).mean()
-    worse = loss(lambda x, t, lab: exact(x.double(), t, lab).float() + 0.1, x0, None, torch.Generator().manual_seed(1)).mean()
+    def mean_loss(shift: float) -> torch.Tensor:
+        net = lambda x, t, lab: exact(x.double(), t, lab).float() + shift  # noqa: E731
+        return loss(net, x0, None, torch.Generator().manual_seed(1)).mean()
+
+    best, worse = mean_loss(0.0), mean_loss(0.1)
     assert torch.isfinite(best) and best < worse

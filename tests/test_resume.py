@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from conftest import tiny_digits_spec
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY = 160, 20

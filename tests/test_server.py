@@ -14,7 +14,6 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-
 from conftest import REPO, tiny_digits_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
@@ -98,6 +97,7 @@ def test_nightly_deployment_deploys_and_a_process_worker_runs_it(server, tmp_pat
     _cli([str(BIN / "prefect"), "deployment", "run", "diffpipe/digits-nightly",
           "--param", f"spec_path={_tiny(tmp_path, 'nightly')}"], env, REPO)
     _cli([str(BIN / "prefect"), "worker", "start", "--pool", "diffpipe", "--run-once"], env, REPO, timeout=900)
-    runs = [r for r in _filter(api, "flow_runs") if r["deployment_id"] == deployment["id"] and r["state_type"] != "SCHEDULED"]
+    runs = [r for r in _filter(api, "flow_runs")
+            if r["deployment_id"] == deployment["id"] and r["state_type"] != "SCHEDULED"]
     assert runs and all(r["state_type"] == "COMPLETED" for r in runs)
     assert list((tmp_path / "nightly").glob("objects/*/*/metrics.json"))

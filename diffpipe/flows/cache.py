@@ -14,7 +14,8 @@ import ast
 import hashlib
 import importlib.util
 import json
-from functools import lru_cache
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 import diffpipe
@@ -35,7 +36,7 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_version(module: str) -> str:
     """Hash of the source of `module` and of every diffpipe module it imports, transitively."""
     seen: dict[str, str] = {}
@@ -50,7 +51,7 @@ def code_version(module: str) -> str:
             continue  # `from pkg.module import name` where name is not a module
         if spec is None or not spec.origin or not spec.origin.endswith(".py"):
             continue
-        source = open(spec.origin, encoding="utf-8").read()
+        source = Path(spec.origin).read_text(encoding="utf-8")
         seen[name] = sha256_text(source)
         package = name if spec.origin.endswith("__init__.py") else name.rpartition(".")[0]
         todo.extend(_diffpipe_imports(source, package))

@@ -11,6 +11,8 @@ from typing import Any
 
 from diffpipe.errors import DiffpipeError, InputError
 
+from .evaluate_xyz import add_evaluate_command
+
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
@@ -161,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--json", action="store_true", help="print one JSON document")
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
+    add_evaluate_command(sub)
     return p
 
 

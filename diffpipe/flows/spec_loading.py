@@ -90,7 +90,8 @@ def _spec_error(e: ValidationError, raw: dict[str, Any]) -> SpecError:
     if first["type"] == "union_tag_invalid":
         tag = first["ctx"]["discriminator"].strip("'")
         where = field_path(first["loc"], raw) + f".{tag}"
-        return SpecError(where, "unknown choice", f"one of {first['ctx']['expected_tags']}", _short(first["input"].get(tag)))
+        expected = f"one of {first['ctx']['expected_tags']}"
+        return SpecError(where, "unknown choice", expected, _short(first["input"].get(tag)))
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     found = "nothing" if first["type"] == "missing" else _short(first.get("input"))
     return SpecError(field_path(first["loc"], raw), _problem(first) + more, _expected(first), found)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import matplotlib
 
@@ -38,6 +39,18 @@ from .context import StageContext  # noqa: E402
 
 StepLoss = Callable[[torch.Generator], torch.Tensor]
 """Computes the mean loss of one fresh batch; all randomness comes from the given generator."""
+
+
+class LossState(Protocol):
+    """State a loss carries between steps besides the model (e.g. an EMA target network), saved with checkpoints."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The state as named tensors."""
+        ...
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the state saved by `state_dict`."""
+        ...
 
 
 @dataclass
@@ -68,8 +81,12 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
 
 
-def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainConfig, gen: torch.Generator) -> tuple[TrainResult, EMAModel | None]:
-    """Run (or resume) the loop; returns the loss history and the EMA of the weights."""
+def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainConfig, gen: torch.Generator,
+          loss_state: LossState | None = None) -> tuple[TrainResult, EMAModel | None]:
+    """Run (or resume) the loop; returns the loss history and the EMA of the weights.
+
+    `loss_state` is saved with every checkpoint and restored on resume (after the model weights).
+    """
     device = ctx.device
     model.to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -77,8 +94,9 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True) if cfg.ema_decay else None
     run = ctx.store.run_dir(ctx.key)
     result = TrainResult()
-    start = _resume(run, model, ema, opt, sched, gen, result, ctx)
-    t0, bar = time.perf_counter(), tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
+    start = _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state)
+    bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
+    t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         with ctx.autocast():
             loss = step_loss(gen)
@@ -100,7 +118,7 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
             ctx.log(f"{ctx.node} step {done}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
             bar.set_postfix(loss=f"{recent[-1]:.4f}")
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            _checkpoint(run, done, model, ema, opt, sched, gen, result)
+            _checkpoint(run, done, model, ema, opt, sched, gen, result, loss_state)
     bar.close()
     result.wall_s = time.perf_counter() - t0
     result.steps_per_s = (cfg.steps - start) / result.wall_s if result.wall_s > 0 else math.nan
@@ -108,25 +126,29 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     return result, ema
 
 
-def _checkpoint(run, step, model, ema, opt, sched, gen, result) -> None:
+def _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         save_tensors(model.state_dict(), d / "model.safetensors")
         if ema is not None:
             save_tensors({str(i): p for i, p in enumerate(ema.shadow_params)}, d / "ema.safetensors")
+        if loss_state is not None:
+            save_tensors(loss_state.state_dict(), d / "loss_state.safetensors")
         torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, d / "state.pt")
         write_json(d / "progress.json", {"step": step, "losses": result.losses})
         run.save(step, d)
 
 
-def _resume(run, model, ema, opt, sched, gen, result, ctx) -> int:
+def _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state) -> int:
     steps = run.steps()
     if not steps:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         d = run.load(steps[-1], Path(tmp))
         model.load_state_dict(load_tensors(d / "model.safetensors"))
+        if loss_state is not None:
+            loss_state.load_state_dict(load_tensors(d / "loss_state.safetensors"))
         if ema is not None:
             shadow = load_tensors(d / "ema.safetensors")
             ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(ema.shadow_params)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def median_bandwidth(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Median pairwise Euclidean distance of the pooled samples (the median heuristic)."""
-    z = torch.cat([x, y]).flatten(1).double()
+def median_bandwidth(z: torch.Tensor) -> float:
+    """Median pairwise Euclidean distance within one sample set (the median heuristic)."""
+    z = z.flatten(1).double()
     d = torch.cdist(z, z)
     return float(d[torch.triu(torch.ones_like(d, dtype=torch.bool), diagonal=1)].median())
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
@@ -39,6 +40,8 @@ def _run_node(node: str, kind: str, key: str, pipeline: dict[str, Any], upstream
     if ref is not None:
         return ref.model_dump(mode="json")
     logger = get_run_logger()
+    if spec.runtime.num_threads:
+        torch.set_num_threads(spec.runtime.num_threads)
     refs = {name: ArtifactRef.model_validate(r) for name, r in upstream.items()}
     with tempfile.TemporaryDirectory(prefix=f"diffpipe-{node}-") as tmp:
         ctx = StageContext(spec, node, key, refs, store, Path(tmp), log=logger.info)

@@ -4,7 +4,7 @@ key = sha256(stage spec after defaults, without its name and reference fields
              + digests of the upstream artifacts it reads (the data artifact is the data fingerprint)
              + the model spec when the stage builds a network
              + runtime facts that change results (seed, device class, precision)
-             + code version of the stage's module and every diffpipe module it imports
+             + code version of the stage's module and its data domain's, with every diffpipe module they import
              + diffpipe version)
 """
 
@@ -75,7 +75,7 @@ def _diffpipe_imports(source: str, package: str) -> list[str]:
 
 
 def key_inputs(
-    pipeline: PipelineSpec, stage: StageBase | None, module: str, upstream: dict[str, ArtifactRef]
+    pipeline: PipelineSpec, stage: StageBase | None, modules: tuple[str, ...], upstream: dict[str, ArtifactRef]
 ) -> dict[str, Any]:
     """Everything that determines a node's result, as a JSON-able dict (stage None: the data node)."""
     runtime = pipeline.runtime
@@ -83,7 +83,7 @@ def key_inputs(
         "upstream": {name: ref.sha256 for name, ref in sorted(upstream.items())},
         "runtime": {"seed": runtime.seed, "device": resolve_device(runtime).type,
                     "precision": resolve_precision(runtime)},
-        "code": code_version(module),
+        "code": sha256_text(canonical_json([code_version(m) for m in modules])),
         "diffpipe": diffpipe.__version__,
     }
     if stage is None:

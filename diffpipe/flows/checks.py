@@ -8,7 +8,9 @@ import diffusers
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import PipelineSpec, SampleStage
+from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.storage import ArtifactStore
+from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
 
 
 def check_spec(spec: PipelineSpec) -> None:
@@ -16,6 +18,8 @@ def check_spec(spec: PipelineSpec) -> None:
     for i, stage in enumerate(spec.stages):
         if isinstance(stage, SampleStage):
             _check_scheduler(i, stage)
+        if isinstance(stage, MidtrainStage):
+            _check_trajectory_solver(i, stage)
     ArtifactStore(spec.storage.root)
 
 
@@ -32,3 +36,12 @@ def _check_scheduler(i: int, stage: SampleStage) -> None:
         if option not in accepted:
             raise SpecError(f"stages[{i}].scheduler.options.{option}", f"{name} has no such option",
                             "one of " + ", ".join(sorted(accepted)), repr(option))
+
+
+def _check_trajectory_solver(i: int, stage: MidtrainStage) -> None:
+    if stage.solver == EXACT_SOLVER:
+        return
+    try:
+        make_flow_solver(stage.solver, stage.solver_options)
+    except SpecError as e:
+        raise SpecError(f"stages[{i}].solver", e.problem, e.expected, e.found) from None

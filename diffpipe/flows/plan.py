@@ -24,10 +24,11 @@ class Node:
     upstream: dict[str, str] = field(default_factory=dict)
     """Input name (`data`, `model`, `init`, ...) -> node name."""
 
-    @property
-    def module(self) -> str:
-        """The module implementing this node."""
-        return domain_module(self.kind) if self.stage is None else stage_module(self.kind)
+    def modules(self, data_kind: str) -> tuple[str, ...]:
+        """The modules whose code decides this node's result: the stage's and its data domain's."""
+        if self.stage is None:
+            return (domain_module(self.kind),)
+        return (stage_module(self.kind), domain_module(data_kind))
 
 
 def nodes(spec: PipelineSpec) -> list[Node]:
@@ -41,7 +42,7 @@ def nodes(spec: PipelineSpec) -> list[Node]:
 def node_key(spec: PipelineSpec, node: Node, refs: dict[str, ArtifactRef]) -> tuple[str, dict[str, Any]]:
     """Cache key and key inputs of a node, given the artifacts of the nodes it reads."""
     upstream = {name: refs[src] for name, src in node.upstream.items()}
-    inputs = key_inputs(spec, node.stage, node.module, upstream)
+    inputs = key_inputs(spec, node.stage, node.modules(spec.data.kind), upstream)
     return cache_key(inputs), inputs
 
 

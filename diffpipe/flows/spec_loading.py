@@ -116,7 +116,8 @@ def field_path(loc: tuple[Any, ...], raw: Any) -> str:
 
 
 def _is_tag(node: dict[str, Any], part: Any) -> bool:
-    return part in {node.get("stage"), node.get("kind"), node.get("arch"), node.get("algorithm"), node.get("method")}
+    tags = (node.get(k) for k in ("stage", "kind", "arch", "algorithm", "method"))
+    return part in {t for t in tags if isinstance(t, str)}
 
 
 def _problem(err: dict[str, Any]) -> str:

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 
+from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
 from diffpipe.tasks.data.reasoning import EOS, MASK, VOCAB, build_countdown, build_sudoku, reward_fn_for
 from diffpipe.tasks.mdlm import (
     MaskPlan,
@@ -30,7 +32,7 @@ from diffpipe.tasks.mdlm import (
 )
 from diffpipe.tasks.mdlm.elbo import exact_elbo_from_sums, mask_size_sums
 from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
-from diffpipe.tasks.rl.discrete import ALGORITHMS, make_options, rl_update
+from diffpipe.tasks.rl.discrete import ALGORITHMS, OPTIONS, make_options, rl_update
 
 RESULTS = Path(__file__).parent / "results" / "mdlm_rl.json"
 CACHE = Path("/tmp/diffpipe_mdlm_rl_cache")
@@ -92,7 +94,8 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
     """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time."""
     model, ref = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    options = make_options(algorithm, block_length=block_length)
+    spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, "block_length": block_length})
+    options = make_options(algorithm, **spec.options(group_size=OPTIONS[algorithm]().group_size))
     prompts, completions = tensors(data["train"])
     per_update = max(1, ROLLOUTS_PER_UPDATE // options.group_size)
     generator = torch.Generator().manual_seed(1000 + seed)
@@ -186,7 +189,8 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
     results["config"] = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
                          "optimizer": "AdamW betas (0.9, 0.99), no weight decay",
-                         "options": "reference defaults of each algorithm (options.py), block_length per task"}
+                         "options": "the rl stage schema's defaults (schemas/rl_discrete.py = the references'), "
+                                    "block_length per task"}
     for task in args.tasks:
         spec = TASKS[task]
         for seed in args.seeds:

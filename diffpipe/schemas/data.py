@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .base import Strict
+from .cei import CoulombExplosionData
+from .climate import ClimateData
+from .reasoning import CountdownData, SudokuData
 
 
 class DigitsData(Strict):
@@ -31,4 +34,5 @@ class DigitsData(Strict):
         return 10 if self.class_conditional else None
 
 
-DataSpec = Annotated[DigitsData, Field(discriminator="kind")]
+DataSpec = Annotated[DigitsData | ClimateData | CoulombExplosionData | CountdownData | SudokuData,
+                     Field(discriminator="kind")]

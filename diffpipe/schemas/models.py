@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from .base import Strict
+from .cei import AtomTransformerSpec
+from .reasoning import MDLMSpec
 
 
 class UNet2DSpec(Strict):
@@ -39,4 +41,4 @@ class DiTSpec(Strict):
     """Side of the square patches (must divide the image side)."""
 
 
-ModelSpec = Annotated[UNet2DSpec | DiTSpec, Field(discriminator="arch")]
+ModelSpec = Annotated[UNet2DSpec | DiTSpec | AtomTransformerSpec | MDLMSpec, Field(discriminator="arch")]

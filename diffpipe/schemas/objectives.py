@@ -11,6 +11,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field
 
 from .base import Strict
+from .reasoning import MaskedDiffusion
 
 
 class FlowMatching(Strict):
@@ -76,4 +77,4 @@ class Regression(Strict):
     schedulers: ClassVar[frozenset[str]] = frozenset()
 
 
-Objective = Annotated[FlowMatching | DDPM | EDM | Regression, Field(discriminator="kind")]
+Objective = Annotated[FlowMatching | DDPM | EDM | Regression | MaskedDiffusion, Field(discriminator="kind")]

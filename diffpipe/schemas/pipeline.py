@@ -8,14 +8,18 @@ from pydantic import Field, model_validator
 
 from .base import Strict
 from .data import DataSpec
+from .distill import ConsistencyDistill, DistillStage, MeanFlowDistill, MeanFlowTeacherDistill, MidtrainStage
 from .models import ModelSpec, UNet2DSpec
+from .rl import RLStage
 from .runtime import RuntimeSpec
 from .stages import EvaluateStage, PretrainStage, SampleStage, StageBase
 from .storage import StorageSpec
 
 # Adding a stage kind: write its class (a StageBase subclass with `stage: Literal[...]`) and add it here.
-STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage)
-StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage, Field(discriminator="stage")]
+STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage, RLStage, MidtrainStage,
+                                                MeanFlowDistill, MeanFlowTeacherDistill, ConsistencyDistill)
+StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage | RLStage | MidtrainStage | DistillStage,
+                      Field(discriminator="stage")]
 
 DEFAULTED_REFERENCES = {"model", "samples", "teacher"}
 """Reference fields that, left empty, point at the latest earlier stage of a fitting kind."""
@@ -70,7 +74,8 @@ class PipelineSpec(Strict):
         if target is None:
             if field not in DEFAULTED_REFERENCES:
                 return
-            earlier = [s.name for s in self.stages[:i] if s.output_kind in kinds]
+            earlier = [s.name for s in self.stages[:i]
+                       if s.output_kind in kinds and stage.reference_problem(field, s) is None]
             if not earlier:
                 raise CrossReferenceError(path, "no stage to refer to", wanted, "none before this stage")
             setattr(stage, field, earlier[-1])
@@ -83,6 +88,9 @@ class PipelineSpec(Strict):
         kind = self.stages[seen[target]].output_kind
         if kind not in kinds:
             raise CrossReferenceError(path, "refers to a stage of the wrong kind", wanted, f"'{target}' producing {kind}")
+        problem = stage.reference_problem(field, self.stages[seen[target]])
+        if problem:
+            raise CrossReferenceError(path, problem, wanted, f"'{target}' ({self.stages[seen[target]].stage} stage)")
 
     def _check_schedulers(self) -> None:
         for i, stage in enumerate(self.stages):
@@ -90,6 +98,9 @@ class PipelineSpec(Strict):
                 continue
             source = self.stage(stage.model)
             objective = getattr(source, "objective", None)
+            if getattr(objective, "two_time", False) and stage.guidance_scale != 1.0:
+                raise CrossReferenceError(f"stages[{i}].guidance_scale", f"the {objective.kind} checkpoint of stage "
+                                          f"'{source.name}' samples without guidance", "1.0", str(stage.guidance_scale))
             if objective is None or stage.scheduler.name is None:
                 continue
             if not objective.schedulers:

@@ -25,6 +25,10 @@ class StageBase(Strict):
     builds_model: ClassVar[bool] = False
     """Whether the stage builds a network from the pipeline's `model` spec (then it is part of its key)."""
 
+    def reference_problem(self, field: str, target: StageBase) -> str | None:
+        """Why `target` cannot fill reference `field` although its output kind fits (None: it can)."""
+        return None
+
 
 class SchedulerSpec(Strict):
     """A diffusers scheduler by class name, its step count and extra constructor options."""
@@ -80,7 +84,9 @@ class SampleStage(StageBase):
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
     """Sampler."""
     num_samples: int = Field(default=500, ge=1)
-    """Number of samples."""
+    """Number of samples (domains with per-example conditions, e.g. CEI: number of held-out conditions)."""
+    samples_per_condition: int = Field(default=1, ge=1)
+    """Samples drawn per condition (CEI: per held-out event, for calibration); image domains ignore it."""
     classes: list[int] | None = None
     """Classes to request, cycled over the samples (None: all classes equally)."""
     guidance_scale: float = Field(default=1.0, ge=0.0)
@@ -107,7 +113,7 @@ class EvaluateStage(StageBase):
     )
     """Metrics to compute; `domain` is the data set's own (digits: classifier accuracy and Frechet distance)."""
     mmd_bandwidths: list[float] | None = None
-    """RBF bandwidths of the MMD kernel, summed (None: median heuristic times 0.5, 1, 2)."""
+    """RBF bandwidths of the MMD kernel, summed (None: 0.5, 1, 2 times the median distance within the reference)."""
     sw_projections: int = Field(default=256, ge=1)
     """Random directions of the sliced Wasserstein distance."""
     max_reference: int | None = Field(default=None, ge=2)

@@ -1,5 +1,6 @@
 """Stage functions (Prefect-free): importing this package registers every stage and data kind."""
 
-from . import data, evaluate, pretrain, sample
+from . import data, distill, evaluate, midtrain, pretrain, sample
+from .rl import stage as rl_stage  # noqa: F401  (registers the rl stage)
 
-__all__ = ["data", "evaluate", "pretrain", "sample"]
+__all__ = ["data", "distill", "evaluate", "midtrain", "pretrain", "sample"]

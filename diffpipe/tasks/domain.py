@@ -172,8 +172,10 @@ class ImageDomain:
         """All requested metrics of sample set `x` against `reference`."""
         out: dict[str, Any] = {}
         if "mmd" in spec.metrics:
-            h = spec.mmd_bandwidths or [f * median_bandwidth(x, reference) for f in (0.5, 1.0, 2.0)]
+            h = spec.mmd_bandwidths or [f * median_bandwidth(reference) for f in (0.5, 1.0, 2.0)]
             out["mmd2"] = mmd2_unbiased(x, reference, h)
+            out["mmd_kernel"] = "unbiased MMD^2, sum of RBF kernels exp(-d^2 / 2h^2), h = " + ", ".join(
+                f"{v:.4g}" for v in h)
         if "sliced_wasserstein" in spec.metrics:
             gen = torch.Generator().manual_seed(spec.seed)
             out["sliced_wasserstein"] = sliced_wasserstein(x, reference, spec.sw_projections, gen)

@@ -16,9 +16,12 @@ import diffusers
 import torch
 from diffusers import DDPMScheduler, EDMEulerScheduler, SchedulerMixin
 
+from diffpipe.errors import SpecError
 from diffpipe.schemas import DDPM, EDM, FlowMatching, Objective, Regression
+from diffpipe.schemas.reasoning import MaskedDiffusion
 
 from . import timeconv
+from .mdlm import pretraining_plan, weighted_token_logps
 
 NetFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 
@@ -106,6 +109,24 @@ class RegressionLoss:
         return _per_sample_mean((net(torch.zeros_like(x0), zeros_t, cond).float() - x0) ** 2)
 
 
+class MaskedDiffusionLoss:
+    """Masked diffusion on tokens: per sequence, (1/(t L)) sum over masked completion tokens of -log p.
+
+    Here `net` is the token model itself (ids -> logits), `x0` the completions and `cond` the prompts.
+    """
+
+    def __init__(self, spec: MaskedDiffusion):
+        self.spec = spec
+
+    def __call__(self, net: Any, x0: torch.Tensor, cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        mask_token_id = getattr(getattr(net, "config", None), "mask_token_id", None)
+        if mask_token_id is None or cond is None:
+            raise SpecError("objective.kind", "masked_diffusion trains token models on prompt/completion data",
+                            "model.arch mdlm with countdown or sudoku data", type(net).__name__)
+        plan = pretraining_plan(x0.shape[0], x0.shape[1], gen, self.spec.t_min).to(x0.device)
+        return -weighted_token_logps(net, cond, x0, plan, mask_token_id).sum(-1)
+
+
 def edm_net_timestep(sigma: torch.Tensor) -> torch.Tensor:
     """Network time input for an EDM noise level: 1000 * t with t = sigma / (1 + sigma)."""
     return timeconv.diffusers_timestep_from_t(timeconv.t_from_sigma(sigma))
@@ -113,7 +134,8 @@ def edm_net_timestep(sigma: torch.Tensor) -> torch.Tensor:
 
 def make_loss(spec: Objective) -> Callable[..., torch.Tensor]:
     """The per-sample training loss of an objective."""
-    losses = {"flow_matching": FlowMatchingLoss, "ddpm": DDPMLoss, "edm": EDMLoss, "regression": RegressionLoss}
+    losses = {"flow_matching": FlowMatchingLoss, "ddpm": DDPMLoss, "edm": EDMLoss, "regression": RegressionLoss,
+              "masked_diffusion": MaskedDiffusionLoss}
     return losses[spec.kind](spec)
 
 
@@ -129,7 +151,9 @@ def scheduler_defaults(spec: Objective, name: str) -> dict[str, Any]:
         if "timestep_spacing" in inspect.signature(getattr(diffusers, name).__init__).parameters:
             out["timestep_spacing"] = "trailing"  # start sampling at the last training step (pure noise)
         return out
-    return {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max, "sigma_data": spec.sigma_data}
+    if isinstance(spec, EDM):
+        return {"sigma_min": spec.sigma_min, "sigma_max": spec.sigma_max, "sigma_data": spec.sigma_data}
+    return {}
 
 
 def make_scheduler(spec: Objective, name: str | None, options: dict[str, Any]) -> SchedulerMixin | None:

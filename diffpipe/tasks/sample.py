@@ -9,6 +9,7 @@ from diffusers import ModelMixin
 from pydantic import TypeAdapter
 
 from diffpipe.schemas import Objective, SampleStage
+from diffpipe.schemas.distill import TwoTimeObjective
 from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, TRAINING_FILE, load_model, read_json, write_json
 
 from .context import StageContext, StageOutput
@@ -16,12 +17,14 @@ from .objectives import make_scheduler
 from .registry import DOMAINS, stage
 
 
-def load_checkpoint(path: Path, weights: str = "ema") -> tuple[ModelMixin, Objective, dict[str, Any]]:
+def load_checkpoint(
+    path: Path, weights: str = "ema"
+) -> tuple[ModelMixin, Objective | TwoTimeObjective, dict[str, Any]]:
     """Model (EMA or online weights), objective and training info of a checkpoint artifact folder."""
     online = path / ONLINE_MODEL_DIR
     folder = online if weights == "online" and online.exists() else path / MODEL_DIR
     info = read_json(path / TRAINING_FILE)
-    objective = TypeAdapter(Objective).validate_python(info["objective"])
+    objective = TypeAdapter(Objective | TwoTimeObjective).validate_python(info["objective"])
     return load_model(folder).eval(), objective, info
 
 

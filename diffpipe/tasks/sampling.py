@@ -10,6 +10,7 @@ from diffusers import SchedulerMixin
 
 from diffpipe.schemas import Objective
 
+from .flowmap.sampling import sample_two_time
 from .objectives import NetFn, net_timestep
 
 
@@ -49,6 +50,8 @@ def sample(
         return net(zeros, torch.zeros(shape[0], device=device), labels)
     scheduler.set_timesteps(steps, device=device)
     x = torch.randn(shape, generator=gen).to(device) * getattr(scheduler, "init_noise_sigma", 1.0)
+    if getattr(objective, "two_time", False):
+        return sample_two_time(net, objective.kind, scheduler, steps, x, labels, gen)
     step_kwargs = {"generator": gen} if "generator" in inspect.signature(scheduler.step).parameters else {}
     for t in scheduler.timesteps:
         xin = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x

@@ -4,13 +4,19 @@ and the teacher's own ODE solver as the baseline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from diffusers import FlowMapEulerDiscreteScheduler
 
+from diffpipe.tasks import timeconv
+
 from . import TwoTimeNet, VelocityFn
 from .cmt import teacher_trajectory
+
+PackedNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+"""net(x, timesteps, cond) with (B, 2) diffusers timestep pairs (1000 t, 1000 r): a domain's NetFn of a flow map."""
 
 
 @torch.no_grad()
@@ -60,3 +66,20 @@ def sample_teacher(teacher: VelocityFn, noise: torch.Tensor, steps: int, cond: t
     states, _ = teacher_trajectory(teacher, noise, cond, solver=solver, steps=steps,
                                    solver_options=solver_options)
     return states[-1]
+
+
+def sample_two_time(net: PackedNet, kind: str, scheduler: FlowMapEulerDiscreteScheduler, steps: int,
+                    noise: torch.Tensor, cond: torch.Tensor | None,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """k-step sampling of a two-time net called as `net(x, timesteps, cond)` with (B, 2) pairs (1000 t, 1000 r).
+
+    kind `flow_map`: flow-map steps on the scheduler's grid (its `shift` applies); kind `consistency`:
+    consistency multistep sampling (jump to data, re-noise) on the uniform grid.
+    """
+    def two_time(x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+        pair = torch.stack([timeconv.diffusers_timestep_from_t(t), timeconv.diffusers_timestep_from_t(r)], dim=1)
+        return net(x, pair, c)
+
+    if kind == "consistency":
+        return sample_consistency(two_time, noise, steps, cond, generator)
+    return sample_flow_map(two_time, noise, steps, cond, shift=scheduler.config.shift)

@@ -1,0 +1,152 @@
+"""Climate emulation data (`data.kind: climate`): where the ClimateBench-layout store comes from, and the split.
+
+The store comes from one `source`, a union on `kind`:
+
+- `builder`: the offline builder (real RCMIP forcing, FaIR 2, our latitude-longitude layer); its fields
+  mirror the builder's options one to one, units in the names;
+- `files`: real ClimateBench files (`inputs_<scenario>.nc`, `outputs_<scenario>.nc`) under a directory
+  or any fsspec URI.
+
+Training uses `train_scenarios`; evaluation samples every year of `test_scenario` and scores
+`evaluation_period`. Dask settings come from `runtime` (`dask_address`, `dask_workers`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+
+from .base import Strict
+
+BUILDER_SCENARIOS = ("historical", "hist-GHG", "hist-aer", "ssp126", "ssp245", "ssp370", "ssp585", "ssp534-over")
+TRAIN_SCENARIOS = ("historical", "hist-GHG", "hist-aer", "ssp126", "ssp370", "ssp585")
+
+
+class ClimateBuilderSource(Strict):
+    """The offline builder: every option of `ClimateBuildOptions` except the Dask ones (see `runtime`)."""
+
+    kind: Literal["builder"] = "builder"
+    nlat: int = Field(default=16, ge=3)
+    """Grid rows, -90..90 degrees including the poles (96 for ClimateBench's grid)."""
+    nlon: int = Field(default=32, ge=4)
+    """Grid columns, 0..360 degrees (144 for ClimateBench's grid)."""
+    members: int = Field(default=3, ge=1)
+    """Ensemble members per scenario (internal-variability realisations)."""
+    scenarios: tuple[str, ...] = BUILDER_SCENARIOS
+    """Scenarios to build: historical, hist-GHG, hist-aer and any vendored RCMIP SSP."""
+    stats_scenarios: tuple[str, ...] | None = None
+    """Scenarios the normalisation statistics come from (None: the pipeline's `train_scenarios`)."""
+    seed: int = 0
+    """Seed of every random stream (global and local internal variability)."""
+    ecs_K: float = Field(default=3.0, gt=0.0)
+    """Equilibrium climate sensitivity of the FaIR 2 energy balance model (K)."""
+    tcr_K: float = Field(default=1.8, gt=0.0)
+    """Transient climate response (K); must be below ecs_K."""
+    global_noise_forcing_W_m2: float = Field(default=0.5, ge=0.0)
+    """FaIR stochastic forcing std sigma_eta (W m-2)."""
+    global_noise_surface_W_m2: float = Field(default=0.5, ge=0.0)
+    """FaIR stochastic surface disturbance std sigma_xi (W m-2)."""
+    arctic_amplification: float = Field(default=2.5, gt=0.0)
+    """Local/global warming ratio at the North Pole, before normalisation (1)."""
+    antarctic_amplification: float = Field(default=1.5, gt=0.0)
+    """Local/global warming ratio at the South Pole, before normalisation (1)."""
+    land_sea_warming_ratio: float = Field(default=1.5, gt=0.0)
+    """Land/ocean forced warming ratio (1)."""
+    aerosol_local_weight: float = Field(default=0.5, ge=0.0, le=1.0)
+    """Share of the aerosol cooling pattern tied to the emission regions (0..1)."""
+    heat_capacity_land_W_yr_m2_K: float = Field(default=0.5, gt=0.0)
+    """Effective heat capacity of land (W yr m-2 K-1)."""
+    heat_capacity_ocean_W_yr_m2_K: float = Field(default=6.3, gt=0.0)
+    """Ocean mixed layer heat capacity, about 50 m of water (W yr m-2 K-1)."""
+    local_feedback_W_m2_K: float = Field(default=1.3, gt=0.0)
+    """Local damping setting the AR(1) memory exp(-feedback / capacity) (W m-2 K-1)."""
+    noise_std_land_K: float = Field(default=0.6, ge=0.0)
+    """Interannual tas std over land at the equator (K); grows by half towards the poles."""
+    noise_std_ocean_K: float = Field(default=0.3, ge=0.0)
+    """Interannual tas std over ocean at the equator (K); grows by half towards the poles."""
+    noise_length_deg: float = Field(default=15.0, gt=0.0)
+    """Spatial correlation length of internal variability (degrees)."""
+    hydrological_sensitivity_per_K: float = 0.02
+    """Global-mean precipitation change per K of warming (1/K)."""
+    aerosol_precip_factor: float = 1.5
+    """Extra precipitation suppression per K of aerosol cooling (1)."""
+    pr_noise_fraction: float = Field(default=0.08, ge=0.0)
+    """Interannual precipitation std as a fraction of the climatology (1)."""
+    extreme_precip_scaling_per_K: float = 0.06
+    """pr90 intensification per K of local warming (1/K)."""
+    daily_rain_gamma_shape: float = Field(default=0.6, gt=0.0)
+    """Shape of the daily precipitation gamma distribution (1)."""
+    dtr_ghg_K_per_K: float = -0.05
+    """Diurnal temperature range change per K of non-aerosol local warming (K/K)."""
+    dtr_aerosol_K_per_K: float = 0.15
+    """Diurnal temperature range change per K of aerosol local cooling (K/K)."""
+    dtr_noise_std_K: float = Field(default=0.08, ge=0.0)
+    """Interannual diurnal temperature range std over land (K; 40% of it over ocean)."""
+
+    @model_validator(mode="after")
+    def _tcr_below_ecs(self) -> ClimateBuilderSource:
+        if self.tcr_K >= self.ecs_K:
+            raise ValueError(f"tcr_K ({self.tcr_K}) must be below ecs_K ({self.ecs_K})")
+        return self
+
+    def available(self) -> tuple[str, ...]:
+        """Scenarios this source will hold."""
+        return self.scenarios
+
+
+class ClimateBenchFiles(Strict):
+    """Real ClimateBench netCDF files: `inputs_<scenario>.nc` and `outputs_<scenario>.nc` in one folder."""
+
+    kind: Literal["files"] = "files"
+    uri: str = Field(min_length=1)
+    """Directory or fsspec URI holding the files (`/data/climatebench`, `s3://bucket/climatebench`, ...)."""
+    scenarios: tuple[str, ...] | None = None
+    """Scenarios to ingest (None: every pair of files found; names come from the file names)."""
+    stats_scenarios: tuple[str, ...] | None = None
+    """Scenarios the normalisation statistics come from (None: the pipeline's `train_scenarios`)."""
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    """fsspec storage options of the URI (credentials, endpoint, ...)."""
+
+    def available(self) -> tuple[str, ...] | None:
+        """Scenarios this source will hold (None: known only once the files are listed)."""
+        return self.scenarios
+
+
+ClimateSource = Annotated[ClimateBuilderSource | ClimateBenchFiles, Field(discriminator="kind")]
+
+
+class ClimateData(Strict):
+    """Climate emulation in ClimateBench's layout: forcing (CO2, CH4, SO2, BC) -> tas, dtr, pr, pr90 fields."""
+
+    kind: Literal["climate"] = "climate"
+    source: ClimateSource = Field(default_factory=ClimateBuilderSource)
+    """Where the store comes from: `{kind: builder, ...}` or `{kind: files, uri: ...}`."""
+    train_scenarios: tuple[str, ...] = TRAIN_SCENARIOS
+    """Scenarios the emulator, the UNet and pattern scaling are trained on."""
+    test_scenario: str = "ssp245"
+    """Held-out scenario: every one of its years is sampled, `evaluation_period` is scored."""
+    evaluation_period: tuple[int, int] = (2080, 2100)
+    """First and last year (inclusive) of the scored window (ClimateBench: 2080-2100)."""
+    history_years: int = Field(default=1, ge=1)
+    """Years of forcing given to the network (this year and the ones before), as channels."""
+    year_embedding: bool = True
+    """Give the network the calendar year through the UNet's class embedding (sinusoidal, year - 1850)."""
+    memory_cache_mb: float = Field(default=2048.0, ge=0.0)
+    """Training split up to this size (MB, float32) is read once into memory; larger ones stream from zarr
+    with background prefetching."""
+    prefetch_batches: int = Field(default=4, ge=1)
+    """Batches read ahead by the background reader when streaming from zarr."""
+
+    @model_validator(mode="after")
+    def _check_split(self) -> ClimateData:
+        if self.test_scenario in self.train_scenarios:
+            raise ValueError(f"test_scenario '{self.test_scenario}' is also in train_scenarios")
+        if self.evaluation_period[0] > self.evaluation_period[1]:
+            raise ValueError(f"evaluation_period {self.evaluation_period} must be (first year, last year)")
+        available = self.source.available()
+        if available is not None:
+            missing = [s for s in (*self.train_scenarios, self.test_scenario) if s not in available]
+            if missing:
+                raise ValueError(f"scenarios {missing} are not in source.scenarios {list(available)}")
+        return self

@@ -1,0 +1,132 @@
+"""Training batches for the climate emulator: forcing as network channels, an in-memory cache, a prefetcher.
+
+A batch is (normalised target fields, `Forcing`). `CachedBatches` reads the training split once into
+(device) memory when it is small; `StreamingBatches` reads every batch from zarr in a background thread,
+`prefetch` batches ahead, so memory stays bounded by the queue whatever the store size.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .layout import MAP_FORCERS, OUTPUT_VARIABLES
+from .loader import ClimateSamples
+
+YEAR_ORIGIN = 1850
+"""The year embedding sees `year - YEAR_ORIGIN` (0..250 for ClimateBench's years)."""
+STATIC_CHANNELS = 3
+"""sin(latitude), sin(longitude), cos(longitude): tell the convolutions where on the globe they are."""
+READ_BLOCK = 256
+
+
+@dataclass
+class Forcing:
+    """The condition of a batch: forcing maps, global scalars (history stacked), year, static geography."""
+
+    maps: torch.Tensor
+    """(batch, history * 2, lat, lon) normalised SO2 and BC maps."""
+    scalars: torch.Tensor
+    """(batch, history * 2) normalised cumulative CO2 and CH4."""
+    year: torch.Tensor
+    """(batch,) calendar year."""
+    static: torch.Tensor
+    """(3, lat, lon) static geography channels."""
+
+    def channels(self) -> torch.Tensor:
+        """Every condition as (batch, channels, lat, lon): maps, broadcast scalars, static geography."""
+        n, _, h, w = self.maps.shape
+        scalars = self.scalars[:, :, None, None].expand(-1, -1, h, w)
+        return torch.cat([self.maps, scalars, self.static.expand(n, -1, -1, -1)], dim=1)
+
+    def year_label(self) -> torch.Tensor:
+        """The year as a continuous 'timestep' for the UNet's class embedding."""
+        return (self.year - YEAR_ORIGIN).float()
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Forcing:
+        """The rows in `index`."""
+        return Forcing(self.maps[index], self.scalars[index], self.year[index], self.static)
+
+    def to(self, device: torch.device) -> Forcing:
+        """The same condition on `device`."""
+        return Forcing(self.maps.to(device), self.scalars.to(device), self.year.to(device), self.static.to(device))
+
+
+def condition_channels(history: int) -> int:
+    """Number of condition channels the network receives for `history` years of forcing."""
+    return history * (len(MAP_FORCERS) + 2) + STATIC_CHANNELS
+
+
+def static_channels(lat: np.ndarray, lon: np.ndarray) -> torch.Tensor:
+    """(3, lat, lon): sin(lat), sin(lon), cos(lon)."""
+    la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
+    return torch.from_numpy(np.stack([np.sin(la), np.sin(lo), np.cos(lo)]).astype(np.float32))
+
+
+def to_batch(item: dict[str, torch.Tensor], static: torch.Tensor) -> tuple[torch.Tensor, Forcing]:
+    """(target, Forcing) of a batched `ClimateSamples` item."""
+    return item["target"], Forcing(item["maps"], item["scalars"], item["year"], static)
+
+
+def training_megabytes(samples: ClimateSamples, grid_cells: int) -> float:
+    """Size of the training split held in memory (targets and forcing maps per record, float32) in MB."""
+    channels = len(OUTPUT_VARIABLES) + samples.history * len(MAP_FORCERS)
+    return len(samples) * channels * grid_cells * 4 / 1e6
+
+
+class CachedBatches:
+    """The whole training split in (device) memory; batches drawn with replacement from `gen`."""
+
+    def __init__(self, samples: ClimateSamples, static: torch.Tensor, device: torch.device):
+        parts = [samples[list(range(i, min(i + READ_BLOCK, len(samples))))] for i in range(0, len(samples), READ_BLOCK)]
+        whole = {k: torch.cat([p[k] for p in parts]).to(device) for k in ("target", "maps", "scalars", "year")}
+        self.target, self.forcing = to_batch(whole, static.to(device))
+
+    def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
+        """A random batch (indices drawn on the CPU generator)."""
+        idx = torch.randint(0, self.target.shape[0], (n,), generator=gen).to(self.target.device)
+        return self.target[idx], self.forcing[idx]
+
+
+class StreamingBatches:
+    """Batches read from zarr by a background thread, `prefetch` steps ahead of training.
+
+    Batch k's records come from a generator seeded by (seed, k), not from the training loop's
+    generator, so they can be read before they are asked for; `start_step` (the step training resumes
+    from) keeps a resumed run on the same batch sequence as an uninterrupted one.
+    """
+
+    def __init__(self, samples: ClimateSamples, static: torch.Tensor, device: torch.device, seed: int,
+                 prefetch: int, start_step: int = 0):
+        self.samples, self.static, self.device = samples, static, device
+        self.seed, self.prefetch, self.step = seed, prefetch, start_step
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="climate-prefetch")
+        self.queue: deque[tuple[int, int, Future]] = deque()
+
+    def indices(self, step: int, n: int) -> list[int]:
+        """Record positions of batch `step` (a pure function of the seed and the step)."""
+        return np.random.default_rng([self.seed, step]).integers(0, len(self.samples), n).tolist()
+
+    def _read(self, step: int, n: int) -> tuple[torch.Tensor, Forcing]:
+        return to_batch(self.samples[self.indices(step, n)], self.static)
+
+    def _fill(self, n: int) -> None:
+        if self.queue and (self.queue[0][0] != self.step or self.queue[0][1] != n):
+            self.queue.clear()
+        next_step = self.queue[-1][0] + 1 if self.queue else self.step
+        while len(self.queue) < self.prefetch:
+            self.queue.append((next_step, n, self.pool.submit(self._read, next_step, n)))
+            next_step += 1
+
+    def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
+        """The next batch in the sequence (`gen` is not used: see the class docstring)."""
+        self._fill(n)
+        _, _, future = self.queue.popleft()
+        target, forcing = future.result()
+        self.step += 1
+        self._fill(n)
+        return target.to(self.device, non_blocking=True), forcing.to(self.device)

@@ -1,0 +1,288 @@
+"""Climate domain: builds or ingests the ClimateBench-layout store, trains a forcing-conditioned UNet over
+lat x lon, samples an ensemble per held-out year, and scores it next to pattern scaling and the floors.
+
+The network is a diffusers `UNet2DModel`. Its input is the noisy (tas, dtr, pr, pr90) field concatenated
+with condition channels: `history_years` of SO2 and BC maps, cumulative CO2 and CH4 broadcast over the
+grid, and three static channels (sin lat, sin lon, cos lon). The calendar year enters through the UNet's
+class embedding (`class_embed_type="timestep"`: sinusoidal features of year - 1850 and an MLP, added to
+the noise-time embedding). Grids whose sides are not multiples of 2^(levels-1) are padded (longitude
+periodically, latitude by repetition) and cropped back, so any grid size works.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from diffusers import ModelMixin, SchedulerMixin, UNet2DModel
+
+from diffpipe.errors import DataError, SpecError
+from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, SampleStage, UNet2DSpec
+from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData
+from diffpipe.storage.formats import open_dataset, write_json
+
+from ...context import StageContext, StageOutput
+from ...objectives import NetFn
+from ...registry import domain
+from ...sampling import CountingNet, sample
+from .batches import (
+    CachedBatches,
+    Forcing,
+    StreamingBatches,
+    condition_channels,
+    static_channels,
+    to_batch,
+    training_megabytes,
+)
+from .builder import ClimateBuildOptions, build_climate_store, dask_client
+from .evaluation import figures, pattern_scaling_forecast, score_all, scores_table
+from .ingest import find_scenarios, ingest_climatebench
+from .layout import OUTPUT_VARIABLES, READ_BLOCK, cf_attributes, open_climate_store, scenario_view
+from .loader import ClimateSamples
+
+STORE = "climate.zarr"
+SAMPLES_FILE = "samples.zarr"
+DASK_ONLY_OPTIONS = ("dask_address", "dask_workers")
+
+
+def stage_path(ctx: StageContext, field: str) -> str:
+    """`stages[i].field` of the running stage, for error messages."""
+    names = [s.name for s in ctx.pipeline.stages]
+    return f"stages[{names.index(ctx.node)}].{field}"
+
+
+def builder_options(data: ClimateData, ctx: StageContext) -> ClimateBuildOptions:
+    """The builder's options from the spec (one to one) plus the runtime's Dask settings."""
+    fields = data.source.model_dump(exclude={"kind"})
+    fields["stats_scenarios"] = tuple(fields["stats_scenarios"] or data.train_scenarios)
+    fields["scenarios"] = tuple(fields["scenarios"])
+    return ClimateBuildOptions(**fields, dask_address=ctx.runtime.dask_address, dask_workers=ctx.runtime.dask_workers)
+
+
+def check_file_scenarios(source: ClimateBenchFiles, data: ClimateData) -> None:
+    """DataError when the files lack a scenario the split needs (checked before anything is written)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(source.uri, **source.storage_options)
+    if not fs.exists(root):
+        raise DataError(source.uri, "no such directory", expected="a folder of ClimateBench netCDF files")
+    found = source.scenarios or tuple(find_scenarios(fs, root))
+    needed = (*data.train_scenarios, data.test_scenario, *(source.stats_scenarios or ()))
+    missing = [s for s in needed if s not in found]
+    if found and missing:
+        raise DataError(source.uri, f"no files for scenario(s) {', '.join(missing)}",
+                        expected="inputs_<scenario>.nc and outputs_<scenario>.nc for " + ", ".join(needed),
+                        found=", ".join(found))
+
+
+def check_period(store: xr.Dataset, data: ClimateData, where: str) -> None:
+    """DataError when the held-out scenario does not cover the evaluation period."""
+    years = scenario_view(store, data.test_scenario)["time"].values
+    first, last = data.evaluation_period
+    if years[0] > first or years[-1] < last:
+        raise DataError(f"{where} scenario '{data.test_scenario}'", "does not cover the evaluation period",
+                        expected=f"years {first}..{last}", found=f"{years[0]}..{years[-1]}")
+
+
+def unet_blocks(levels: int, attention: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Down and up block types: attention at the lowest resolution when asked."""
+    down = tuple("AttnDownBlock2D" if attention and i == levels - 1 else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if attention and i == 0 else "UpBlock2D" for i in range(levels))
+    return down, up
+
+
+def padded(size: int, factor: int) -> int:
+    """`size` rounded up to a multiple of `factor`."""
+    return -(-size // factor) * factor
+
+
+def pad_grid(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pad (..., lat, lon) to multiples of `factor`: longitude periodically, latitude by repeating the last row."""
+    ph, pw = padded(x.shape[-2], factor) - x.shape[-2], padded(x.shape[-1], factor) - x.shape[-1]
+    if pw:
+        x = torch.cat([x, x[..., :pw]], dim=-1)
+    if ph:
+        x = F.pad(x, (0, 0, 0, ph), mode="replicate")
+    return x
+
+
+def call_climate_unet(model: UNet2DModel, x: torch.Tensor, t: torch.Tensor, cond: Forcing) -> torch.Tensor:
+    """The UNet on [noisy field, condition channels], padded to its resolution levels and cropped back."""
+    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    h, w = x.shape[-2:]
+    inputs = pad_grid(torch.cat([x, cond.channels().to(x.dtype)], dim=1), factor)
+    t = t.expand(x.shape[0]) if t.dim() == 0 else t
+    year = cond.year_label() if model.config.class_embed_type == "timestep" else None
+    return model(inputs, t, class_labels=year).sample[..., :h, :w]
+
+
+@domain("climate")
+class ClimateDomain:
+    """Forcing -> (tas, dtr, pr, pr90) emulation in ClimateBench's layout."""
+
+    def store_path(self, ctx: StageContext) -> Path:
+        """The climate store of the data artifact."""
+        return ctx.input_path("data") / STORE
+
+    def build(self, ctx: StageContext) -> StageOutput:
+        """Build (offline builder) or ingest (ClimateBench files) the store with Dask, then check the split."""
+        data: ClimateData = ctx.pipeline.data
+        dest, t0 = ctx.workdir / STORE, time.perf_counter()
+        if isinstance(data.source, ClimateBenchFiles):
+            source = data.source
+            check_file_scenarios(source, data)
+            with dask_client(ctx.runtime.dask_address, ctx.runtime.dask_workers):
+                ingest_climatebench(source.uri, dest, scenarios=source.scenarios,
+                                    stats_scenarios=source.stats_scenarios or data.train_scenarios,
+                                    storage_options=source.storage_options)
+            where = source.uri
+        else:
+            build_climate_store(dest, builder_options(data, ctx))
+            where = "data.source"
+        store = open_climate_store(dest)
+        check_period(store, data, where)
+        metrics = {"scenarios": list(store.attrs["scenarios"]), "grid": [store.sizes["lat"], store.sizes["lon"]],
+                   "records": store.sizes["record"], "megabytes_uncompressed": store["outputs"].nbytes / 1e6,
+                   "build_wall_s": time.perf_counter() - t0}
+        write_json(ctx.workdir / "metrics.json", metrics)
+        summary = (f"climate store: {len(metrics['scenarios'])} scenarios, grid {metrics['grid']}, "
+                   f"{metrics['records']} member-years ({data.source.kind})")
+        return StageOutput("dataset", metrics, summary)
+
+    def build_model(self, model: ModelSpec, ctx: StageContext) -> ModelMixin:
+        """A UNet2DModel taking the noisy fields plus condition channels, with a year embedding."""
+        if not isinstance(model, UNet2DSpec):
+            raise SpecError("model.arch", "the climate emulator is a UNet over lat x lon", "unet2d", f"'{model.arch}'")
+        data: ClimateData = ctx.pipeline.data
+        store = open_climate_store(self.store_path(ctx))
+        factor = 2 ** (len(model.block_out_channels) - 1)
+        down, up = unet_blocks(len(model.block_out_channels), model.attention)
+        variables = len(OUTPUT_VARIABLES)
+        return UNet2DModel(
+            sample_size=(padded(store.sizes["lat"], factor), padded(store.sizes["lon"], factor)),
+            in_channels=variables + condition_channels(data.history_years), out_channels=variables,
+            block_out_channels=model.block_out_channels, layers_per_block=model.layers_per_block,
+            down_block_types=down, up_block_types=up, norm_num_groups=model.norm_num_groups, dropout=model.dropout,
+            class_embed_type="timestep" if data.year_embedding else None,
+        )
+
+    def net(self, model: ModelMixin) -> NetFn:
+        """`net(x, t, forcing)`."""
+        return lambda x, t, cond: call_climate_unet(model, x, t, cond)
+
+    def samples(self, ctx: StageContext, scenarios: list[str]) -> ClimateSamples:
+        """Normalised samples of `scenarios` from the data artifact."""
+        return ClimateSamples(self.store_path(ctx), scenarios, ctx.pipeline.data.history_years)
+
+    def static(self, ctx: StageContext) -> torch.Tensor:
+        """Static geography channels of the store's grid."""
+        store = open_climate_store(self.store_path(ctx))
+        return static_channels(store["lat"].values, store["lon"].values)
+
+    def batches(self, ctx: StageContext, device: torch.device) -> CachedBatches | StreamingBatches:
+        """Training scenarios: cached in memory up to `memory_cache_mb`, else streamed from zarr with prefetch."""
+        data: ClimateData = ctx.pipeline.data
+        dropout = getattr(ctx.pipeline.stage(ctx.node), "cond_dropout", 0.0)
+        if dropout:
+            raise SpecError(stage_path(ctx, "cond_dropout"), "the climate emulator is always conditioned on "
+                            "its forcing (no classifier-free guidance)", "0", str(dropout))
+        samples, static = self.samples(ctx, list(data.train_scenarios)), self.static(ctx)
+        if training_megabytes(samples, static[0].numel()) <= data.memory_cache_mb:
+            return CachedBatches(samples, static, device)
+        resumed = ctx.store.run_dir(ctx.key).steps()
+        return StreamingBatches(samples, static, device, seed=ctx.runtime.seed, prefetch=data.prefetch_batches,
+                                start_step=resumed[-1] if resumed else 0)
+
+    def drop_condition(self, model: ModelMixin, cond: Forcing, drop: torch.Tensor) -> Forcing:
+        """Forcing is never dropped: `batches` refuses a non-zero `cond_dropout`, so `drop` is all False."""
+        if bool(drop.any()):
+            raise ValueError("the climate emulator takes no condition dropout")
+        return cond
+
+    def check_sampling(self, ctx: StageContext, spec: SampleStage) -> None:
+        """SpecError for sample options that have no meaning for the emulator (classes, guidance)."""
+        if spec.classes is not None:
+            raise SpecError(stage_path(ctx, "classes"), "climate samples have no classes", "null", str(spec.classes))
+        if spec.guidance_scale != 1.0:
+            raise SpecError(stage_path(ctx, "guidance_scale"), "the climate emulator has no classifier-free guidance",
+                            "1.0", str(spec.guidance_scale))
+
+    @torch.no_grad()
+    def sample(self, ctx: StageContext, spec: SampleStage, model: ModelMixin, objective: Objective,
+               scheduler: SchedulerMixin | None, info: dict[str, Any]) -> StageOutput:
+        """`num_samples` members (1 for regression) for every year of the held-out scenario, as zarr
+        (time, member, lat, lon) in physical units, written year block by year block."""
+        self.check_sampling(ctx, spec)
+        data: ClimateData = ctx.pipeline.data
+        test = self.samples(ctx, [data.test_scenario])
+        first_member = np.flatnonzero(test.record_member[test.records] == 0).tolist()
+        _, years = to_batch(test[first_member], self.static(ctx))
+        members = spec.num_samples if scheduler is not None else 1
+        path = ctx.workdir / SAMPLES_FILE
+        self.create_samples(ctx, path, years.year.numpy(), members)
+        net, gen, device = CountingNet(self.net(model)), ctx.generator(offset=1000 + spec.seed), ctx.device
+        block, t0 = max(1, spec.batch_size // members), time.perf_counter()
+        for start in range(0, len(first_member), block):
+            cond = years[slice(start, start + block)]
+            rows = cond[torch.arange(len(cond.year)).repeat_interleave(members)].to(device)
+            shape = (len(rows.year), len(OUTPUT_VARIABLES), *cond.maps.shape[-2:])
+            with ctx.autocast():
+                x = sample(net, objective, scheduler, spec.scheduler.steps, shape, rows, gen, device)
+            fields = test.denormalise(x.float().cpu()).reshape(len(cond.year), members, *shape[1:])
+            self.write_block(path, fields.numpy(), slice(start, start + len(cond.year)))
+        wall = time.perf_counter() - t0
+        name = type(scheduler).__name__ if scheduler is not None else "direct (regression)"
+        total = members * len(first_member)
+        metrics = {"members": members, "years": len(first_member), "scheduler": name, "steps": spec.scheduler.steps,
+                   "nfe_per_sample": net.calls // max(1, -(-len(first_member) // block)), "sampling_wall_s": wall,
+                   "samples_per_s": total / wall}
+        summary = f"{members} member(s) x {len(first_member)} years of {data.test_scenario} with `{name}`."
+        return StageOutput("samples", metrics, summary)
+
+    def create_samples(self, ctx: StageContext, path: Path, years: np.ndarray, members: int) -> None:
+        """An empty ClimateBench-layout ensemble store: one chunk per (year, variable), CF attributes kept."""
+        import dask.array as da
+
+        store = open_climate_store(self.store_path(ctx))
+        shape, chunks = (len(years), members, store.sizes["lat"], store.sizes["lon"]), (1, members, -1, -1)
+        cf = cf_attributes(store)
+        ds = xr.Dataset(
+            {v: (("time", "member", "lat", "lon"), da.zeros(shape, chunks=chunks, dtype=np.float32), cf.get(v, {}))
+             for v in OUTPUT_VARIABLES},
+            coords={"time": ("time", years.astype(np.int64), cf.get("time", {})), "member": np.arange(members),
+                    "lat": store["lat"], "lon": store["lon"]},
+            attrs={"stage": ctx.node, "scenario": ctx.pipeline.data.test_scenario},
+        )
+        ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=False, compute=False)
+
+    def write_block(self, path: Path, fields: np.ndarray, years: slice) -> None:
+        """Write (year, member, variable, lat, lon) fields into the time slice `years` of the ensemble store."""
+        dims = ("time", "member", "lat", "lon")
+        block = xr.Dataset({v: (dims, fields[:, :, i]) for i, v in enumerate(OUTPUT_VARIABLES)})
+        block.to_zarr(path, region={"time": years}, zarr_format=3, consolidated=False)
+
+    def evaluate(self, ctx: StageContext, spec: EvaluateStage) -> StageOutput:
+        """ClimateBench NRMSE and ensemble scores on the held-out period, pattern scaling and floors beside them."""
+        if set(spec.metrics) != {"domain"}:
+            raise SpecError(stage_path(ctx, "metrics"), "climate evaluation computes the domain scores only",
+                            "[domain]", str(spec.metrics))
+        data: ClimateData = ctx.pipeline.data
+        with dask_client(ctx.runtime.dask_address, 0):
+            store = open_climate_store(self.store_path(ctx), block=READ_BLOCK)
+            prediction = open_dataset(ctx.input_path("samples") / SAMPLES_FILE)
+            target = scenario_view(store, data.test_scenario)
+            baseline = pattern_scaling_forecast(store, list(data.train_scenarios), data.test_scenario)
+            scores = score_all(prediction, baseline, target, data.evaluation_period)
+            label = "emulator" if prediction.sizes["member"] > 1 else "deterministic model"
+            images = figures(prediction, baseline, target, ctx.workdir, label, data.evaluation_period)
+        metrics = {"test_scenario": data.test_scenario, "period": list(data.evaluation_period),
+                   "members": prediction.sizes["member"], "target_members": target.sizes["member"], **scores}
+        first, last = data.evaluation_period
+        summary = (f"{data.test_scenario} {first}-{last}, {metrics['members']} member(s) vs "
+                   f"{metrics['target_members']} ESM members\n\n" + scores_table(scores))
+        return StageOutput("metrics", metrics, summary, images)

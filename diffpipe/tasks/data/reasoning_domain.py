@@ -1,0 +1,231 @@
+"""The Countdown and Sudoku domains: token data in zarr, the masked-diffusion transformer, block sampling,
+exact verifiers.
+
+Data. `build` writes `train.zarr` and `test.zarr` (prompt and completion token ids plus the problem's
+numbers and target, or puzzle and solution); train and test never share a problem.
+
+Training. The network maps token ids to logits (`net(model)` is the model itself); a batch is
+(completions, prompts) and the `masked_diffusion` objective masks completions only. There is no
+classifier-free guidance: `drop_condition` is the identity and `cond_dropout` has no effect.
+
+Sampling. The first `num_samples` held-out prompts are completed with low-confidence remasking in
+semi-autoregressive blocks (diffusers' `BlockRefinementScheduler`; `scheduler.steps` decoding steps in
+all, `scheduler.options.block_length` tokens per block), greedily. Evaluation scores the completions
+with the exact verifiers: accuracy (exactly correct) and the d1 reward (Countdown: 1 / 0.1 / 0; Sudoku:
+share of blanks filled correctly), beside the reference completions' scores as a floor.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from diffusers import ModelMixin, SchedulerMixin
+
+from diffpipe.errors import DataError, SpecError
+from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, SampleStage
+from diffpipe.schemas.reasoning import CountdownData, MDLMSpec, SudokuData
+from diffpipe.storage.formats import open_dataset, write_dataset, write_json
+
+from ..context import StageContext, StageOutput
+from ..domain import SAMPLES_FILE, TensorBatches, metrics_table
+from ..mdlm import block_schedule, sample_completions
+from ..nets.mdlm import MaskedDiffusionTransformer
+from ..registry import domain
+from ..rl.rewards import reward
+from .reasoning import MASK, VOCAB, build_countdown, build_sudoku, check_reasoning_dataset, score_completions
+
+SCHEDULER_OPTIONS = frozenset({"block_length"})
+"""BlockRefinementScheduler options the sampler honours (it commits exactly the scheduled tokens per step)."""
+PREVIEW_ROWS = 8
+
+
+def stage_path(ctx: StageContext, field: str) -> str:
+    """`stages[i].field` of the running stage (for error messages)."""
+    index = next(i for i, s in enumerate(ctx.pipeline.stages) if s.name == ctx.node)
+    return f"stages[{index}].{field}"
+
+
+def load_split(path: Path, split: str) -> xr.Dataset:
+    """One split of a reasoning data artifact, checked."""
+    ds = open_dataset(path / f"{split}.zarr").load()
+    check_reasoning_dataset(ds, f"{path.name}/{split}.zarr")
+    return ds
+
+
+def token_tensors(ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt (N, P) and completion (N, L) token ids of a split or of a samples set."""
+    return torch.from_numpy(ds["prompt"].values), torch.from_numpy(ds["completion"].values)
+
+
+@reward("exact_verifier", kinds=("countdown", "sudoku"))
+def exact_verifier(samples: torch.Tensor, conditions: torch.Tensor, data_path: Path) -> torch.Tensor:
+    """d1's reward from the exact verifier: Countdown 1 / 0.1 / 0, Sudoku the share of blanks filled right."""
+    task = open_dataset(Path(data_path) / "train.zarr").attrs["task"]
+    rewards, _ = score_completions(task, conditions.cpu().numpy(), samples.cpu().numpy())
+    return torch.from_numpy(rewards).float()
+
+
+def score(task: str, prompts: np.ndarray, completions: np.ndarray) -> dict[str, float]:
+    """Held-out accuracy (exactly correct) and mean reward of completions."""
+    rewards, correct = score_completions(task, prompts, completions)
+    return {"accuracy": float(correct.mean()), "reward": float(rewards.mean())}
+
+
+class ReasoningDomain(ABC):
+    """Shared behaviour of the verifiable reasoning tasks; subclasses name the task and build the splits."""
+
+    task: str
+
+    @abstractmethod
+    def splits(self, ctx: StageContext) -> dict[str, xr.Dataset]:
+        """The train and test splits built from the data spec."""
+
+    def build(self, ctx: StageContext) -> StageOutput:
+        """Write `train.zarr` and `test.zarr`; metrics: sizes, lengths, a few decoded examples."""
+        t0 = time.perf_counter()
+        splits = self.splits(ctx)
+        for split, ds in splits.items():
+            check_reasoning_dataset(ds, f"{self.task} {split} split")
+            write_dataset(ds, ctx.workdir / f"{split}.zarr")
+        train = splits["train"]
+        metrics = {"task": self.task, "num_train": int(train.sizes["problem"]),
+                   "num_test": int(splits["test"].sizes["problem"]),
+                   "prompt_length": int(train.sizes["prompt_pos"]),
+                   "completion_length": int(train.sizes["completion_pos"]), "vocab_size": VOCAB.size,
+                   "examples": [f"{VOCAB.decode(p)} -> {VOCAB.decode(c)}" for p, c in
+                                zip(train["prompt"].values[:3], train["completion"].values[:3], strict=True)],
+                   "build_wall_s": time.perf_counter() - t0}
+        write_json(ctx.workdir / "metrics.json", metrics)
+        summary = (f"{self.task}: {metrics['num_train']} train / {metrics['num_test']} held-out problems, "
+                   f"prompt {metrics['prompt_length']} + completion {metrics['completion_length']} tokens.")
+        return StageOutput("dataset", metrics, summary)
+
+    def lengths(self, ctx: StageContext) -> tuple[int, int]:
+        """(prompt, completion) lengths in tokens."""
+        train = open_dataset(ctx.input_path("data") / "train.zarr")
+        return int(train.sizes["prompt_pos"]), int(train.sizes["completion_pos"])
+
+    def build_model(self, model: ModelSpec, ctx: StageContext) -> ModelMixin:
+        """A masked-diffusion transformer with random weights, sized for the data's sequences."""
+        if not isinstance(model, MDLMSpec):
+            raise SpecError("model.arch", f"{self.task} data needs the masked-diffusion transformer", "mdlm",
+                            repr(model.arch))
+        prompt_len, completion_len = self.lengths(ctx)
+        return MaskedDiffusionTransformer(VOCAB.size, prompt_len + completion_len, MASK,
+                                          **model.model_dump(exclude={"arch"}))
+
+    def net(self, model: ModelMixin) -> ModelMixin:
+        """The token model itself: ids (B, P + L) -> logits."""
+        return model
+
+    def batches(self, ctx: StageContext, device: torch.device) -> TensorBatches:
+        """Training batches: (completions, prompts) drawn with replacement."""
+        prompts, completions = token_tensors(load_split(ctx.input_path("data"), "train"))
+        return TensorBatches(completions.to(device), prompts.to(device))
+
+    def drop_condition(self, model: ModelMixin, cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+        """No guidance for token models: the prompts are kept."""
+        return cond
+
+    def reward(self, prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact verifier: rewards (d1 scheme) and correctness of completions."""
+        rewards, correct = score_completions(self.task, prompts.cpu().numpy(), completions.cpu().numpy())
+        return torch.from_numpy(rewards).float(), torch.from_numpy(correct)
+
+    def sampler_settings(self, ctx: StageContext, spec: SampleStage, scheduler: SchedulerMixin,
+                         completion_len: int) -> tuple[int, int]:
+        """(steps, block_length) of the block sampler, checked against the completion length."""
+        unknown = sorted(set(spec.scheduler.options) - SCHEDULER_OPTIONS)
+        if unknown:
+            raise SpecError(stage_path(ctx, "scheduler.options"), "the block sampler takes only a block length",
+                            "block_length", ", ".join(unknown))
+        if spec.samples_per_condition != 1:
+            raise SpecError(stage_path(ctx, "samples_per_condition"), "greedy decoding gives one completion "
+                            "per prompt", "1", str(spec.samples_per_condition))
+        block_length = min(int(scheduler.config.block_length), completion_len)
+        try:
+            block_schedule(completion_len, spec.scheduler.steps, block_length)
+        except ValueError as e:
+            raise SpecError(stage_path(ctx, "scheduler.steps"), str(e), "a multiple of the number of blocks",
+                            str(spec.scheduler.steps)) from e
+        return spec.scheduler.steps, block_length
+
+    def sample(self, ctx: StageContext, spec: SampleStage, model: ModelMixin, objective: Objective,
+               scheduler: SchedulerMixin, info: dict[str, Any]) -> StageOutput:
+        """Greedy block-sampled completions of the first `num_samples` held-out prompts, as zarr."""
+        test = load_split(ctx.input_path("data"), "test")
+        prompts, _ = token_tensors(test)
+        prompts = prompts[: spec.num_samples]
+        steps, block_length = self.sampler_settings(ctx, spec, scheduler, test.sizes["completion_pos"])
+        chunks, t0 = [], time.perf_counter()
+        for start in range(0, len(prompts), spec.batch_size):
+            batch = prompts[start:start + spec.batch_size].to(ctx.device)
+            with ctx.autocast():
+                chunks.append(sample_completions(model, batch, test.sizes["completion_pos"], MASK, steps=steps,
+                                                 block_length=block_length).cpu())
+        wall = time.perf_counter() - t0
+        completions = torch.cat(chunks)
+        ds = xr.Dataset({"prompt": (("sample", "prompt_pos"), prompts.numpy()),
+                         "completion": (("sample", "completion_pos"), completions.numpy())},
+                        attrs={"stage": ctx.node, "task": self.task, "steps": steps, "block_length": block_length})
+        write_dataset(ds, ctx.workdir / SAMPLES_FILE)
+        metrics = {"num_samples": len(prompts), "scheduler": type(scheduler).__name__, "steps": steps,
+                   "block_length": block_length, "nfe_per_sample": steps, "sampling_wall_s": wall,
+                   "samples_per_s": len(prompts) / wall,
+                   "examples": [f"{VOCAB.decode(p)} -> {VOCAB.decode(c)}" for p, c in
+                                zip(prompts[:PREVIEW_ROWS].tolist(), completions[:PREVIEW_ROWS].tolist(),
+                                    strict=True)]}
+        summary = (f"{len(prompts)} held-out {self.task} completions, {steps} steps in blocks of {block_length} "
+                   f"tokens (low-confidence remasking, greedy).")
+        return StageOutput("samples", metrics, summary)
+
+    def evaluate(self, ctx: StageContext, spec: EvaluateStage) -> StageOutput:
+        """Accuracy and mean reward under the exact verifiers, with the reference completions as floor."""
+        if "domain" not in spec.metrics:
+            raise SpecError(stage_path(ctx, "metrics"), f"{self.task} is scored by its exact verifiers",
+                            "a list containing domain", str(spec.metrics))
+        samples = open_dataset(ctx.input_path("samples") / SAMPLES_FILE).load()
+        if samples.attrs.get("task") != self.task:
+            raise DataError(f"{ctx.input_path('samples').name}/{SAMPLES_FILE}", "samples of another task",
+                            self.task, repr(samples.attrs.get("task")))
+        prompts, completions = token_tensors(samples)
+        test = load_split(ctx.input_path("data"), "test")
+        metrics = {"model": score(self.task, prompts.numpy(), completions.numpy()),
+                   "data_floor": score(self.task, test["prompt"].values[: len(prompts)],
+                                       test["completion"].values[: len(prompts)]),
+                   "num_samples": len(prompts),
+                   "not_applicable": sorted(set(spec.metrics) - {"domain"})}
+        return StageOutput("metrics", metrics, metrics_table(metrics))
+
+
+@domain("countdown")
+class CountdownDomain(ReasoningDomain):
+    """Countdown with 3-4 numbers and + - * /."""
+
+    task = "countdown"
+
+    def splits(self, ctx: StageContext) -> dict[str, xr.Dataset]:
+        """Countdown splits from the data spec."""
+        spec: CountdownData = ctx.pipeline.data
+        return build_countdown(spec.num_train, spec.num_test, num_numbers=tuple(spec.num_numbers),
+                               max_number=spec.max_number, max_target=spec.max_target,
+                               test_fraction=spec.test_fraction, seed=spec.seed)
+
+
+@domain("sudoku")
+class SudokuDomain(ReasoningDomain):
+    """4x4 Sudoku with unique solutions."""
+
+    task = "sudoku"
+
+    def splits(self, ctx: StageContext) -> dict[str, xr.Dataset]:
+        """Sudoku splits from the data spec."""
+        spec: SudokuData = ctx.pipeline.data
+        return build_sudoku(spec.num_train, spec.num_test, min_blanks=spec.min_blanks, max_blanks=spec.max_blanks,
+                            test_fraction=spec.test_fraction, seed=spec.seed)

@@ -1,0 +1,100 @@
+"""What the midtrain and distill stages share: the frozen teacher, the student's start, the loop, publishing.
+
+Any continuous domain whose network `FlowMapNet` can wrap works: the teacher is called through the
+domain's `net` hook, batches and conditions come from its `batches` / `drop_condition` hooks, and a
+random student is built by its `build_model` hook. Internal times throughout (timeconv); the teacher
+sees the diffusers value 1000 t it was trained with.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from diffusers import FlowMapEulerDiscreteScheduler, ModelMixin
+
+from diffpipe.schemas.distill import TwoTimeTraining
+from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
+
+from . import timeconv
+from .context import StageContext, StageOutput
+from .domain import Domain
+from .flowmap import VelocityFn
+from .nets.flowmap import FlowMapNet
+from .pretrain import train_config
+from .registry import DOMAINS
+from .training import LossState, plot_losses, save_trained, train
+
+
+def stage_domain(ctx: StageContext) -> Domain:
+    """The domain of the pipeline's data."""
+    return DOMAINS[ctx.pipeline.data.kind]
+
+
+def load_teacher(ctx: StageContext) -> tuple[ModelMixin, VelocityFn]:
+    """The frozen teacher (published EMA weights of input `teacher`) and its velocity in internal time."""
+    model = load_model(ctx.input_path("teacher") / MODEL_DIR).to(ctx.device).eval().requires_grad_(False)
+    net = stage_domain(ctx).net(model)
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        return net(x, timeconv.diffusers_timestep_from_t(t), cond).to(x.dtype)
+
+    return model, velocity
+
+
+def initial_student(ctx: StageContext, spec: TwoTimeTraining, init: ModelMixin | str | None) -> FlowMapNet:
+    """Student start: a one-time model's weights (zero gap embedding), input `init`'s checkpoint, or random.
+
+    Seeded from the runtime seed: the new gap embedding's first layer is random in every case.
+    """
+    torch.manual_seed(ctx.runtime.seed)
+    if isinstance(init, ModelMixin):
+        return FlowMapNet.from_teacher(init)
+    if init is None:
+        model = stage_domain(ctx).build_model(ctx.pipeline.model, ctx)
+        return FlowMapNet.from_teacher(model, time_scale=spec.random_init_time_scale)
+    model = load_model(ctx.input_path(init) / MODEL_DIR)
+    return model if isinstance(model, FlowMapNet) else FlowMapNet.from_teacher(model)
+
+
+def loss_options(loss_class: type, spec: TwoTimeTraining) -> dict[str, Any]:
+    """The keyword-only options of `loss_class` that the stage spec sets (same names in schema and loss)."""
+    params = inspect.signature(loss_class.__init__).parameters.values()
+    return {p.name: getattr(spec, p.name) for p in params
+            if p.kind is p.KEYWORD_ONLY and p.name in type(spec).model_fields}
+
+
+def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, loss_fn: Any,
+                  loss_state: LossState | None = None) -> tuple[Any, Any]:
+    """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout."""
+    domain = stage_domain(ctx)
+    batches = domain.batches(ctx, ctx.device)
+    student.to(ctx.device)
+
+    def step_loss(gen: torch.Generator) -> torch.Tensor:
+        x0, cond = batches.next(gen, spec.batch_size)
+        drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
+        return loss_fn(student, x0, domain.drop_condition(student.base, cond, drop), gen).mean()
+
+    return train(ctx, student, step_loss, train_config(spec), ctx.generator(offset=1), loss_state)
+
+
+def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, ema: Any, result: Any,
+                    info: dict[str, Any]) -> StageOutput:
+    """Write `model/` (FlowMapNet, diffusers layout), `scheduler/`, training.json, metrics and the loss curve."""
+    out = ctx.workdir
+    save_trained(student.cpu(), ema, out)
+    FlowMapEulerDiscreteScheduler().save_pretrained(out / SCHEDULER_DIR)
+    write_json(out / TRAINING_FILE, {"objective": spec.objective.model_dump(mode="json"), "stage": spec.stage,
+                                     "steps": spec.steps, "ema": spec.ema_decay is not None,
+                                     "num_classes": getattr(ctx.pipeline.data, "num_classes", None), **info})
+    tail = result.losses[-max(1, spec.steps // 10):]
+    metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, "resumed_from_step": result.resumed_from,
+               "steps_per_s": result.steps_per_s, "train_wall_s": result.wall_s,
+               "parameters": sum(p.numel() for p in student.parameters())}
+    write_json(out / "metrics.json", metrics)
+    title = f"{ctx.node}: {spec.stage} {info['method']}"
+    curve = plot_losses(result.losses, out / "loss_curve.png", title)
+    summary = f"Trained a two-time `FlowMapNet` for {spec.steps} steps with {info['method']} ({spec.objective.kind})."
+    return StageOutput("checkpoint", metrics, summary, {"loss curve": curve})

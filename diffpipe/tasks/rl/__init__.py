@@ -1,0 +1,1 @@
+"""RL fine-tuning: reward plugins, continuous algorithms (`continuous/`), discrete ones (`discrete/`), the stage."""

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import tiny_digits_spec
 from safetensors.torch import load_file
+from tiny_specs import tiny_digits_spec
 
 pytestmark = pytest.mark.slow
 STEPS, EVERY = 160, 20

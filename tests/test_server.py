@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import REPO, tiny_digits_spec
+from tiny_specs import REPO, tiny_digits_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 BIN = Path(sys.executable).parent

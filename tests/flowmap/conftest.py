@@ -25,8 +25,3 @@ def one_thread():
 def ring() -> AnalyticRing:
     """The default ring: 8 modes, radius 2, std 0.1."""
     return AnalyticRing()
-
-
-def generator(seed: int = 0) -> torch.Generator:
-    """A seeded CPU generator."""
-    return torch.Generator().manual_seed(seed)

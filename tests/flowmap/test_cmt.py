@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import generator  # noqa: E402
+from flowmap_helpers import generator  # noqa: E402
 
 from diffpipe.errors import SpecError  # noqa: E402
 from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss, teacher_trajectory  # noqa: E402

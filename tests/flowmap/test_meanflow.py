@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from conftest import generator  # noqa: E402
+from flowmap_helpers import generator  # noqa: E402
 
 from diffpipe.tasks.flowmap.meanflow import (  # noqa: E402
     MeanFlowDistillLoss,

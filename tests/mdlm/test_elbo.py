@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import ContextModel
+from mdlm_helpers import ContextModel
 
 from diffpipe.tasks.data.reasoning import MASK
 from diffpipe.tasks.mdlm import (

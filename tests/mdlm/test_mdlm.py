@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
+from mdlm_helpers import tiny_model
 
 from diffpipe.tasks.data.reasoning import MASK
 from diffpipe.tasks.mdlm import block_schedule, masked_diffusion_loss, sample_completions

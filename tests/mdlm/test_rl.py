@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import tiny_model
+from mdlm_helpers import tiny_model
 
 from diffpipe.tasks.data.reasoning import EOS, MASK
 from diffpipe.tasks.mdlm import exact_elbo

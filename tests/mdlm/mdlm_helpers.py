@@ -1,0 +1,36 @@
+"""Tiny models shared by the masked-diffusion tests."""
+
+import torch
+
+from diffpipe.tasks.data.reasoning import MASK, VOCAB
+from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
+
+
+def tiny_model(seed: int = 0, max_length: int = 16, d_model: int = 16) -> MaskedDiffusionTransformer:
+    """A 1-layer model with random weights, scaled up so its predictions depend on the context."""
+    torch.manual_seed(seed)
+    model = MaskedDiffusionTransformer(VOCAB.size, max_length, MASK, d_model=d_model, num_layers=1,
+                                       num_heads=2)
+    with torch.no_grad():
+        model.head.weight.mul_(8.0)
+    return model.eval()
+
+
+class ContextModel(torch.nn.Module):
+    """Logits linear in the one-hot of every position plus a masked-fraction term: context-dependent."""
+
+    def __init__(self, length: int, seed: int, scale: float = 1.5):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.weight = torch.nn.Parameter(scale * torch.randn(length, length, VOCAB.size, VOCAB.size,
+                                                             generator=generator))
+        self.masked_fraction = torch.nn.Parameter(4 * torch.randn(length, VOCAB.size, generator=generator))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits (B, S, V) with the mask logit at -inf."""
+        length = input_ids.shape[1]
+        onehot = torch.nn.functional.one_hot(input_ids, VOCAB.size).float()
+        logits = torch.einsum("bjv,ijvw->biw", onehot, self.weight[:length, :length]) / length ** 0.5
+        fraction = (input_ids == MASK).float().mean(dim=1, keepdim=True).unsqueeze(-1)
+        logits = logits + fraction * self.masked_fraction[:length]
+        return logits.index_fill(-1, torch.tensor([MASK]), float("-inf"))

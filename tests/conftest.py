@@ -6,12 +6,16 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread each beats oversubscribed cores
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 import yaml  # noqa: E402
 from tiny_specs import tiny_digits_spec  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from diffpipe.schemas import PipelineSpec, SampleStage
 from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
+from diffpipe.tasks.rl.rewards import resolve_reward
 
 
 def check_spec(spec: PipelineSpec) -> None:
@@ -18,6 +19,8 @@ def check_spec(spec: PipelineSpec) -> None:
     for i, stage in enumerate(spec.stages):
         if isinstance(stage, SampleStage):
             _check_scheduler(i, stage)
+        for j, term in enumerate(getattr(stage, "rewards", None) or []):
+            resolve_reward(term.name, spec.data.kind, f"stages[{i}].rewards[{j}].name")
         if isinstance(stage, MidtrainStage):
             _check_trajectory_solver(i, stage)
     ArtifactStore(spec.storage.root)

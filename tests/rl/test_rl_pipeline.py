@@ -14,14 +14,16 @@ import torch  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
 
 from diffpipe.flows.pipeline import execute  # noqa: E402
-from diffpipe.flows.plan import status  # noqa: E402
+from diffpipe.flows.plan import node_key, nodes, status  # noqa: E402
 from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
 from diffpipe.storage import ArtifactStore  # noqa: E402
 from diffpipe.storage.formats import read_json  # noqa: E402
 from diffpipe.tasks.context import StageContext  # noqa: E402
+from diffpipe.tasks.registry import DOMAINS, STAGES  # noqa: E402
 from diffpipe.tasks.rl.stage import fine_tune  # noqa: E402
 
 pytestmark = pytest.mark.slow
+torch.set_num_threads(1)  # two shared cores: a second thread only spins
 
 RL = {"name": "rl", "stage": "rl", "init": "pretrain", "group_size": 4, "groups_per_step": 2, "steps": 6,
       "checkpoint_every": 2, "log_every": 2, "lr": 1e-4}
@@ -67,17 +69,25 @@ class Crash(RuntimeError):
     """Raised by the hook to kill a run mid-training."""
 
 
-def test_rl_resume_reaches_the_same_weights(tiny_spec: dict, prefect_api) -> None:
-    """NFT (old-policy copy) with MARBLE (alpha state): a run killed at step 3 resumes to identical weights."""
-    from prefect import flow
+def upstream_in_process(spec) -> tuple[ArtifactStore, dict]:
+    """Data and pretrain artifacts built by their stage functions, without Prefect."""
+    store, refs = ArtifactStore(spec.storage.root), {}
+    for node in nodes(spec)[:2]:
+        key, _ = node_key(spec, node, refs)
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = StageContext(spec, node.name, key, {n: refs[s] for n, s in node.upstream.items()}, store, Path(tmp),
+                               progress=False)
+            out = DOMAINS[node.kind].build(ctx) if node.name == "data" else STAGES[node.kind](ctx)
+            refs[node.name] = store.publish(Path(tmp), out.kind, {"node": node.name})
+    return store, refs
 
+
+def test_rl_resume_reaches_the_same_weights(tiny_spec: dict) -> None:
+    """NFT (old-policy copy) with MARBLE (alpha state): a run killed at step 3 resumes to identical weights."""
     raw = rl_spec(tiny_spec, algorithm={"algorithm": "diffusion_nft", "sampler_steps": 3, "train_timesteps": 2},
                   rewards=[{"name": "classifier_logprob"}, {"name": "ink"}], combine="marble")
-    raw["stages"] = raw["stages"][:2]
-    flow(name="diffpipe-rl-test")(execute)(validate_spec(copy.deepcopy(raw)))  # data and pretrain
     spec = validate_spec(copy.deepcopy(raw))
-    store = ArtifactStore(spec.storage.root)
-    refs = {r.name: r.ref for r in status(spec, store)}
+    store, refs = upstream_in_process(spec)
     inputs = {"data": refs["data"], "init": refs["pretrain"]}
 
     def run(key: str, hook=None):

@@ -100,8 +100,10 @@ class RLRun:
         sampler = self.nets.policy if self.algorithm.samples_with == "policy" else \
             self.nets.anchors[self.algorithm.samples_with]
         shape = (self.batch_size, *x_real.shape[1:])
+        self.policy.eval()  # rollouts without dropout; the loss runs in training mode
         out = rollout(sampler, cond, shape, self.grid, self.algorithm.noise_level, gen, device,
                       keep_states=self.algorithm.keeps_states)
+        self.policy.train()
         rewards = torch.stack([r.fn(out.x0, cond, self.data_path).float().to(device) for r in self.rewards])
         combined = rewards if self.spec.combine == "marble" else (self.weights.to(device) @ rewards)[None]
         adv = self.algorithm.advantages(combined, self.spec.group_size, self.spec.global_std)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from diffusers import FlowMapEulerDiscreteScheduler, ModelMixin
+from diffusers.training_utils import EMAModel
 
 from diffpipe.schemas.distill import TwoTimeTraining
 from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
@@ -24,7 +25,7 @@ from .flowmap import VelocityFn
 from .nets.flowmap import FlowMapNet
 from .pretrain import train_config
 from .registry import DOMAINS
-from .training import LossState, plot_losses, save_trained, train
+from .training import LossState, TrainResult, plot_losses, save_trained, train
 
 
 def stage_domain(ctx: StageContext) -> Domain:
@@ -66,7 +67,7 @@ def loss_options(loss_class: type, spec: TwoTimeTraining) -> dict[str, Any]:
 
 
 def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, loss_fn: Any,
-                  loss_state: LossState | None = None) -> tuple[Any, Any]:
+                  loss_state: LossState | None = None) -> tuple[TrainResult, EMAModel | None]:
     """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout."""
     domain = stage_domain(ctx)
     batches = domain.batches(ctx, ctx.device)
@@ -80,8 +81,8 @@ def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet,
     return train(ctx, student, step_loss, train_config(spec), ctx.generator(offset=1), loss_state)
 
 
-def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, ema: Any, result: Any,
-                    info: dict[str, Any]) -> StageOutput:
+def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, ema: EMAModel | None,
+                    result: TrainResult, info: dict[str, Any]) -> StageOutput:
     """Write `model/` (FlowMapNet, diffusers layout), `scheduler/`, training.json, metrics and the loss curve."""
     out = ctx.workdir
     save_trained(student.cpu(), ema, out)

@@ -43,7 +43,7 @@ def run_pipeline(spec: Path, root: Path, overrides: list[str]) -> tuple[list[dic
         sys.stderr.write(done.stderr[-4000:])
         raise SystemExit(f"pipeline failed with exit code {done.returncode}")
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return json.loads(done.stdout), wall, cpu
+    return json.loads(done.stdout)["stages"], wall, cpu
 
 
 def evaluations(summary: list[dict]) -> dict[str, dict]:

@@ -88,7 +88,9 @@ class CachedBatches:
 
     def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
         """A random batch (indices drawn on the CPU generator)."""
-        idx = torch.randint(0, self.target.shape[0], (n,), generator=gen).to(self.target.device)
+        idx = torch.randint(0, self.target.shape[0], (n,), generator=gen)
+        if self.target.device.type != "cpu":
+            idx = idx.to(self.target.device)
         return self.target[idx], self.forcing[idx]
 
 

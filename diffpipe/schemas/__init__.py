@@ -12,6 +12,7 @@ from .storage import StorageSpec
 __all__ = [
     "DDPM", "EDM", "STAGE_CLASSES", "ArtifactKind", "ArtifactRef", "CrossReferenceError", "DataSpec",
     "DiTSpec", "DigitsData", "EvaluateStage", "FlowMatching", "ModelSpec", "Objective", "PipelineSpec",
-    "PretrainStage", "Regression", "RuntimeSpec", "SampleStage", "SchedulerSpec", "StageBase", "StageSpec", "StorageSpec",
+    "PretrainStage", "Regression", "RuntimeSpec", "SampleStage", "SchedulerSpec", "StageBase", "StageSpec",
+    "StorageSpec",
     "UNet2DSpec",
 ]

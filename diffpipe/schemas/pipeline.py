@@ -84,10 +84,12 @@ class PipelineSpec(Strict):
         if target not in names:
             raise CrossReferenceError(path, "refers to a missing stage", wanted, f"'{target}'")
         if target not in seen:
-            raise CrossReferenceError(path, "refers to a later stage", wanted, f"'{target}' (stages[{names.index(target)}])")
+            found = f"'{target}' (stages[{names.index(target)}])"
+            raise CrossReferenceError(path, "refers to a later stage", wanted, found)
         kind = self.stages[seen[target]].output_kind
         if kind not in kinds:
-            raise CrossReferenceError(path, "refers to a stage of the wrong kind", wanted, f"'{target}' producing {kind}")
+            found = f"'{target}' producing {kind}"
+            raise CrossReferenceError(path, "refers to a stage of the wrong kind", wanted, found)
         problem = stage.reference_problem(field, self.stages[seen[target]])
         if problem:
             raise CrossReferenceError(path, problem, wanted, f"'{target}' ({self.stages[seen[target]].stage} stage)")

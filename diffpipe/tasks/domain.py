@@ -162,7 +162,8 @@ class ImageDomain:
         pick = torch.randperm(len(train_x), generator=gen)[: len(x)]
         metrics = {
             "model": self.score(spec, data_path, x, labels, reference),
-            "data_floor": self.score(spec, data_path, train_x[pick], None if labels is None else train_y[pick], reference),
+            "data_floor": self.score(spec, data_path, train_x[pick], None if labels is None else train_y[pick],
+                                     reference),
             "num_samples": len(x), "num_reference": len(reference),
         }
         return StageOutput("metrics", metrics, metrics_table(metrics))

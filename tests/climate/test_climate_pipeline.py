@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import xarray as xr  # noqa: E402
-from conftest import SCENARIO_YEARS, climatebench_pair, write_pair  # noqa: E402
+from climate_helpers import SCENARIO_YEARS, climatebench_pair, write_pair  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
 
 from diffpipe.errors import DataError, SpecError  # noqa: E402

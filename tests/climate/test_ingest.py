@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import MEMBERS, SCENARIO_YEARS, climatebench_pair, write_pair
+from climate_helpers import MEMBERS, SCENARIO_YEARS, climatebench_pair, write_pair
 
 from diffpipe.errors import DataError
 from diffpipe.tasks.data.climate import ingest as ingest_module

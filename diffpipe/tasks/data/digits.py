@@ -69,7 +69,8 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 def _as_dataset(x: np.ndarray, y: np.ndarray) -> xr.Dataset:
     return xr.Dataset(
-        {"x": (("sample", "channel", "y", "x"), x[:, None].astype(np.float32)), "label": (("sample",), y.astype(np.int64))},
+        {"x": (("sample", "channel", "y", "x"), x[:, None].astype(np.float32)),
+         "label": (("sample",), y.astype(np.int64))},
         attrs={"source": "sklearn.datasets.load_digits", "scaling": "pixel / 8 - 1, range [-1, 1]"},
     )
 
@@ -96,7 +97,8 @@ class DigitsDomain(ImageDomain):
         write_json(ctx.workdir / "metrics.json", metrics)
         grid = save_grid(torch.from_numpy(x_tr[:50, None]), ctx.workdir / "examples.png",
                          torch.from_numpy(y_tr[:50]), title="training digits")
-        return StageOutput("dataset", metrics, f"digits: {len(x_tr)} train / {len(x_te)} test images", {"examples": grid})
+        summary = f"digits: {len(x_tr)} train / {len(x_te)} test images"
+        return StageOutput("dataset", metrics, summary, {"examples": grid})
 
     def classifier(self, path: Path) -> DigitsClassifier:
         """The frozen classifier stored with the data."""

@@ -1,8 +1,9 @@
 """Warm rerun wall time ÷ cold wall time of `diffpipe run pipelines/digits.yaml`, as a user runs it.
 
-Each run is a fresh `diffpipe run` process (so Prefect's temporary API start is included). A first
-cold run on a throw-away artifact root migrates the Prefect database; then a cold run on a new root and
-a warm rerun on the same root are timed. Usage: python benchmarks/pipeline_cache.py [--set PATH=VALUE ...]
+Each run is a fresh `diffpipe run` process (so Prefect's temporary API start is included). A tiny first
+run on a throw-away artifact root migrates the Prefect database; then a cold run on a new root and a warm
+rerun on the same root are timed. Do not edit diffpipe while it runs: a code change invalidates the cache.
+Usage: python benchmarks/pipeline_cache.py [--set PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PREFECT_HOME": f"{tmp}/prefect", "HF_HUB_OFFLINE": "1",
                "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-        first = timed_run(spec, Path(tmp) / "warmup", args.overrides, env)
+        tiny = ["stages.pretrain.steps=2", "stages.sample.num_samples=10", "stages.sample.scheduler.steps=2"]
+        first = timed_run(spec, Path(tmp) / "warmup", args.overrides + tiny, env)  # migrates Prefect's database
         cold = timed_run(spec, Path(tmp) / "root", args.overrides, env)
         warm = timed_run(spec, Path(tmp) / "root", args.overrides, env)
     result = {"spec": "pipelines/digits.yaml", "overrides": args.overrides, "first_run_s": first, "cold_s": cold,

@@ -191,3 +191,21 @@ def plot_losses(losses: list[float], path: Path, title: str) -> Path:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_against_budget(samples: torch.Tensor, wall_s: torch.Tensor, series: dict[str, torch.Tensor], path: Path,
+                        title: str, ylabel: str) -> Path:
+    """Curves against samples generated (left) and wall time (right), as a PNG (RL reward curves)."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for name, values in series.items():
+        for ax, x in zip(axes, (samples, wall_s), strict=True):
+            ax.plot(x, values, lw=1, label=name)
+    axes[0].set_xlabel("samples generated")
+    axes[1].set_xlabel("wall time (s)")
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -19,30 +19,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from diffusers import ModelMixin
+from diffusers.training_utils import EMAModel
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from diffusers import ModelMixin  # noqa: E402
-from diffusers.training_utils import EMAModel  # noqa: E402
-from torch import nn  # noqa: E402
+from diffpipe.errors import SpecError
+from diffpipe.schemas import FlowMatching
+from diffpipe.schemas.rl import RLStage
+from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
+from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 
-from diffpipe.errors import SpecError  # noqa: E402
-from diffpipe.schemas import FlowMatching  # noqa: E402
-from diffpipe.schemas.rl import RLStage  # noqa: E402
-from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase  # noqa: E402
-from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json  # noqa: E402
-
-from ..context import StageContext, StageOutput  # noqa: E402
-from ..domain import BatchSource, Domain  # noqa: E402
-from ..registry import DOMAINS, stage  # noqa: E402
-from ..sample import load_checkpoint  # noqa: E402
-from ..training import TrainConfig, TrainResult, plot_losses, save_trained, train  # noqa: E402
-from .continuous import ContinuousAlgorithm, Nets, Rollout, balance, make_algorithm, rollout, sampler_grid  # noqa: E402
-from .continuous.common import repeat_conditions, select_conditions  # noqa: E402
-from .discrete.stage import run_discrete_rl  # noqa: E402
-from .rewards import RewardPlugin, resolve_reward  # noqa: E402
+from ..context import StageContext, StageOutput
+from ..domain import BatchSource, Domain
+from ..registry import DOMAINS, stage
+from ..sample import load_checkpoint
+from ..training import (
+    TrainConfig,
+    TrainResult,
+    plot_against_budget,
+    plot_losses,
+    save_trained,
+    train,
+)
+from .continuous import ContinuousAlgorithm, Nets, Rollout, balance, make_algorithm, rollout, sampler_grid
+from .continuous.common import repeat_conditions, select_conditions
+from .discrete.stage import run_discrete_rl
+from .rewards import RewardPlugin, resolve_reward
 
 Hook = Callable[[int, "RLRun"], None]
 """Called at the start of every optimizer step with the step index (benchmarks evaluate here)."""
@@ -236,19 +239,9 @@ def plot_rewards(state: RLState, spec: RLStage, path: Path, title: str) -> Path:
     """Reward of each plugin against samples generated and against wall time, as a PNG."""
     log, cols = state.log.cpu(), state.columns
     rows = log[~torch.isnan(log[:, cols.index("reward")])]
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for name in [f"reward/{r.name}" for r in spec.rewards]:
-        for ax, x in zip(axes, ("samples", "wall_s"), strict=True):
-            ax.plot(rows[:, cols.index(x)], rows[:, cols.index(name)], lw=1, label=name.split("/")[1])
-    axes[0].set_xlabel("samples generated")
-    axes[1].set_xlabel("wall time (s)")
-    axes[0].set_ylabel("mean reward of the rollout batch")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    series = {r.name: rows[:, cols.index(f"reward/{r.name}")] for r in spec.rewards}
+    return plot_against_budget(rows[:, cols.index("samples")], rows[:, cols.index("wall_s")], series, path, title,
+                               "mean reward of the rollout batch")
 
 
 @stage("rl")

@@ -20,31 +20,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
+from diffusers import ModelMixin
+from diffusers.training_utils import EMAModel
+from torch import nn
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from diffusers import ModelMixin  # noqa: E402
-from diffusers.training_utils import EMAModel  # noqa: E402
-from torch import nn  # noqa: E402
+from diffpipe.errors import SpecError
+from diffpipe.schemas.reasoning import MaskedDiffusion
+from diffpipe.schemas.rl import RLStage
+from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 
-from diffpipe.errors import SpecError  # noqa: E402
-from diffpipe.schemas.reasoning import MaskedDiffusion  # noqa: E402
-from diffpipe.schemas.rl import RLStage  # noqa: E402
-from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json  # noqa: E402
-
-from ...context import StageContext, StageOutput  # noqa: E402
-from ...data.reasoning import EOS  # noqa: E402
-from ...data.reasoning_domain import ReasoningDomain  # noqa: E402
-from ...registry import DOMAINS  # noqa: E402
-from ...sample import load_checkpoint  # noqa: E402
-from ...training import TrainConfig, TrainResult, plot_losses, save_trained, train  # noqa: E402
-from ..rewards import RewardPlugin, resolve_reward  # noqa: E402
-from .algorithms import ALGORITHMS, Algorithm, Prepared  # noqa: E402
-from .core import Rollouts, zero_std_ratio  # noqa: E402
-from .options import CommonOptions  # noqa: E402
-from .update import count_forwards, make_options, rollout  # noqa: E402
+from ...context import StageContext, StageOutput
+from ...data.reasoning import EOS
+from ...data.reasoning_domain import ReasoningDomain
+from ...registry import DOMAINS
+from ...sample import load_checkpoint
+from ...training import TrainConfig, TrainResult, plot_against_budget, plot_losses, save_trained, train
+from ..rewards import RewardPlugin, resolve_reward
+from .algorithms import ALGORITHMS, Algorithm, Prepared
+from .core import Rollouts, zero_std_ratio
+from .options import CommonOptions
+from .update import count_forwards, make_options, rollout
 
 LOG_COLUMNS = ("samples", "wall_s", "reward", "accuracy", "zero_std_ratio", "sampling_forwards",
                "scoring_forwards", "grad_forwards", "clip_fraction", "kl", "abs_log_ratio", "positive_weight_ess")
@@ -228,19 +224,9 @@ def summary_metrics(state: DiscreteState) -> dict[str, Any]:
 def plot_rewards(state: DiscreteState, path: Path, title: str) -> Path:
     """Mean rollout reward and accuracy against samples generated and against wall time, as a PNG."""
     rows = log_rows(state, "reward")
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-    for name in ("reward", "accuracy"):
-        for ax, x in zip(axes, ("samples", "wall_s"), strict=True):
-            ax.plot(rows[:, LOG_COLUMNS.index(x)], rows[:, LOG_COLUMNS.index(name)], lw=1, label=name)
-    axes[0].set_xlabel("samples generated")
-    axes[1].set_xlabel("wall time (s)")
-    axes[0].set_ylabel("rollout batch mean")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    series = {name: rows[:, LOG_COLUMNS.index(name)] for name in ("reward", "accuracy")}
+    return plot_against_budget(rows[:, LOG_COLUMNS.index("samples")], rows[:, LOG_COLUMNS.index("wall_s")], series,
+                               path, title, "rollout batch mean")
 
 
 def run_discrete_rl(ctx: StageContext) -> StageOutput:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from diffpipe.tasks.data.cei import DEFAULT_ELEMENTS, g2_molecules, masses_from_atomic_numbers, sample_charges
-from diffpipe.tasks.data.cei.forward import simulate_explosion
+from diffpipe.tasks.data.cei.forward import simulate_explosion, solve_ivp_momenta
 
 T_END_AU = 2e5
 N_EVENTS = 1024
@@ -39,18 +38,7 @@ def make_events(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
 
 def solve_one(positions: np.ndarray, charges: np.ndarray, masses: np.ndarray, rtol: float) -> np.ndarray:
     """Final momenta of one unpadded event with scipy's DOP853."""
-    n = len(charges)
-    pair = np.outer(charges, charges) * (1 - np.eye(n))
-
-    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
-        r, p = y[: 3 * n].reshape(n, 3), y[3 * n:].reshape(n, 3)
-        diff = r[:, None] - r[None]
-        dist = np.linalg.norm(diff, axis=-1) + np.eye(n)
-        force = ((pair / dist**3)[..., None] * diff).sum(1)
-        return np.concatenate([(p / masses[:, None]).ravel(), force.ravel()])
-
-    y0 = np.concatenate([positions.ravel(), np.zeros(3 * n)])
-    return solve_ivp(rhs, (0.0, T_END_AU), y0, method="DOP853", rtol=rtol, atol=rtol * 1e-2).y[3 * n:, -1]
+    return solve_ivp_momenta(positions, charges, masses, T_END_AU, rtol=rtol, atol=rtol * 1e-2)
 
 
 def relative_error(momenta: np.ndarray, reference: np.ndarray) -> float:

@@ -5,32 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.integrate import solve_ivp
 
 from diffpipe.tasks.data.cei import (
     kinetic_energy,
     masses_from_atomic_numbers,
     potential_energy,
     simulate_explosion,
+    solve_ivp_momenta,
 )
 
 
 def reference_momenta(positions: np.ndarray, charges: np.ndarray, masses: np.ndarray,
                       t_end: float) -> np.ndarray:
     """Final momenta of one event from scipy's DOP853 at tight tolerances."""
-    n = len(charges)
-    pair = np.outer(charges, charges) * (1 - np.eye(n))
-
-    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
-        r, p = y[: 3 * n].reshape(n, 3), y[3 * n:].reshape(n, 3)
-        diff = r[:, None] - r[None]
-        dist = np.linalg.norm(diff, axis=-1) + np.eye(n)
-        force = ((pair / dist**3)[..., None] * diff).sum(1)
-        return np.concatenate([(p / masses[:, None]).ravel(), force.ravel()])
-
-    y0 = np.concatenate([positions.ravel(), np.zeros(3 * n)])
-    solution = solve_ivp(rhs, (0.0, t_end), y0, method="DOP853", rtol=1e-12, atol=1e-10)
-    return solution.y[3 * n:, -1].reshape(n, 3)
+    return solve_ivp_momenta(positions, charges, masses, t_end, rtol=1e-12, atol=1e-10)
 
 
 def test_total_momentum_is_conserved(padded_batch):

@@ -10,7 +10,7 @@ from .build import (
     split_molecules,
 )
 from .charges import CHARGE_REGIMES, XRAY_CHARGE_RANGES, masses_from_atomic_numbers, sample_charges
-from .forward import ExplosionResult, kinetic_energy, potential_energy, simulate_explosion
+from .forward import ExplosionResult, kinetic_energy, potential_energy, simulate_explosion, solve_ivp_momenta
 from .geometry import DEFAULT_ELEMENTS, Molecule, collect_molecules, g2_molecules, read_xyz, validate_molecule
 
 __all__ = [
@@ -18,5 +18,6 @@ __all__ = [
     "ExplosionResult", "Molecule", "build_cei_dataset", "check_cei_store", "collect_molecules", "drop_ions",
     "g2_molecules", "kinetic_energy", "masses_from_atomic_numbers", "open_cei_store", "potential_energy",
     "random_rotations", "read_xyz", "rotate", "sample_charges", "simulate_explosion", "smear_momenta",
+    "solve_ivp_momenta",
     "split_molecules", "validate_molecule",
 ]

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from scipy.integrate import solve_ivp
 
 LN10 = math.log(10.0)
 
@@ -151,3 +153,21 @@ def simulate_explosion(positions: torch.Tensor, charges: torch.Tensor, masses: t
         converged = change < momentum_rtol
         s, evaluations = s_next, evaluations + 4 * n_steps
     return ExplosionResult(p, r, tau * math.expm1(s), converged, evaluations)
+
+
+def solve_ivp_momenta(positions: np.ndarray, charges: np.ndarray, masses: np.ndarray, t_end_au: float,
+                      rtol: float, atol: float) -> np.ndarray:
+    """Final momenta (n, 3) of one unpadded event from scipy's DOP853: the per-event reference integrator."""
+    n = len(charges)
+    pair = np.outer(charges, charges) * (1 - np.eye(n))
+
+    def rhs(_t: float, y: np.ndarray) -> np.ndarray:
+        r, p = y[: 3 * n].reshape(n, 3), y[3 * n:].reshape(n, 3)
+        diff = r[:, None] - r[None]
+        dist = np.linalg.norm(diff, axis=-1) + np.eye(n)
+        force = ((pair / dist**3)[..., None] * diff).sum(1)
+        return np.concatenate([(p / masses[:, None]).ravel(), force.ravel()])
+
+    y0 = np.concatenate([positions.ravel(), np.zeros(3 * n)])
+    solution = solve_ivp(rhs, (0.0, t_end_au), y0, method="DOP853", rtol=rtol, atol=atol)
+    return solution.y[3 * n:, -1].reshape(n, 3)

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import torch
 
-import diffpipe.tasks  # noqa: F401
 from diffpipe.flows.plan import node_key, nodes
 from diffpipe.flows.spec_loading import load_spec
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.context import StageContext
-from diffpipe.tasks.registry import DOMAINS, STAGES
+from diffpipe.tasks.registry import get_domain, get_stage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +32,7 @@ def pipeline_steps_per_s(spec, store: ArtifactStore, data_ref, key: str) -> floa
     store.clear_run(key)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = StageContext(spec, "pretrain", key, {"data": data_ref}, store, Path(tmp), log=lambda m: None)
-        out = STAGES["pretrain"](ctx)
+        out = get_stage("pretrain")(ctx)
     store.clear_run(key)
     return out.metrics["steps_per_s"]
 
@@ -41,7 +40,7 @@ def pipeline_steps_per_s(spec, store: ArtifactStore, data_ref, key: str) -> floa
 def bare_steps_per_s(spec, data_path: Path, steps: int) -> float:
     """The same training written as a minimal loop."""
     stage = spec.stages[0]
-    domain = DOMAINS["digits"]
+    domain = get_domain("digits")
     x, labels = domain.load(data_path, "train")
     torch.manual_seed(0)
     model = domain.build_model(spec.model, type("C", (), {"pipeline": spec})())
@@ -76,7 +75,7 @@ def main() -> None:
         data_node = nodes(spec)[0]
         key, _ = node_key(spec, data_node, {})
         with tempfile.TemporaryDirectory() as tmp:
-            out = DOMAINS["digits"].build(StageContext(spec, "data", key, {}, store, Path(tmp)))
+            out = get_domain("digits").build(StageContext(spec, "data", key, {}, store, Path(tmp)))
             data_ref = store.publish(Path(tmp), out.kind, {})
         pipeline, bare = [], []
         for _ in range(args.repeats):

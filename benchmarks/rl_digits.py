@@ -28,14 +28,13 @@ import numpy as np
 import torch
 import yaml
 
-import diffpipe.tasks  # noqa: F401  (registers stages and domains)
 from diffpipe.flows.plan import node_key, nodes
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.data.digits import DigitsDomain
 from diffpipe.tasks.domain import ImageDomain
-from diffpipe.tasks.registry import DOMAINS, STAGES
+from diffpipe.tasks.registry import get_domain, get_stage
 from diffpipe.tasks.rl.continuous import rollout, sampler_grid
 from diffpipe.tasks.rl.rewards import REWARDS
 from diffpipe.tasks.rl.stage import RLRun, fine_tune
@@ -74,7 +73,7 @@ def build_upstream(spec) -> tuple[ArtifactStore, dict]:
             with tempfile.TemporaryDirectory() as tmp:
                 ctx = StageContext(spec, node.name, key, {n: refs[s] for n, s in node.upstream.items()}, store,
                                    Path(tmp), log=lambda m: None, progress=False)
-                out = DOMAINS[node.kind].build(ctx) if node.name == "data" else STAGES[node.kind](ctx)
+                out = get_domain(node.kind).build(ctx) if node.name == "data" else get_stage(node.kind)(ctx)
                 ref = store.publish(Path(tmp), out.kind, {"node": node.name, "cache_key": key})
             store.record_key(key, ref, {"node": node.name})
         refs[node.name] = ref
@@ -134,7 +133,7 @@ def run_one(algo: str, reward: str, seed: int, args) -> dict:
         total = time.perf_counter() - start - eval_wall[0]
         store.clear_run(key)
     curve.append({"rollout_batches": args.rollouts, "samples": args.rollouts * args.group_size * args.groups,
-                  "train_wall_s": total, **evaluate(DOMAINS["digits"], done.policy)})
+                  "train_wall_s": total, **evaluate(get_domain("digits"), done.policy)})
     return {"algorithm": algo, "reward": reward, "seed": seed, "train_wall_s": total, "curve": curve}
 
 

@@ -76,3 +76,47 @@ def test_status_and_show_json_before_any_run(tiny_spec_file: Path, capsys: pytes
     assert code == 0 and json.loads(out)["state"] == "never run"
     code, _, err = _run(["show", str(tiny_spec_file), "nosuch"], capsys)
     assert code == 2 and "no such stage" in err
+
+
+@pytest.mark.slow
+def test_fully_cached_rerun_starts_no_flow(tiny_spec_file: Path, prefect_api, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import diffpipe.flows.cli as cli
+
+    def states(out: str) -> list[str]:
+        return [s["state"] for s in json.loads(out)["stages"]]
+
+    code, out, _ = _run(["run", str(tiny_spec_file), "--json"], capsys)
+    assert code == 0 and states(out) == ["executed"] * 4
+    flows_started = []
+    real_run_flow = cli._run_flow
+    monkeypatch.setattr(cli, "_run_flow", lambda args: flows_started.append(args) or real_run_flow(args))
+    server = False
+    monkeypatch.setattr(cli, "_prefect_server_configured", lambda: server)
+    code, out, err = _run(["run", str(tiny_spec_file), "--json"], capsys)
+    assert code == 0 and states(out) == ["cached"] * 4 and flows_started == [] and "nothing to run" in err
+    code, out, _ = _run(["run", str(tiny_spec_file), "--json", "--record"], capsys)
+    assert code == 0 and states(out) == ["cached"] * 4 and len(flows_started) == 1
+    server = True  # a server records every run, cached or not
+    code, out, _ = _run(["run", str(tiny_spec_file), "--json"], capsys)
+    assert code == 0 and states(out) == ["cached"] * 4 and len(flows_started) == 2
+    code, out, _ = _run(["run", str(tiny_spec_file), "--json", "--set", "stages[2].sw_projections=16"], capsys)
+    assert code == 0 and states(out) == ["cached", "cached", "cached", "executed"] and len(flows_started) == 3
+
+
+def test_reading_the_store_imports_no_stage_code(tiny_spec_file: Path) -> None:
+    """The plan a fully cached `run` reads (keys, store lookups) imports no diffusers, domain or Prefect code."""
+    import subprocess
+    import sys
+
+    probe = f"""import argparse, sys
+from diffpipe.flows.cli import _spec
+from diffpipe.flows.plan import status
+from diffpipe.storage import ArtifactStore
+spec = _spec(argparse.Namespace(spec={str(tiny_spec_file)!r}, set=[]), library_checks=False)
+rows = status(spec, ArtifactStore(spec.storage.root))
+print('keys:', all(r.key for r in rows[:1]))
+print('heavy:', [m for m in ('diffusers', 'prefect', 'sklearn', 'diffpipe.tasks.data.digits') if m in sys.modules])
+"""
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "keys: True" in done.stdout and "heavy: []" in done.stdout, done.stdout + done.stderr

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 from functools import cache
 from pathlib import Path
@@ -21,6 +20,8 @@ from typing import Any
 import diffpipe
 from diffpipe.schemas import ArtifactRef, PipelineSpec, StageBase
 from diffpipe.tasks.context import resolve_device, resolve_precision
+
+PACKAGE_DIR = Path(diffpipe.__file__).parent
 
 EXCLUDED_FROM_CODE_VERSION = ("diffpipe.schemas", "diffpipe.errors", "diffpipe.flows")
 """Schema effects reach keys through the spec dump; flows orchestrate and never change results."""
@@ -38,24 +39,30 @@ def sha256_text(text: str) -> str:
 
 @cache
 def code_version(module: str) -> str:
-    """Hash of the source of `module` and of every diffpipe module it imports, transitively."""
+    """Hash of the source of `module` and of every diffpipe module it imports, transitively (nothing imported)."""
     seen: dict[str, str] = {}
     todo = [module]
     while todo:
         name = todo.pop()
         if name in seen or name.startswith(EXCLUDED_FROM_CODE_VERSION):
             continue
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, AttributeError, ValueError):
+        path = _source_file(name)
+        if path is None:
             continue  # `from pkg.module import name` where name is not a module
-        if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-            continue
-        source = Path(spec.origin).read_text(encoding="utf-8")
+        source = path.read_text(encoding="utf-8")
         seen[name] = sha256_text(source)
-        package = name if spec.origin.endswith("__init__.py") else name.rpartition(".")[0]
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         todo.extend(_diffpipe_imports(source, package))
     return sha256_text(canonical_json(sorted(seen.items())))
+
+
+def _source_file(module: str) -> Path | None:
+    """The source file of diffpipe module `module`, found on disk without importing its packages."""
+    base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
 
 
 def _diffpipe_imports(source: str, package: str) -> list[str]:

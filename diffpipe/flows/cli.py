@@ -19,14 +19,15 @@ PREFECT_DEFAULTS = {
 }
 
 
-def _spec(args: argparse.Namespace):
-    import diffpipe.tasks  # noqa: F401  (registers stage and data kinds)
-
-    from .checks import check_spec
+def _spec(args: argparse.Namespace, library_checks: bool = True):
+    """Load and validate the spec; `library_checks` also checks scheduler, reward and solver names."""
     from .spec_loading import load_spec
 
     spec = load_spec(args.spec, args.set)
-    check_spec(spec)
+    if library_checks:
+        from .checks import check_spec
+
+        check_spec(spec)
     return spec
 
 
@@ -39,16 +40,25 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a pipeline; cached stages are skipped."""
-    spec = _spec(args)
+    """Run a pipeline; cached stages are skipped.
+
+    With every stage cached and no Prefect server configured, Prefect's temporary API is not started: the run
+    only reads the store. Against a server (or with `--record`) the flow runs and its cached tasks are logged.
+    """
+    spec = _spec(args, library_checks=False)
     from diffpipe.storage import ArtifactStore
 
-    ArtifactStore(spec.storage.root).check_writable()
-    for k, v in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    from .pipeline import pipeline_flow
+    from .plan import status
 
-    summary = pipeline_flow(spec_path=str(args.spec), overrides=args.set)
+    store = ArtifactStore(spec.storage.root)
+    rows = status(spec, store)
+    if all(r.state == "cached" for r in rows) and not args.record and not _prefect_server_configured():
+        summary = [r.as_json() for r in rows]
+        print("every stage is cached: nothing to run (--record logs a Prefect flow run anyway)", file=sys.stderr)
+    else:
+        _spec(args)
+        store.check_writable()
+        summary = _run_flow(args)
     if args.json:
         print(json.dumps({"pipeline": spec.name, "stages": summary}, indent=2))
     else:
@@ -56,6 +66,21 @@ def cmd_run(args: argparse.Namespace) -> int:
                      [[s["name"], s["stage"], s["state"], s["artifact"]["sha256"][:12], _headline(s["metrics"])]
                       for s in summary])
     return 0
+
+
+def _prefect_server_configured() -> bool:
+    """True when runs go to a Prefect server (PREFECT_API_URL), which then records every run, cached or not."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url is not None
+
+
+def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
+    for k, v in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    from .pipeline import pipeline_flow
+
+    return pipeline_flow(spec_path=str(args.spec), overrides=args.set)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -161,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a field, e.g. stages.pretrain.steps=500 (repeatable)")
         if name in ("run", "status", "show"):
             c.add_argument("--json", action="store_true", help="print one JSON document")
+        if name == "run":
+            c.add_argument("--record", action="store_true",
+                           help="run the Prefect flow (and log it) even when every stage is cached")
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
     add_evaluate_command(sub)

@@ -38,7 +38,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate the pipeline's sample stages on the .xyz folder; print (and optionally write) the report."""
     from diffpipe.schemas import SampleStage
     from diffpipe.storage import ArtifactStore
-    from diffpipe.tasks.registry import DOMAINS
+    from diffpipe.tasks.registry import get_domain
 
     from .cli import _spec
     from .plan import status
@@ -62,7 +62,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise InputError(f"stage {node}", "not built yet; run `diffpipe run` on this spec first",
                              "cached", rows[node].state)
     checkpoints = {name: (stages[name], store.local_path(rows[stages[name].model].ref)) for name in chosen}
-    report = DOMAINS["coulomb_explosion"].evaluate_folder(spec, store.local_path(rows["data"].ref), checkpoints,
+    report = get_domain("coulomb_explosion").evaluate_folder(spec, store.local_path(rows["data"].ref), checkpoints,
                                                           args.xyz, args.events, args.out)
     if args.out is not None:
         (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float))

@@ -19,12 +19,11 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-import diffpipe.tasks  # noqa: F401  (registers stages and domains)
 from diffpipe.errors import DiffpipeError, StageError
 from diffpipe.schemas import ArtifactRef, PipelineSpec
 from diffpipe.storage import ArtifactStore, env_info
 from diffpipe.tasks.context import StageContext, StageOutput
-from diffpipe.tasks.registry import DOMAINS, STAGES
+from diffpipe.tasks.registry import get_domain, get_stage
 
 from .plan import Node, node_key, nodes
 from .spec_loading import load_spec
@@ -61,7 +60,7 @@ def _run_node(node: str, kind: str, key: str, pipeline: dict[str, Any], upstream
 
 
 def _compute(ctx: StageContext, kind: str) -> StageOutput:
-    fn = DOMAINS[kind].build if ctx.node == "data" else STAGES[kind]
+    fn = get_domain(kind).build if ctx.node == "data" else get_stage(kind)
     try:
         return fn(ctx)
     except DiffpipeError:

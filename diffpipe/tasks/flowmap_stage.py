@@ -24,13 +24,13 @@ from .domain import Domain
 from .flowmap import VelocityFn
 from .nets.flowmap import FlowMapNet
 from .pretrain import train_config
-from .registry import DOMAINS
+from .registry import get_domain
 from .training import LossState, TrainResult, plot_losses, save_trained, train
 
 
 def stage_domain(ctx: StageContext) -> Domain:
     """The domain of the pipeline's data."""
-    return DOMAINS[ctx.pipeline.data.kind]
+    return get_domain(ctx.pipeline.data.kind)
 
 
 def load_teacher(ctx: StageContext) -> tuple[ModelMixin, VelocityFn]:

@@ -10,7 +10,7 @@ from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, SCHEDULER_DIR,
 
 from .context import StageContext, StageOutput
 from .objectives import make_loss, make_scheduler
-from .registry import DOMAINS, stage
+from .registry import get_domain, stage
 from .training import TrainConfig, plot_losses, save_trained, train
 
 
@@ -21,7 +21,7 @@ def initial_model(ctx: StageContext, init: str | None) -> ModelMixin:
         online = path / ONLINE_MODEL_DIR
         return load_model(online if online.exists() else path / MODEL_DIR)
     torch.manual_seed(ctx.runtime.seed)
-    return DOMAINS[ctx.pipeline.data.kind].build_model(ctx.pipeline.model, ctx)
+    return get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx)
 
 
 def train_config(spec: PretrainStage) -> TrainConfig:
@@ -35,7 +35,7 @@ def train_config(spec: PretrainStage) -> TrainConfig:
 def run_pretrain(ctx: StageContext) -> StageOutput:
     """Train, publish `model/` (diffusers layout), `scheduler/`, the loss curve and training metrics."""
     spec: PretrainStage = ctx.pipeline.stage(ctx.node)
-    domain = DOMAINS[ctx.pipeline.data.kind]
+    domain = get_domain(ctx.pipeline.data.kind)
     device = ctx.device
     batches = domain.batches(ctx, device)
     model = initial_model(ctx, spec.init).to(device)

@@ -1,13 +1,43 @@
-"""Stage kinds and data kinds register here by name; the pipeline walker knows no method."""
+"""Stage kinds and data kinds by name; the pipeline walker knows no method.
+
+Each kind lives in one module, named in `STAGE_MODULES` / `DOMAIN_MODULES`, where a decorator registers
+its function or domain class. Modules are imported on first use, so commands that only read the store
+(a fully cached rerun, `status`, `show`) never import torch models, diffusers or domain libraries.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .context import StageContext, StageOutput
-from .domain import Domain
+from diffpipe.errors import InputError
 
-StageFn = Callable[[StageContext], StageOutput]
+if TYPE_CHECKING:
+    from .context import StageContext, StageOutput
+    from .domain import Domain
+
+    StageFn = Callable[[StageContext], StageOutput]
+
+STAGE_MODULES = {
+    "pretrain": "diffpipe.tasks.pretrain",
+    "sample": "diffpipe.tasks.sample",
+    "evaluate": "diffpipe.tasks.evaluate",
+    "midtrain": "diffpipe.tasks.midtrain",
+    "distill": "diffpipe.tasks.distill",
+    "rl": "diffpipe.tasks.rl.stage",
+}
+"""Stage kind -> the module that implements it."""
+
+DOMAIN_MODULES = {
+    "digits": "diffpipe.tasks.data.digits",
+    "coulomb_explosion": "diffpipe.tasks.data.cei.domain",
+    "climate": "diffpipe.tasks.data.climate.domain",
+    "countdown": "diffpipe.tasks.data.reasoning_domain",
+    "sudoku": "diffpipe.tasks.data.reasoning_domain",
+}
+"""Data kind -> the module that implements its domain."""
+
 STAGES: dict[str, StageFn] = {}
 DOMAINS: dict[str, Domain] = {}
 
@@ -34,9 +64,30 @@ def domain(kind: str) -> Callable[[type], type]:
 
 def stage_module(kind: str) -> str:
     """Python module that implements stage `kind` (its code version is part of the cache key)."""
-    return STAGES[kind].__module__
+    return _module_of(kind, STAGE_MODULES, "stage")
 
 
 def domain_module(kind: str) -> str:
     """Python module that implements data `kind`."""
-    return type(DOMAINS[kind]).__module__
+    return _module_of(kind, DOMAIN_MODULES, "data")
+
+
+def get_stage(kind: str) -> StageFn:
+    """The function that runs stages of `kind`, importing its module on first use."""
+    if kind not in STAGES:
+        importlib.import_module(stage_module(kind))
+    return STAGES[kind]
+
+
+def get_domain(kind: str) -> Domain:
+    """The domain that handles data of `kind`, importing its module on first use."""
+    if kind not in DOMAINS:
+        importlib.import_module(domain_module(kind))
+    return DOMAINS[kind]
+
+
+def _module_of(kind: str, modules: dict[str, str], what: str) -> str:
+    if kind not in modules:
+        raise InputError(f"{what} kind", f"no module implements {what} kind {kind!r}", "one of " + ", ".join(modules),
+                         repr(kind))
+    return modules[kind]

@@ -14,7 +14,7 @@ from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, TRAINING_FILE,
 
 from .context import StageContext, StageOutput
 from .objectives import make_scheduler
-from .registry import DOMAINS, stage
+from .registry import get_domain, stage
 
 
 def load_checkpoint(
@@ -34,6 +34,6 @@ def run_sample(ctx: StageContext) -> StageOutput:
     spec: SampleStage = ctx.pipeline.stage(ctx.node)
     model, objective, info = load_checkpoint(ctx.input_path("model"), spec.weights)
     scheduler = make_scheduler(objective, spec.scheduler.name, spec.scheduler.options)
-    output = DOMAINS[ctx.pipeline.data.kind].sample(ctx, spec, model.to(ctx.device), objective, scheduler, info)
+    output = get_domain(ctx.pipeline.data.kind).sample(ctx, spec, model.to(ctx.device), objective, scheduler, info)
     write_json(ctx.workdir / "metrics.json", output.metrics)
     return output

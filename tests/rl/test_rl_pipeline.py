@@ -19,7 +19,7 @@ from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
 from diffpipe.storage import ArtifactStore  # noqa: E402
 from diffpipe.storage.formats import read_json  # noqa: E402
 from diffpipe.tasks.context import StageContext  # noqa: E402
-from diffpipe.tasks.registry import DOMAINS, STAGES  # noqa: E402
+from diffpipe.tasks.registry import get_domain, get_stage  # noqa: E402
 from diffpipe.tasks.rl.stage import fine_tune  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def upstream_in_process(spec) -> tuple[ArtifactStore, dict]:
         with tempfile.TemporaryDirectory() as tmp:
             ctx = StageContext(spec, node.name, key, {n: refs[s] for n, s in node.upstream.items()}, store, Path(tmp),
                                progress=False)
-            out = DOMAINS[node.kind].build(ctx) if node.name == "data" else STAGES[node.kind](ctx)
+            out = get_domain(node.kind).build(ctx) if node.name == "data" else get_stage(node.kind)(ctx)
             refs[node.name] = store.publish(Path(tmp), out.kind, {"node": node.name})
     return store, refs
 

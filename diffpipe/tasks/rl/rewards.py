@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from diffpipe.errors import SpecError
+from diffpipe.tasks.registry import get_domain
 
 RewardFn = Callable[[torch.Tensor, Any, Path], torch.Tensor]
 """(samples (N, ...), conditions for those samples, data artifact folder) -> rewards (N,)."""
@@ -46,6 +47,7 @@ def reward(name: str, kinds: tuple[str, ...]) -> Callable[[RewardFn], RewardFn]:
 
 def resolve_reward(name: str, data_kind: str, where: str) -> RewardPlugin:
     """The plugin called `name`, checked against the data kind; SpecError naming `where` otherwise."""
+    get_domain(data_kind)  # a domain module may register rewards of its own
     if name not in REWARDS:
         raise SpecError(where, "unknown reward", "one of " + ", ".join(sorted(REWARDS)), repr(name))
     plugin = REWARDS[name]

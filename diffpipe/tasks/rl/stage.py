@@ -32,7 +32,7 @@ from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 
 from ..context import StageContext, StageOutput
 from ..domain import BatchSource, Domain
-from ..registry import DOMAINS, stage
+from ..registry import get_domain, stage
 from ..sample import load_checkpoint
 from ..training import (
     TrainConfig,
@@ -204,7 +204,7 @@ class FineTuned:
 def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> FineTuned:
     """Run (or resume) RL fine-tuning of the `init` checkpoint; nothing is published."""
     index, kind = stage_index(ctx), ctx.pipeline.data.kind
-    domain = DOMAINS[kind]
+    domain = get_domain(kind)
     rewards = [resolve_reward(r.name, kind, f"stages[{index}].rewards[{j}].name") for j, r in enumerate(spec.rewards)]
     policy, objective, info = load_checkpoint(ctx.input_path("init"), spec.init_weights)
     if not isinstance(objective, FlowMatching):

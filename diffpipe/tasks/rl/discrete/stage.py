@@ -33,7 +33,7 @@ from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 from ...context import StageContext, StageOutput
 from ...data.reasoning import EOS
 from ...data.reasoning_domain import ReasoningDomain
-from ...registry import DOMAINS
+from ...registry import get_domain
 from ...sample import load_checkpoint
 from ...training import TrainConfig, TrainResult, plot_against_budget, plot_losses, save_trained, train
 from ..rewards import RewardPlugin, resolve_reward
@@ -177,7 +177,7 @@ def train_config(spec: RLStage, num_iterations: int) -> TrainConfig:
 def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> FineTuned:
     """Run (or resume) RL fine-tuning of the masked-diffusion `init` checkpoint; nothing is published."""
     index, kind = stage_index(ctx), ctx.pipeline.data.kind
-    domain = DOMAINS[kind]
+    domain = get_domain(kind)
     policy, objective, info = load_checkpoint(ctx.input_path("init"), spec.init_weights)
     if not isinstance(objective, MaskedDiffusion) or not isinstance(domain, ReasoningDomain):
         raise SpecError(f"stages[{index}].algorithm.algorithm",

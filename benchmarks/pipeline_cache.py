@@ -3,7 +3,8 @@
 Each run is a fresh `diffpipe run` process, with no Prefect server configured: the cold run starts
 Prefect's temporary API; the warm rerun finds every stage cached and only reads the store (imports,
 cache keys, checksum verification). A tiny first run on a throw-away artifact root migrates the Prefect
-database; then a cold run on a new root and a warm rerun on the same root are timed. Do not edit diffpipe while it runs: a code change invalidates the cache.
+database; then a cold run on a new root and a warm rerun on the same root are timed. Do not edit
+diffpipe while it runs: a code change invalidates the cache.
 Usage: python benchmarks/pipeline_cache.py [--set PATH=VALUE ...]
 """
 

@@ -157,3 +157,22 @@ def test_store_from_an_incompatible_builder_is_a_clear_data_error(tiny_run, tmp_
     with pytest.raises(DataError, match="incompatible CEI builder") as info:
         ChunkedEventBatches(str(copied), 1.0, CeiDetector(), CeiTraining(), torch.device("cpu"))
     assert str(copied) in info.value.where and "0.9" in info.value.found
+
+
+def test_rl_with_the_physics_round_trip_reward(tiny_run):
+    raw, _, store = tiny_run
+    raw = copy.deepcopy(raw)
+    sample = next(s for s in raw["stages"] if s["name"] == "sample_diffusion")
+    raw["stages"] = [raw["stages"][0],
+                     {"name": "rl", "stage": "rl", "init": "diffusion", "rewards": [{"name": "physics_round_trip"}],
+                      "algorithm": {"algorithm": "diffusion_nft", "sampler_steps": 3, "train_timesteps": 2},
+                      "group_size": 2, "groups_per_step": 2, "steps": 2, "checkpoint_every": 1, "log_every": 1},
+                     {**sample, "name": "sample_rl", "model": "rl"},
+                     {"name": "evaluate_rl", "stage": "evaluate", "samples": "sample_rl"}]
+    summary = run(raw)
+    assert summary["diffusion"]["state"] == "cached"
+    assert [summary[n]["state"] for n in ("rl", "sample_rl", "evaluate_rl")] == ["executed"] * 3
+    reward = summary["rl"]["metrics"]["reward/physics_round_trip"]
+    assert np.isfinite(reward["first"]) and reward["first"] <= 0
+    overall = read_json(artifact(store, summary["evaluate_rl"]) / "metrics.json")["sample"]["overall"]
+    assert np.isfinite([overall["mae_frame_bohr"], overall["momentum_rel_error"]]).all()

@@ -200,3 +200,22 @@ def test_climatebench_files_pipeline_and_bad_inputs(tmp_path: Path, prefect_api)
     with pytest.raises(DataError) as info:
         run(files_spec(root, bad))
     assert str(bad) in info.value.where and "ssp126" in info.value.problem
+
+
+def test_rl_on_the_emulator_with_the_global_mean_response_reward(built: tuple[dict, dict[str, dict]]) -> None:
+    raw, _ = built
+    raw = copy.deepcopy(raw)
+    raw["stages"] = raw["stages"][:1] + [
+        {"name": "rl", "stage": "rl", "init": "emulator", "rewards": [{"name": "global_mean_response"}],
+         "algorithm": {"algorithm": "diffusion_nft", "sampler_steps": 3, "train_timesteps": 2},
+         "group_size": 2, "groups_per_step": 2, "steps": 2, "checkpoint_every": 1, "log_every": 1, "lr": 1e-4},
+        {"name": "ens_rl", "stage": "sample", "model": "rl", "num_samples": 2,
+         "scheduler": {"name": "FlowMatchEulerDiscreteScheduler", "steps": 2}},
+        {"name": "eval_rl", "stage": "evaluate", "samples": "ens_rl", "metrics": ["domain"]},
+    ]
+    nodes = run(raw)
+    assert nodes["emulator"]["state"] == "cached"
+    assert [nodes[n]["state"] for n in ("rl", "ens_rl", "eval_rl")] == ["executed"] * 3
+    reward = nodes["rl"]["metrics"]["reward/global_mean_response"]
+    assert np.isfinite(reward["first"]) and reward["first"] <= 0
+    assert np.isfinite(nodes["eval_rl"]["metrics"]["model"]["tas"]["crps"])

@@ -47,6 +47,10 @@ class Forcing:
         """The year as a continuous 'timestep' for the UNet's class embedding."""
         return (self.year - YEAR_ORIGIN).float()
 
+    def __len__(self) -> int:
+        """Batch size."""
+        return len(self.year)
+
     def __getitem__(self, index: torch.Tensor | slice) -> Forcing:
         """The rows in `index`."""
         return Forcing(self.maps[index], self.scalars[index], self.year[index], self.static)

@@ -36,13 +36,18 @@ def pattern_scaling_forecast(store: xr.Dataset, train: Sequence[str], test: str)
          for s in train], dim="sample")
     global_tas = area_mean(fields["tas"])
     patterns = PatternScaling.fit(fields, global_tas, ["sample"])
-    yearly = [views[s] for s in train]
-    predictors = xr.concat([global_forcers(v).drop_vars("time") for v in yearly], dim="time")
-    ensemble_tas = xr.concat([area_mean(v["tas"].mean("member")).drop_vars("time") for v in yearly], dim="time")
-    regression = GlobalTemperatureRegression.fit(predictors.compute(), ensemble_tas.compute())
+    regression = fit_global_response(store, train)
     test_view = scenario_view(store, test)
     forecast = patterns.predict(regression.predict(global_forcers(test_view).compute()))
     return forecast.transpose("time", "lat", "lon")
+
+
+def fit_global_response(store: xr.Dataset, scenarios: Sequence[str]) -> GlobalTemperatureRegression:
+    """Ensemble-mean global tas regressed on the global forcers, over every year of `scenarios`."""
+    views = [scenario_view(store, s) for s in scenarios]
+    predictors = xr.concat([global_forcers(v).drop_vars("time") for v in views], dim="time")
+    ensemble_tas = xr.concat([area_mean(v["tas"].mean("member")).drop_vars("time") for v in views], dim="time")
+    return GlobalTemperatureRegression.fit(predictors.compute(), ensemble_tas.compute())
 
 
 def split_floors(scores: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:

@@ -112,7 +112,11 @@ def rollout(net: NetFn, cond: Any, shape: tuple[int, ...], grid: torch.Tensor, n
 
 
 def repeat_conditions(cond: Any, times: int) -> Any:
-    """Each condition repeated `times` times in a row (tensors, dicts and tuples of tensors, or None)."""
+    """Each condition repeated `times` times in a row.
+
+    Conditions are tensors, dicts and tuples of them, None, or a batch object with `__len__` and
+    `__getitem__` by an index tensor (such as the climate domain's `Forcing`).
+    """
     if cond is None:
         return None
     if isinstance(cond, torch.Tensor):
@@ -121,6 +125,8 @@ def repeat_conditions(cond: Any, times: int) -> Any:
         return {k: repeat_conditions(v, times) for k, v in cond.items()}
     if isinstance(cond, tuple | list):
         return type(cond)(repeat_conditions(v, times) for v in cond)
+    if hasattr(cond, "__len__") and hasattr(cond, "__getitem__"):
+        return cond[torch.arange(len(cond)).repeat_interleave(times)]
     raise TypeError(f"cannot repeat conditions of type {type(cond).__name__}")
 
 
@@ -134,6 +140,8 @@ def select_conditions(cond: Any, index: torch.Tensor) -> Any:
         return {k: select_conditions(v, index) for k, v in cond.items()}
     if isinstance(cond, tuple | list):
         return type(cond)(select_conditions(v, index) for v in cond)
+    if hasattr(cond, "__len__") and hasattr(cond, "__getitem__"):
+        return cond[index]
     raise TypeError(f"cannot index conditions of type {type(cond).__name__}")
 
 

@@ -9,7 +9,8 @@ classifier log-probability, ink, classifier accuracy and the digits Frechet dist
 
 - reward vs samples generated and vs training wall time (evaluation time excluded);
 - drift (Frechet distance) at equal reward gain, interpolated along each run's curve;
-- the hackable `ink` reward: ink, Frechet distance and accuracy before and after.
+- the hackable `ink` reward: ink, Frechet distance and accuracy before and after;
+- two rewards at once (classifier_logprob and ink), combined by a weighted sum or by MARBLE.
 
 Prints and writes benchmarks/results/rl_digits.json.
 
@@ -49,6 +50,7 @@ ALGORITHMS = {
     "awm": {"algorithm": "awm", "sampler_steps": 10, "timesteps_per_sample": 3},
     "ddrl": {"algorithm": "ddrl", "sampler_steps": 10, "timesteps_per_sample": 3},
 }
+MULTI_REWARD = ("classifier_logprob", "ink")
 
 
 def pipeline(seed: int, pretrain_steps: int, rl: dict) -> dict:
@@ -104,10 +106,15 @@ class Evaluator:
                 "pixel_max": float(x.max())}
 
 
-def run_one(algo: str, reward: str, seed: int, args) -> dict:
-    """One fine-tuning run with evaluation every `eval_every` rollout batches."""
-    rl = {"algorithm": ALGORITHMS[algo], "rewards": [{"name": reward}], "group_size": args.group_size,
-          "groups_per_step": args.groups, "lr": args.lr, "ema_decay": None, "log_every": 1000}
+def run_one(algo: str, reward: str, seed: int, args, combine: str | None = None) -> dict:
+    """One fine-tuning run with evaluation every `eval_every` rollout batches.
+
+    `combine` (weighted_sum or marble) fine-tunes on classifier_logprob and ink together instead of `reward`.
+    """
+    rewards = [{"name": r} for r in MULTI_REWARD] if combine else [{"name": reward}]
+    rl = {"algorithm": ALGORITHMS[algo], "rewards": rewards, "group_size": args.group_size,
+          "groups_per_step": args.groups, "lr": args.lr, "ema_decay": None, "log_every": 1000,
+          "combine": combine or "weighted_sum"}
     updates = 2 if algo == "flow_grpo" else 1
     rl.update(steps=args.rollouts * updates, checkpoint_every=10_000 * updates)
     spec = validate_spec(pipeline(seed, args.pretrain_steps, rl))
@@ -134,7 +141,8 @@ def run_one(algo: str, reward: str, seed: int, args) -> dict:
         store.clear_run(key)
     curve.append({"rollout_batches": args.rollouts, "samples": args.rollouts * args.group_size * args.groups,
                   "train_wall_s": total, **evaluate(get_domain("digits"), done.policy)})
-    return {"algorithm": algo, "reward": reward, "seed": seed, "train_wall_s": total, "curve": curve}
+    return {"algorithm": algo, "reward": reward, "combine": combine, "seed": seed, "train_wall_s": total,
+            "curve": curve}
 
 
 def fd_at_gain(curve: list[dict], reward: str, gain: float) -> float | None:
@@ -147,6 +155,21 @@ def fd_at_gain(curve: list[dict], reward: str, gain: float) -> float | None:
             w = (gain - gains[i - 1]) / max(gains[i] - gains[i - 1], 1e-12)
             return float(fds[i - 1] + w * (fds[i] - fds[i - 1]))
     return None
+
+
+def summarise_multi(runs: list[dict]) -> dict:
+    """Two rewards at once, per way of combining them: each reward's gain, accuracy and drift across seeds."""
+    out: dict = {}
+    for combine in sorted({r["combine"] for r in runs}):
+        mine = [r for r in runs if r["combine"] == combine]
+        first, last = [r["curve"][0] for r in mine], [r["curve"][-1] for r in mine]
+        out[combine] = {"seeds": [r["seed"] for r in mine], "algorithm": mine[0]["algorithm"],
+                        **{f"{name}_gain": [e[name] - f[name] for f, e in zip(first, last, strict=True)]
+                           for name in MULTI_REWARD},
+                        "accuracy_end": [e["accuracy"] for e in last],
+                        "fd_start": [f["frechet_distance"] for f in first],
+                        "fd_end": [e["frechet_distance"] for e in last]}
+    return out
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -183,7 +206,7 @@ def summarise(runs: list[dict]) -> dict:
 
 
 def main() -> None:
-    """Run every algorithm on the classifier reward (all seeds) and on ink (first seed)."""
+    """Run every algorithm on the classifier reward and on ink, then the two-reward runs, for every seed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rollouts", type=int, default=24, help="rollout batches per run (equal for all)")
@@ -195,14 +218,24 @@ def main() -> None:
     parser.add_argument("--eval-per-class", type=int, default=20)
     parser.add_argument("--eval-steps", type=int, default=10)
     parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    parser.add_argument("--ink-seeds", type=int, nargs="*", default=None, help="seeds of the ink runs (default: first)")
+    parser.add_argument("--ink-seeds", type=int, nargs="*", default=None, help="seeds of the ink runs (default: all)")
+    parser.add_argument("--multi-algorithm", default="diffusion_nft",
+                        help="algorithm of the two-reward runs (weighted sum vs MARBLE); 'none' skips them")
     args = parser.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     runs = []
     plan = [(a, "classifier_logprob", s) for s in args.seeds for a in args.algorithms]
-    plan += [(a, "ink", s) for s in (args.ink_seeds if args.ink_seeds is not None else args.seeds[:1])
+    plan += [(a, "ink", s) for s in (args.ink_seeds if args.ink_seeds is not None else args.seeds)
              for a in args.algorithms]
+    multi = [] if args.multi_algorithm == "none" else [
+        run_one(args.multi_algorithm, "+".join(MULTI_REWARD), s, args, combine)
+        for s in args.seeds for combine in ("weighted_sum", "marble")]
+    for run in multi:
+        first, last = run["curve"][0], run["curve"][-1]
+        print(f"{run['combine']:>18} {run['algorithm']:>13} seed {run['seed']}: "
+              + ", ".join(f"{n} {first[n]:.4f} -> {last[n]:.4f}" for n in MULTI_REWARD)
+              + f", FD {first['frechet_distance']:.2f} -> {last['frechet_distance']:.2f}", flush=True)
     for algo, reward, seed in plan:
         run = run_one(algo, reward, seed, args)
         first, last = run["curve"][0], run["curve"][-1]
@@ -211,11 +244,12 @@ def main() -> None:
               f"acc {first['accuracy']:.3f} -> {last['accuracy']:.3f}, {run['train_wall_s']:.1f} s", flush=True)
         runs.append(run)
     result = {"config": vars(args), "samples_per_rollout_batch": args.group_size * args.groups,
-              "summary": summarise(runs), "runs": runs, "benchmark_wall_s": time.perf_counter() - t0,
+              "summary": summarise(runs), "two_rewards": summarise_multi(multi) if multi else None,
+              "runs": runs + multi, "benchmark_wall_s": time.perf_counter() - t0,
               "torch_threads": torch.get_num_threads()}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result["summary"], indent=1))
+    print(json.dumps({"summary": result["summary"], "two_rewards": result["two_rewards"]}, indent=1))
     print(f"wrote {RESULTS} in {result['benchmark_wall_s']:.0f} s")
 
 

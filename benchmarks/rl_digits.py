@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, default=24, help="rollout batches per run (equal for all)")
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--eval-every", type=int, default=4)
     parser.add_argument("--eval-per-class", type=int, default=20)

@@ -9,7 +9,9 @@ in a hand-written loop so every step's raw loss and gradient norm can be recorde
    steps. Metrics: Frechet distance in the digits classifier's features and MMD^2 (median-heuristic
    bandwidths x 0.5, 1, 2) against the held-out split, with the data floor (train images, same n).
 2. CMT's claim: MeanFlow (one-point velocity) for the same number of steps from random weights, from
-   the teacher and from the CMT student; also MeanFlow distillation (teacher velocity) from CMT.
+   the teacher and from the CMT student; also MeanFlow distillation (teacher velocity) from CMT, and
+   consistency distillation from the teacher (the stage's defaults: 18 Karras levels, Heun, EMA target
+   0.95), sampled with consistency multistep sampling (jump to data, re-noise) at 1, 2 and 4 steps.
    Reported: metrics after equal steps, steps until the 1-step FD falls below THRESHOLD x the 50-step
    teacher's (checked every EVAL_EVERY steps), loss spikes and gradient-norm spikes (value > SPIKE x
    median of the previous 50 steps).
@@ -42,8 +44,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffpipe.schemas import FlowMatching, UNet2DSpec
 from diffpipe.tasks.data.digits import frechet_distance, train_classifier
 from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss
+from diffpipe.tasks.flowmap.consistency import ConsistencyDistillationLoss
 from diffpipe.tasks.flowmap.meanflow import MeanFlowDistillLoss, MeanFlowLoss
-from diffpipe.tasks.flowmap.sampling import sample_flow_map
+from diffpipe.tasks.flowmap.sampling import sample_consistency, sample_flow_map
 from diffpipe.tasks.metrics.generic import median_bandwidth, mmd2_unbiased
 from diffpipe.tasks.nets import build_image_model
 from diffpipe.tasks.nets.flowmap import FlowMapNet, one_time_velocity
@@ -178,6 +181,9 @@ def run_seed(seed: int, digits: Digits) -> dict:
     def student_scores(net: torch.nn.Module) -> dict:
         return {k: digits.score(sample_flow_map(net, noise, k, labels)) for k in STUDENT_STEPS}
 
+    def consistency_scores(net: torch.nn.Module) -> dict:
+        return {k: digits.score(sample_consistency(net, noise, k, labels, generator=gen(7))) for k in STUDENT_STEPS}
+
     torch.manual_seed(seed)
     cmt = FlowMapNet.from_teacher(teacher).requires_grad_(True)
     cmt_loss = ConsistencyMidTrainingLoss(velocity, solver_steps=16)
@@ -213,15 +219,35 @@ def run_seed(seed: int, digits: Digits) -> dict:
                      "grad_norm_mean": statistics.fmean(run["grad_norms"]), "grad_norm_max": max(run["grad_norms"]),
                      "raw_error_median": statistics.median(raw), "wall_s": run["wall_s"]}
 
+    cd_route = "consistency_distill_from_teacher"
+    torch.manual_seed(seed)
+    cd_net, cd_loss = FlowMapNet.from_teacher(teacher).requires_grad_(True), ConsistencyDistillationLoss(velocity)
+    cd_step = lambda g: cd_loss(cd_net, *digits.batch(g), g).mean()  # noqa: E731
+    cd_curve: list[tuple[int, float]] = []
+
+    def cd_evaluate(s: int, averaged_net: torch.nn.Module) -> None:
+        cd_curve.append((s, digits.score(sample_consistency(averaged_net, noise, 1, labels))["frechet_distance"]))
+
+    cd_run = fit(cd_net, cd_step, MEANFLOW["steps"], MEANFLOW["lr"], MEANFLOW["ema"], gen(8), every=cd_evaluate)
+    mf_flops[cd_route] = flops_of(lambda: cd_loss(cd_net, *digits.batch(gen(9)), gen(9)).mean())
+    norms, losses = cd_run["grad_norms"], cd_run["losses"]
+    out[cd_route] = {"scores": consistency_scores(cd_net.eval()), "curve_1step_fd": cd_curve,
+                     "steps_to_threshold": next((s for s, v in cd_curve if v <= target), None),
+                     "loss_spikes": spikes(losses), "grad_norm_spikes": spikes(norms),
+                     "grad_norm_mean": statistics.fmean(norms), "grad_norm_max": max(norms),
+                     "raw_error_median": statistics.median(losses), "wall_s": cd_run["wall_s"]}
+
     step_flops.update({"cmt": flops_of(lambda: cmt_step(gen(9))), **mf_flops})
-    walls = {"pretrain": pretrain["wall_s"], "cmt": cmt_run["wall_s"], **{k: out[k]["wall_s"] for k in routes}}
+    walls = {"pretrain": pretrain["wall_s"], "cmt": cmt_run["wall_s"],
+             **{k: out[k]["wall_s"] for k in [*routes, cd_route]}}
     total_flops = {"pretrain": step_flops["pretrain"] * PRETRAIN["steps"], "cmt": step_flops["cmt"] * CMT["steps"],
                    **{k: v * MEANFLOW["steps"] for k, v in mf_flops.items()}}
     route_parts = {"meanflow from random (no pretrain)": ["meanflow_from_random"],
                    "pretrain -> meanflow": ["pretrain", "meanflow_from_teacher"],
                    "pretrain -> cmt": ["pretrain", "cmt"],
                    "pretrain -> cmt -> meanflow": ["pretrain", "cmt", "meanflow_from_cmt"],
-                   "pretrain -> cmt -> meanflow_distill": ["pretrain", "cmt", "meanflow_distill_from_cmt"]}
+                   "pretrain -> cmt -> meanflow_distill": ["pretrain", "cmt", "meanflow_distill_from_cmt"],
+                   "pretrain -> consistency_distill": ["pretrain", cd_route]}
     out["cost"] = {
         "flops_per_step": step_flops, "train_wall_s": walls,
         "route_wall_over_pretrain": {r: sum(walls[p] for p in parts) / walls["pretrain"]
@@ -252,7 +278,7 @@ def summarise(runs: list[dict]) -> dict:
                                          for k in TEACHER_STEPS}
     summary["teacher_default_grid_2_steps_fd"] = pick(
         lambda r: r["teacher_diffusers_default_grid_2_steps"]["frechet_distance"])
-    students = ["cmt_only", *[k for k in runs[0] if k.startswith("meanflow")]]
+    students = ["cmt_only", *[k for k in runs[0] if k.startswith(("meanflow", "consistency"))]]
     for name in students:
         summary[name] = {
             **{f"{k}-step fd": pick(lambda r, k=k, n=name: r[n]["scores"][k]["frechet_distance"])

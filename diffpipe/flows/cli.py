@@ -7,11 +7,14 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffpipe.errors import DiffpipeError, InputError
 
 from .evaluate_xyz import add_evaluate_command
+
+if TYPE_CHECKING:
+    from diffpipe.schemas import PipelineSpec
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -25,10 +28,15 @@ def _spec(args: argparse.Namespace, library_checks: bool = True):
 
     spec = load_spec(args.spec, args.set)
     if library_checks:
-        from .checks import check_spec
-
-        check_spec(spec)
+        _library_checks(spec)
     return spec
+
+
+def _library_checks(spec: PipelineSpec) -> None:
+    """Checks that import libraries (diffusers schedulers, rewards, solvers); see checks.py."""
+    from .checks import check_spec
+
+    check_spec(spec)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -51,12 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .plan import status
 
     store = ArtifactStore(spec.storage.root)
-    rows = status(spec, store)
-    if all(r.state == "cached" for r in rows) and not args.record and not _prefect_server_configured():
+    rows = status(spec, store, verify=False)  # the flow verifies what it reuses; only the fast path needs it here
+    if (all(r.state == "cached" for r in rows) and not args.record and not _prefect_server_configured()
+            and all(store.lookup(r.key, verify=spec.storage.verify_on_load) for r in rows)):
         summary = [r.as_json() for r in rows]
         print("every stage is cached: nothing to run (--record logs a Prefect flow run anyway)", file=sys.stderr)
     else:
-        _spec(args)
+        _library_checks(spec)
         store.check_writable()
         summary = _run_flow(args)
     if args.json:

@@ -66,8 +66,13 @@ class NodeStatus:
                 "metrics": self.metrics}
 
 
-def status(spec: PipelineSpec, store: ArtifactStore) -> list[NodeStatus]:
-    """Per node: cached / stale / never run, and why, computed from the store alone."""
+def status(spec: PipelineSpec, store: ArtifactStore, verify: bool | None = None) -> list[NodeStatus]:
+    """Per node: cached / stale / never run, and why, computed from the store alone.
+
+    `verify` (default: the spec's `storage.verify_on_load`) checks every cached artifact's checksums;
+    without it a node is cached when its key record and manifest exist.
+    """
+    verify = spec.storage.verify_on_load if verify is None else verify
     refs: dict[str, ArtifactRef] = {}
     out = []
     for node in nodes(spec):
@@ -78,7 +83,7 @@ def status(spec: PipelineSpec, store: ArtifactStore) -> list[NodeStatus]:
             out.append(NodeStatus(node.name, node.kind, state, None, [f"input '{m}' is not built" for m in missing]))
             continue
         key, inputs = node_key(spec, node, refs)
-        ref = store.lookup(key, verify=spec.storage.verify_on_load)
+        ref = store.lookup(key, verify=verify)
         if ref is not None:
             refs[node.name] = ref
             record = store.key_record(key) or {}

@@ -1,8 +1,8 @@
 """Stage kinds and data kinds by name; the pipeline walker knows no method.
 
 Each kind lives in one module, named in `STAGE_MODULES` / `DOMAIN_MODULES`, where a decorator registers
-its function or domain class. Modules are imported on first use, so commands that only read the store
-(a fully cached rerun, `status`, `show`) never import torch models, diffusers or domain libraries.
+its function or domain class. Modules are imported on first use, so computing cache keys and reading
+the store (all a fully cached rerun does) never imports stage code, diffusers or domain libraries.
 """
 
 from __future__ import annotations

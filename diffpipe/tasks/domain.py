@@ -22,6 +22,7 @@ from diffpipe.storage.formats import open_dataset, write_dataset
 from .context import StageContext, StageOutput
 from .metrics.generic import median_bandwidth, mmd2_unbiased, sliced_wasserstein
 from .nets import build_image_model, call_image_model, null_label
+from .nets.flowmap import network_fn
 from .objectives import NetFn
 from .sampling import CountingNet, guided, sample
 
@@ -49,6 +50,10 @@ class Domain(Protocol):
 
     def net(self, model: ModelMixin) -> NetFn:
         """`net(x, timestep, cond)` for this domain's models."""
+        ...
+
+    def base_call(self, model: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+        """Run a one-time network at diffusers timesteps (B,): what a FlowMapNet around it calls."""
         ...
 
     def batches(self, ctx: StageContext, device: torch.device) -> BatchSource:
@@ -95,8 +100,13 @@ class ImageDomain:
         return build_image_model(model, ctx.pipeline.data.sample_shape, ctx.pipeline.data.num_classes)
 
     def net(self, model: ModelMixin) -> NetFn:
-        """Call the diffusers image model."""
-        return lambda x, t, labels: call_image_model(model, x, t, labels)
+        """Call the diffusers image model (a FlowMapNet around one: with (1000 t, 1000 r) pairs)."""
+        return network_fn(model, self.base_call)
+
+    def base_call(self, model: ModelMixin, x: torch.Tensor, timestep: torch.Tensor,
+                  labels: torch.Tensor | None) -> torch.Tensor:
+        """The diffusers image model at per-sample timesteps with optional labels."""
+        return call_image_model(model, x, timestep, labels)
 
     def batches(self, ctx: StageContext, device: torch.device) -> TensorBatches:
         """The training split in memory (small image sets)."""

@@ -71,7 +71,7 @@ def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet,
     """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout."""
     domain = stage_domain(ctx)
     batches = domain.batches(ctx, ctx.device)
-    student.to(ctx.device)
+    student.bind(domain.base_call).to(ctx.device)
 
     def step_loss(gen: torch.Generator) -> torch.Tensor:
         x0, cond = batches.next(gen, spec.batch_size)

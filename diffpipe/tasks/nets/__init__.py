@@ -6,7 +6,6 @@ import torch
 from diffusers import DiTTransformer2DModel, ModelMixin, UNet2DModel
 
 from diffpipe.schemas import DiTSpec, ModelSpec, UNet2DSpec
-from diffpipe.tasks.timeconv import t_from_diffusers_timestep
 
 CUSTOM_MODELS: dict[str, type[ModelMixin]] = {}
 """diffpipe's own ModelMixin classes by class name, so `load_model` finds them."""
@@ -51,11 +50,7 @@ def null_label(model: ModelMixin) -> int | None:
 def call_image_model(
     model: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None
 ) -> torch.Tensor:
-    """Run a diffusers image model on a batch with per-sample timesteps and optional class labels."""
-    timestep = timestep.expand(x.shape[0]) if timestep.dim() == 0 else timestep
-    if timestep.dim() == 2:  # (t, r) pairs of a two-time flow-map model, diffusers scale (1000 t)
-        t, r = (t_from_diffusers_timestep(col) for col in timestep.unbind(1))
-        return model(x, r, t, class_labels=labels)
+    """Run a diffusers image model on a batch with per-sample timesteps (B,) and optional class labels."""
     if isinstance(model, DiTTransformer2DModel):
         if labels is None:
             labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)

@@ -34,6 +34,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from . import register_model
+
 
 def momentum_frame(momenta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Proper rotation (B, 3, 3) whose columns are the sign-fixed principal axes of the momentum tensor."""
@@ -56,6 +58,18 @@ def timestep_embedding(timestep: torch.Tensor, dim: int, max_period: float = 100
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
+class SinusoidalProjection(nn.Module):
+    """`timestep_embedding` as a module, with a `scale` multiplying the timestep (like diffusers' Timesteps)."""
+
+    def __init__(self, num_channels: int, scale: float = 1.0):
+        super().__init__()
+        self.num_channels, self.scale = num_channels, scale
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Sinusoidal features (B, num_channels) of scale * timestep."""
+        return timestep_embedding(timestep * self.scale, self.num_channels)
+
+
 class AtomBlock(nn.Module):
     """Pre-norm transformer block over atoms with adaLN modulation and an additive attention bias."""
 
@@ -70,6 +84,8 @@ class AtomBlock(nn.Module):
         self.modulation = nn.Linear(width, 6 * width)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
+        self.explicit_attention = False
+        """Attention as softmax(q k^T / sqrt(d) + bias) v instead of the fused kernel (which has no forward AD)."""
 
     def forward(self, tokens: torch.Tensor, cond: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """tokens (B, A, W), cond (B, W), bias (B, H, A, A) with -inf on padding keys."""
@@ -77,12 +93,17 @@ class AtomBlock(nn.Module):
         b, a, w = tokens.shape
         h = self.norm1(tokens) * (1 + scale1) + shift1
         q, k, v = self.qkv(h).view(b, a, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if self.explicit_attention:
+            weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]) + bias, dim=-1)
+            attended = weights @ v
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         tokens = tokens + (1 + gate1) * self.proj(attended.transpose(1, 2).reshape(b, a, w))
         h = self.norm2(tokens) * (1 + scale2) + shift2
         return tokens + (1 + gate2) * self.mlp(h)
 
 
+@register_model
 class AtomTransformer(ModelMixin, ConfigMixin):
     """Transformer over the ions of a Coulomb explosion event: denoises (or regresses) atom coordinates."""
 
@@ -95,6 +116,7 @@ class AtomTransformer(ModelMixin, ConfigMixin):
         self.charge_embedding = nn.Embedding(max_charge + 1, width)
         self.momentum_in = nn.Linear(4, width)
         self.sample_in = None if deterministic else nn.Linear(3, width)
+        self.time_proj = None if deterministic else SinusoidalProjection(width)
         self.time_mlp = None if deterministic else nn.Sequential(
             nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         pair_features = 3 if deterministic else 4
@@ -122,7 +144,7 @@ class AtomTransformer(ModelMixin, ConfigMixin):
                   + self.momentum_in(torch.cat([p, torch.log1p(p.norm(dim=-1, keepdim=True))], dim=-1)))
         if x is not None:
             tokens = tokens + self.sample_in(x)
-            cond = self.time_mlp(timestep_embedding(timestep, tokens.shape[-1]).to(tokens.dtype))
+            cond = self.time_mlp(self.time_proj(timestep).to(tokens.dtype))
         else:
             cond = torch.zeros(tokens.shape[0], tokens.shape[-1], dtype=tokens.dtype, device=tokens.device)
         bias = self._attention_bias(p, x, mask)

@@ -1,14 +1,18 @@
 """Two-time (r, t) networks for flow maps, built from one-time diffusers-style models.
 
-`FlowMapNet` wraps a one-time model (diffusers `UNet2DModel`, or the small `VelocityMLP` for 2-D toys)
-and feeds the second time through the model's class-embedding slot: the slot is replaced by the sum of
-the original label embedding (if any) and a new embedding of the gap 1000 (t - r), built from the
-model's own sinusoidal projection and initialised to zero. So a student made with
-`FlowMapNet.from_teacher(teacher)` computes exactly the teacher at every (r, t) until it trains.
-Times are internal (t = 0 is data, timeconv); the base model sees the diffusers value 1000 t.
+`FlowMapNet` wraps a one-time model (diffusers `UNet2DModel`, the `AtomTransformer` of Coulomb explosion
+imaging, or the small `VelocityMLP` for 2-D toys) and feeds the second time in beside the first: the
+base's time-embedding module gets an added embedding of the gap 1000 (t - r), built from the model's own
+sinusoidal projection and initialised to zero. So a student made with `FlowMapNet.from_teacher(teacher)`
+computes exactly the teacher at every (r, t) until it trains, and the base's other inputs (class labels,
+the climate year embedding, the atoms of an event) keep their meaning. Times are internal (t = 0 is
+data, timeconv); the base model sees the diffusers value 1000 t.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,7 @@ from diffpipe.errors import SpecError
 from diffpipe.tasks import timeconv
 
 from . import register_model
+from .atom_transformer import AtomBlock, AtomTransformer
 
 
 @register_model
@@ -58,23 +63,29 @@ class VelocityMLP(ModelMixin, ConfigMixin):
         return self.out(h)
 
 
-class GapEmbedding(nn.Module):
-    """Label embedding (if any) plus a zero-initialised embedding of the diffusers gap value 1000 (t - r)."""
+class GapConditionedTime(nn.Module):
+    """A base network's time-embedding module plus a zero-initialised embedding of the gap 1000 (t - r).
 
-    def __init__(self, time_proj: nn.Module, proj_channels: int, embed_dim: int, labels: nn.Module | None):
+    The gap is featurised by the base's own sinusoidal projection (`time_proj`) and is handed in by
+    `FlowMapNet` for the duration of one base call (`pending_gap`), so the base runs unchanged.
+    """
+
+    def __init__(self, time_module: nn.Module, time_proj: nn.Module, proj_channels: int):
         super().__init__()
-        self.time_proj = time_proj
+        self.time = time_module
+        self.time_proj = [time_proj]  # a list: the projection is the base's module, not a child of this one
+        embed_dim = time_module(torch.zeros(1, proj_channels)).shape[-1]
         self.gap = TimestepEmbedding(proj_channels, embed_dim)
         nn.init.zeros_(self.gap.linear_2.weight)
         nn.init.zeros_(self.gap.linear_2.bias)
-        self.labels = labels
+        self.pending_gap: torch.Tensor | None = None
 
-    def forward(self, packed: torch.Tensor) -> torch.Tensor:
-        """Embedding of packed rows (label, gap timestep); the label column is ignored without labels."""
-        emb = self.gap(self.time_proj(packed[:, 1]).to(self.gap.linear_1.weight.dtype))
-        if self.labels is not None:
-            emb = emb + self.labels(packed[:, 0].long())
-        return emb
+    def forward(self, features: torch.Tensor, *args: object) -> torch.Tensor:
+        """Time embedding of `features` plus the embedding of the pending gap (B,)."""
+        if self.pending_gap is None:
+            raise RuntimeError("a FlowMapNet base was called without its gap (call the FlowMapNet)")
+        emb = self.time(features, *args)
+        return emb + self.gap(self.time_proj[0](self.pending_gap).to(emb.dtype))
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
@@ -86,22 +97,44 @@ def enable_forward_ad(model: nn.Module) -> None:
 
     Forward-mode AD is not implemented for PyTorch's fused attention kernels, and group_norm's
     forward-mode formula fails on non-contiguous inputs (after attention's transposes); so attention
-    runs through diffusers' classic `AttnProcessor` and group norms get contiguous inputs.
+    runs through diffusers' classic `AttnProcessor` (the atom transformer's through its explicit
+    softmax) and group norms get contiguous inputs.
     """
     for m in model.modules():
         if isinstance(m, Attention):
             m.set_processor(AttnProcessor())
+        if isinstance(m, AtomBlock):
+            m.explicit_attention = True
         if isinstance(m, nn.GroupNorm):
             m.register_forward_pre_hook(_contiguous_input)
 
 
-BASE_MODELS: dict[str, type[ModelMixin]] = {"UNet2DModel": UNet2DModel, "VelocityMLP": VelocityMLP}
+BASE_MODELS: dict[str, type[ModelMixin]] = {
+    "UNet2DModel": UNet2DModel, "VelocityMLP": VelocityMLP, "AtomTransformer": AtomTransformer,
+}
 """One-time model classes a FlowMapNet can wrap."""
+
+TIME_MODULES: dict[str, str] = {"UNet2DModel": "time_embedding", "VelocityMLP": "time_embedding",
+                                "AtomTransformer": "time_mlp"}
+"""The module of each base that turns `time_proj` features into the time-conditioning vector."""
+
+BaseCall = Callable[[ModelMixin, torch.Tensor, torch.Tensor, Any], torch.Tensor]
+"""call(base, x, diffusers_timestep (B,), cond) -> network output: how a domain runs its one-time network."""
+
+
+def call_with_labels(base: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+    """The default BaseCall: `base(x, timestep, class_labels=cond)` (diffusers UNets, VelocityMLP)."""
+    out = base(x, timestep, class_labels=cond)
+    return getattr(out, "sample", out)
 
 
 @register_model
 class FlowMapNet(ModelMixin, ConfigMixin):
-    """Two-time wrapper: u(x_t, r, t, labels) = base(x_t, 1000 t, labels & gap 1000 (t - r)).
+    """Two-time wrapper: u(x_t, r, t, cond) = base(x_t, 1000 t, cond) with the gap 1000 (t - r) embedded.
+
+    The gap embedding is added to the output of the base's time-embedding module (`TIME_MODULES`), so
+    every other input slot (class labels, the climate year, the atoms of an event) keeps its meaning. How
+    the base is called with `cond` is the domain's `BaseCall` (`bind`; default `call_with_labels`).
 
     `time_scale` (None: the base's own) multiplies 1000 t and 1000 (t - r) inside the shared sinusoidal
     projection. diffusers UNets use 1, i.e. frequencies up to 1000 rad per unit t; at random init their
@@ -117,28 +150,36 @@ class FlowMapNet(ModelMixin, ConfigMixin):
             raise SpecError("model.base_class", "no two-time wrapper for this model class",
                             expected=" or ".join(BASE_MODELS), found=base_class)
         self.base = BASE_MODELS[base_class].from_config(base_config or {})
-        if getattr(self.base.config, "class_embed_type", None) is not None:
-            raise SpecError("model.class_embed_type", "the gap embedding needs the plain label slot",
-                            expected="None", found=str(self.base.config.class_embed_type))
+        if getattr(self.base, "time_proj", None) is None:
+            raise SpecError("model", "a two-time network needs a noise-time input", expected="a diffusion model",
+                            found=f"{base_class} without a time projection (deterministic regressor?)")
         if time_scale is not None:
             self.base.time_proj.scale = time_scale
-        time_embedding = self.base.time_embedding
-        self.base.class_embedding = GapEmbedding(
-            self.base.time_proj, time_embedding.linear_1.in_features, time_embedding.linear_2.out_features,
-            self.base.class_embedding,
-        )
+        name = TIME_MODULES[base_class]
+        channels = self.base.time_proj(torch.zeros(1)).shape[-1]
+        setattr(self.base, name, GapConditionedTime(getattr(self.base, name), self.base.time_proj, channels))
         enable_forward_ad(self.base)
+        self.call_base: BaseCall = call_with_labels
 
-    def forward(self, sample: torch.Tensor, r: torch.Tensor, t: torch.Tensor,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+    @property
+    def gap_slot(self) -> GapConditionedTime:
+        """The time-embedding module that carries the gap embedding."""
+        return getattr(self.base, TIME_MODULES[self.config.base_class])
+
+    def bind(self, call: BaseCall) -> FlowMapNet:
+        """Run the base through the domain's `call` from now on (not saved: domains bind on load)."""
+        self.call_base = call
+        return self
+
+    def forward(self, sample: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """Mean velocity u over [r, t] (internal times, per sample or scalar) for a batch."""
-        n = sample.shape[0]
-        t = t * torch.ones(n, dtype=t.dtype, device=sample.device)
-        gap = timeconv.diffusers_timestep_from_t(t - r)
-        labels = torch.zeros_like(t) if class_labels is None else class_labels.to(t.dtype)
-        packed = torch.stack([labels, gap], dim=1)
-        out = self.base(sample, timeconv.diffusers_timestep_from_t(t), class_labels=packed)
-        return getattr(out, "sample", out)
+        t = t * torch.ones(sample.shape[0], dtype=t.dtype, device=sample.device)
+        slot = self.gap_slot
+        slot.pending_gap = timeconv.diffusers_timestep_from_t(t - r)
+        try:
+            return self.call_base(self.base, sample, timeconv.diffusers_timestep_from_t(t), cond)
+        finally:
+            slot.pending_gap = None
 
     @classmethod
     def from_teacher(cls, teacher: ModelMixin, time_scale: float | None = None) -> FlowMapNet:
@@ -148,15 +189,35 @@ class FlowMapNet(ModelMixin, ConfigMixin):
         """
         config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
         student = cls(base_class=type(teacher).__name__, base_config=config, time_scale=time_scale)
-        labels = "class_embedding."
-        state = {k.replace(labels, labels + "labels.", 1) if k.startswith(labels) else k: v
+        slot = TIME_MODULES[type(teacher).__name__] + "."
+        state = {k.replace(slot, slot + "time.", 1) if k.startswith(slot) else k: v
                  for k, v in teacher.state_dict().items()}
         missing, unexpected = student.base.load_state_dict(state, strict=False)
-        if unexpected or any(not k.startswith("class_embedding.gap.") for k in missing):
+        if unexpected or any(not k.startswith(slot + "gap.") for k in missing):
             raise SpecError("init", "teacher weights do not fit the student", expected="same architecture",
                             found=f"missing {missing}, unexpected {unexpected}")
         student = student.to(teacher.device)
         return student if student.dtype == teacher.dtype else student.to(teacher.dtype)
+
+
+def network_fn(model: ModelMixin, call: BaseCall = call_with_labels) -> Callable[..., torch.Tensor]:
+    """A domain's NetFn `net(x, timestep, cond)` for a one-time model or a FlowMapNet.
+
+    For a FlowMapNet (bound to `call`), `timestep` is a (B, 2) tensor of diffusers pairs (1000 t, 1000 r),
+    as the two-time samplers pass; for a one-time model it is (B,) or a scalar.
+    """
+    if not isinstance(model, FlowMapNet):
+        def one_time(x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+            return call(model, x, timestep.expand(x.shape[0]) if timestep.dim() == 0 else timestep, cond)
+
+        return one_time
+    model.bind(call)
+
+    def two_time(x: torch.Tensor, pairs: torch.Tensor, cond: Any) -> torch.Tensor:
+        t, r = (timeconv.t_from_diffusers_timestep(col) for col in pairs.unbind(1))
+        return model(x, r, t, cond)
+
+    return two_time
 
 
 def one_time_velocity(model: ModelMixin):

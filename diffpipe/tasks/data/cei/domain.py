@@ -51,8 +51,8 @@ from diffpipe.schemas.cei import AtomTransformerSpec, CoulombExplosionData
 from diffpipe.storage.formats import read_json, write_dataset, write_json
 
 from ...context import StageContext, StageOutput, resolve_device
-from ...nets import register_model
 from ...nets.atom_transformer import AtomTransformer
+from ...nets.flowmap import network_fn
 from ...objectives import NetFn, make_scheduler
 from ...registry import domain
 from .batches import ChunkedEventBatches
@@ -74,7 +74,11 @@ SAMPLES_FILE = "samples.zarr"
 CONDITION_SEED_OFFSET = 2000
 """Seed offset of the held-out momentum noise (shared by every sample stage with the same `seed`)."""
 
-register_model(AtomTransformer)
+
+def call_atom_transformer(model: AtomTransformer, x: torch.Tensor, timestep: torch.Tensor,
+                          cond: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The atom transformer on noisy coordinates, cond the dict of elements, charges, momenta and mask."""
+    return model(x, timestep, cond["elements"], cond["charges"], cond["momenta"], cond["mask"])
 
 
 def position_scale_bohr(store_path: str) -> float:
@@ -138,12 +142,12 @@ class CeiDomain:
 
     def net(self, model: ModelMixin) -> NetFn:
         """`net(x, timestep, cond)` with cond the dict of elements, charges, momenta and mask."""
+        return network_fn(model, self.base_call)
 
-        def call(x: torch.Tensor, timestep: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-            timestep = timestep.expand(x.shape[0]) if timestep.dim() == 0 else timestep
-            return model(x, timestep, cond["elements"], cond["charges"], cond["momenta"], cond["mask"])
-
-        return call
+    def base_call(self, model: ModelMixin, x: torch.Tensor, timestep: torch.Tensor,
+                  cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The atom transformer on noisy coordinates (what a FlowMapNet around it calls)."""
+        return call_atom_transformer(model, x, timestep, cond)
 
     def settings(self, data_path: Path) -> dict[str, Any]:
         """The coordinate scale and options recorded with the data."""

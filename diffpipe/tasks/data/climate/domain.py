@@ -27,6 +27,7 @@ from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData
 from diffpipe.storage.formats import open_dataset, write_json
 
 from ...context import StageContext, StageOutput
+from ...nets.flowmap import network_fn
 from ...objectives import NetFn
 from ...registry import domain
 from ...sampling import CountingNet, sample
@@ -116,7 +117,6 @@ def call_climate_unet(model: UNet2DModel, x: torch.Tensor, t: torch.Tensor, cond
     factor = 2 ** (len(model.config.block_out_channels) - 1)
     h, w = x.shape[-2:]
     inputs = pad_grid(torch.cat([x, cond.channels().to(x.dtype)], dim=1), factor)
-    t = t.expand(x.shape[0]) if t.dim() == 0 else t
     year = cond.year_label() if model.config.class_embed_type == "timestep" else None
     return model(inputs, t, class_labels=year).sample[..., :h, :w]
 
@@ -173,7 +173,11 @@ class ClimateDomain:
 
     def net(self, model: ModelMixin) -> NetFn:
         """`net(x, t, forcing)`."""
-        return lambda x, t, cond: call_climate_unet(model, x, t, cond)
+        return network_fn(model, self.base_call)
+
+    def base_call(self, model: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, cond: Forcing) -> torch.Tensor:
+        """The emulator UNet on noisy fields and forcing (what a FlowMapNet around it calls)."""
+        return call_climate_unet(model, x, timestep, cond)
 
     def samples(self, ctx: StageContext, scenarios: list[str]) -> ClimateSamples:
         """Normalised samples of `scenarios` from the data artifact."""

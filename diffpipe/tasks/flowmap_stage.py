@@ -91,8 +91,7 @@ def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNe
                                      "steps": spec.steps, "ema": spec.ema_decay is not None,
                                      "num_classes": getattr(ctx.pipeline.data, "num_classes", None), **info})
     tail = result.losses[-max(1, spec.steps // 10):]
-    metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, "resumed_from_step": result.resumed_from,
-               "steps_per_s": result.steps_per_s, "train_wall_s": result.wall_s,
+    metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, **result.metrics(spec.steps),
                "parameters": sum(p.numel() for p in student.parameters())}
     write_json(out / "metrics.json", metrics)
     title = f"{ctx.node}: {spec.stage} {info['method']}"

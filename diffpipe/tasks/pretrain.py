@@ -56,8 +56,7 @@ def run_pretrain(ctx: StageContext) -> StageOutput:
                                      "ema": spec.ema_decay is not None,
                                      "num_classes": getattr(ctx.pipeline.data, "num_classes", None)})
     tail = result.losses[-max(1, spec.steps // 10):]
-    metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, "resumed_from_step": result.resumed_from,
-               "steps_per_s": result.steps_per_s, "train_wall_s": result.wall_s,
+    metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, **result.metrics(spec.steps),
                "parameters": sum(p.numel() for p in model.parameters())}
     write_json(out / "metrics.json", metrics)
     curve = plot_losses(result.losses, out / "loss_curve.png", f"{ctx.node}: {spec.objective.kind}")

@@ -13,6 +13,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from diffusers import ModelMixin  # noqa: E402
 from diffusers.training_utils import EMAModel  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from diffpipe.storage.formats import (  # noqa: E402
@@ -75,6 +77,14 @@ class TrainResult:
     resumed_from: int = 0
     wall_s: float = 0.0
     steps_per_s: float = 0.0
+    flops_per_step: int | None = None
+    """Forward + backward FLOPs of step 0 (torch's FlopCounterMode: matmuls and convolutions)."""
+
+    def metrics(self, steps: int) -> dict[str, float | int | None]:
+        """Wall time, speed and FLOPs of a run of `steps` steps, as stage metrics."""
+        total = None if self.flops_per_step is None else self.flops_per_step * steps
+        return {"resumed_from_step": self.resumed_from, "steps_per_s": self.steps_per_s, "train_wall_s": self.wall_s,
+                "flops_per_step": self.flops_per_step, "train_flops": total}
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -98,12 +108,16 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        with ctx.autocast():
-            loss = step_loss(gen)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with FlopCounterMode(display=False) if step == 0 else nullcontext() as counter:  # step 0 only: the
+            # counter's dispatch changes backward rounding, so a resumed run must count nothing to stay exact
+            with ctx.autocast():
+                loss = step_loss(gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        if step == 0:
+            result.flops_per_step = counter.get_total_flops()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
@@ -136,7 +150,8 @@ def _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state) -> N
             save_tensors(loss_state.state_dict(), d / "loss_state.safetensors")
         torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, d / "state.pt")
-        write_json(d / "progress.json", {"step": step, "losses": result.losses})
+        write_json(d / "progress.json", {"step": step, "losses": result.losses,
+                                         "flops_per_step": result.flops_per_step})
         run.save(step, d)
 
 
@@ -158,7 +173,8 @@ def _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state) -> int:
         sched.load_state_dict(state["lr_scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        result.losses = json.loads((d / "progress.json").read_text())["losses"]
+        progress = json.loads((d / "progress.json").read_text())
+        result.losses, result.flops_per_step = progress["losses"], progress.get("flops_per_step")
     result.resumed_from = steps[-1]
     ctx.log(f"{ctx.node}: resumed from the checkpoint at step {steps[-1]}")
     return steps[-1]

@@ -160,6 +160,10 @@ def test_tiny_pipeline_runs_and_samples_the_distilled_model_in_one_and_two_steps
     assert nfe == {"sample_1step": 1, "sample_2step": 2, "sample_cmt_2step": 2}
     scores = [s["metrics"]["model"] for s in summary.values() if s["stage"] == "evaluate"]
     assert len(scores) == 3 and all(torch.isfinite(torch.tensor(m["frechet_distance"])) for m in scores)
+    flops = {name: summary[name]["metrics"]["flops_per_step"] for name in ("pretrain", "cmt", "distill")}
+    assert all(summary[n]["metrics"]["train_flops"] == f * summary[n]["metrics"]["steps"] for n, f in flops.items())
+    assert 0 < flops["pretrain"] < flops["cmt"]  # a CMT step adds the teacher's trajectory solves
+    assert flops["distill"] > flops["pretrain"]  # MeanFlow's JVP costs more than a plain forward
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import torch
 from diffusers import SchedulerMixin
 
 from diffpipe.errors import SpecError
+from diffpipe.tasks.conditions import select_conditions
 
 from . import TwoTimeNet, VelocityFn, bcast, per_sample_mean, rk4_mean_velocity
 
@@ -48,7 +49,7 @@ def make_flow_solver(name: str, options: dict[str, Any] | None = None) -> Schedu
 
 @torch.no_grad()
 def teacher_trajectory(
-    teacher: VelocityFn, noise: torch.Tensor, cond: torch.Tensor | None, *,
+    teacher: VelocityFn, noise: torch.Tensor, cond: Any, *,
     solver: str = "FlowMatchEulerDiscreteScheduler", steps: int = 16,
     solver_options: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +71,7 @@ def teacher_trajectory(
     return torch.stack(states), times[: len(states)]
 
 
-def _rk4_trajectory(teacher: VelocityFn, noise: torch.Tensor, cond: torch.Tensor | None, steps: int,
+def _rk4_trajectory(teacher: VelocityFn, noise: torch.Tensor, cond: Any, steps: int,
                     substeps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=noise.dtype, device=noise.device)
     x, states = noise, [noise]
@@ -100,20 +101,20 @@ class ConsistencyMidTrainingLoss:
         self.solver = dict(solver=solver, steps=solver_steps, solver_options=solver_options)
         self.trajectories, self.pairs = trajectories, pairs
 
-    def __call__(self, net: TwoTimeNet, x0: torch.Tensor, cond: torch.Tensor | None,
+    def __call__(self, net: TwoTimeNet, x0: torch.Tensor, cond: Any,
                  generator: torch.Generator) -> torch.Tensor:
         """Per-sample CMT loss (one value per state pair, or per trajectory state in consistency form)."""
         batch = x0.shape[0]
         count = self.trajectories or max(1, batch // self.solver["steps"])
         noise = torch.randn((count, *x0.shape[1:]), generator=generator, dtype=x0.dtype).to(x0.device)
-        traj_cond = None if cond is None else cond[torch.arange(count, device=cond.device) % batch]
+        traj_cond = select_conditions(cond, torch.arange(count) % batch)
         states, times = teacher_trajectory(self.teacher, noise, traj_cond, **self.solver)
         if self.form == "consistency":
             return self._consistency(net, states, times, traj_cond)
         return self._flow_map(net, states, times, traj_cond, self.pairs or batch, generator)
 
     @staticmethod
-    def _flow_map(net: TwoTimeNet, states: torch.Tensor, times: torch.Tensor, cond: torch.Tensor | None,
+    def _flow_map(net: TwoTimeNet, states: torch.Tensor, times: torch.Tensor, cond: Any,
                   pairs: int, generator: torch.Generator) -> torch.Tensor:
         upper = torch.triu_indices(states.shape[0], states.shape[0], offset=1)
         pick = torch.randint(0, upper.shape[1], (pairs,), generator=generator)
@@ -121,16 +122,17 @@ class ConsistencyMidTrainingLoss:
         k = torch.randint(0, states.shape[1], (pairs,), generator=generator).to(states.device)
         x_t, x_r, t, r = states[i, k], states[j, k], times[i], times[j]
         target = (x_t - x_r) / bcast(t - r, x_t)
-        pred = net(x_t, r, t, None if cond is None else cond[k])
+        pred = net(x_t, r, t, select_conditions(cond, k.cpu()))
         return per_sample_mean((pred - target) ** 2)
 
     @staticmethod
     def _consistency(net: TwoTimeNet, states: torch.Tensor, times: torch.Tensor,
-                     cond: torch.Tensor | None) -> torch.Tensor:
+                     cond: Any) -> torch.Tensor:
         steps, count = states.shape[0] - 1, states.shape[1]
         x_t = states[:-1].flatten(0, 1)
         t = times[:-1].repeat_interleave(count)
         r = times[-1].expand(t.shape[0])
         end = states[-1].repeat(steps, *([1] * (states.dim() - 2)))
-        pred = x_t - bcast(t - r, x_t) * net(x_t, r, t, None if cond is None else cond.repeat(steps))
+        tiled = select_conditions(cond, torch.arange(steps * count) % count)  # rows follow states[:-1].flatten(0, 1)
+        pred = x_t - bcast(t - r, x_t) * net(x_t, r, t, tiled)
         return per_sample_mean((pred - end) ** 2)

@@ -30,6 +30,7 @@ from diffpipe.schemas.rl import RLStage
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
 from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 
+from ..conditions import repeat_conditions, select_conditions
 from ..context import StageContext, StageOutput
 from ..domain import BatchSource, Domain
 from ..registry import get_domain, stage
@@ -43,7 +44,6 @@ from ..training import (
     train,
 )
 from .continuous import ContinuousAlgorithm, Nets, Rollout, balance, make_algorithm, rollout, sampler_grid
-from .continuous.common import repeat_conditions, select_conditions
 from .discrete.stage import run_discrete_rl
 from .rewards import RewardPlugin, resolve_reward
 

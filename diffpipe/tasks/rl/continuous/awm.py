@@ -15,8 +15,9 @@ import torch
 
 from diffpipe.schemas.rl import AWM
 
+from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
-from .common import Rollout, noised, per_sample_mean, select_conditions, stratified_times, velocity
+from .common import Rollout, noised, per_sample_mean, stratified_times, velocity
 
 TIME_WEIGHTS = {"none": lambda t: torch.ones_like(t), "t": lambda t: t, "t2": lambda t: t**2}
 

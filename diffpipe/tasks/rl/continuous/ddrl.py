@@ -14,8 +14,9 @@ import torch
 
 from diffpipe.schemas.rl import DDRL
 
+from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
-from .common import Rollout, noised, per_sample_mean, select_conditions, stratified_times, velocity
+from .common import Rollout, noised, per_sample_mean, stratified_times, velocity
 
 MAX_EXPONENT = 30.0
 """Cap on (Z - r) / beta so exp stays finite for rewards far below the group's soft maximum."""

@@ -13,8 +13,9 @@ import torch
 
 from diffpipe.schemas.rl import FlowGRPO
 
+from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
-from .common import Rollout, gaussian_log_prob, per_sample_mean, sde_step, select_conditions, velocity
+from .common import Rollout, gaussian_log_prob, per_sample_mean, sde_step, velocity
 
 
 def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,

@@ -14,8 +14,9 @@ import torch
 
 from diffpipe.schemas.rl import DiffusionNFT
 
+from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
-from .common import Rollout, expand_like, noised, per_sample_mean, select_conditions, velocity
+from .common import Rollout, expand_like, noised, per_sample_mean, velocity
 
 
 def optimality_weights(advantages: torch.Tensor, adv_clip_max: float) -> torch.Tensor:

@@ -1,0 +1,160 @@
+"""Few-step generation on the science domains: teacher vs CMT and MeanFlow students, by function evaluations.
+
+Runs the shipped spec of a domain (pipelines/cei_distill.yaml or pipelines/climate_distill.yaml) through
+`diffpipe run` once per seed, with its sample / evaluate stages replaced by a grid: the flow-matching
+teacher with its Euler solver in 1, 2, 4, 8 and 50 steps, and each two-time student (the CMT checkpoint,
+and MeanFlow students initialised from CMT, from the teacher and from random weights, equal steps) in 1,
+2 and 4 flow-map steps. Scores are the domain's own evaluate metrics on held-out data (CEI: MAE and RMSD
+in Bohr and the momentum round trip, one draw per event; climate: fair CRPS and NRMSE of tas and pr over
+the evaluation period, with the internal-variability floor). Cost of each route (pretrain -> cmt ->
+distill) is its training wall time and FLOPs (recorded by every training stage) over pretraining alone.
+Prints and writes benchmarks/results/distill_<domain>.json.
+
+    python benchmarks/distill_domains.py --domain cei --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TEACHER_STEPS = (1, 2, 4, 8, 50)
+STUDENT_STEPS = (1, 2, 4)
+INITS = ("cmt", "teacher", "random")
+DOMAINS = {
+    "cei": {"spec": "cei_distill.yaml", "teacher": "diffusion", "evaluate": {},
+            "scores": ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error")},
+    "climate": {"spec": "climate_distill.yaml", "teacher": "emulator", "evaluate": {"metrics": ["domain"]},
+                "scores": ("tas/crps", "tas/nrmse_total", "pr/crps", "pr/nrmse_total")},
+}
+
+
+def grid_spec(domain: str) -> dict:
+    """The domain's shipped spec with the sample / evaluate grid and one MeanFlow student per init."""
+    config = DOMAINS[domain]
+    spec = yaml.safe_load((REPO / "pipelines" / config["spec"]).read_text())
+    stages = [s for s in spec["stages"] if s["stage"] not in ("sample", "evaluate")]
+    template = next(s for s in spec["stages"] if s["stage"] == "sample")
+    meanflow = next(s for s in stages if s["stage"] == "distill")
+    students = {"cmt": "cmt"}
+    for init in INITS:
+        name = f"meanflow_from_{init}"
+        stages.append({**meanflow, "name": name, "init": config["teacher"] if init == "teacher" else init})
+        students[name] = name
+    stages = [s for s in stages if s is not meanflow]
+    runs = [(f"teacher_{k}", config["teacher"], "FlowMatchEulerDiscreteScheduler", k) for k in TEACHER_STEPS]
+    runs += [(f"{name}_{k}", model, "FlowMapEulerDiscreteScheduler", k)
+             for name, model in students.items() for k in STUDENT_STEPS]
+    for label, model, scheduler, steps in runs:
+        stages.append({**{k: v for k, v in template.items() if k not in ("name", "model", "scheduler")},
+                       "name": f"sample_{label}", "model": model, "scheduler": {"name": scheduler, "steps": steps}})
+        stages.append({"name": f"evaluate_{label}", "stage": "evaluate", "samples": f"sample_{label}",
+                       **config["evaluate"]})
+    spec["stages"] = stages
+    return spec
+
+
+def run_seed(spec_path: Path, root: Path, seed: int, threads: int) -> dict[str, dict]:
+    """One `diffpipe run` of the grid spec; stage name -> summary entry."""
+    command = [sys.executable, "-m", "diffpipe.flows.cli", "run", str(spec_path), "--json", "--set",
+               f"storage.root={root}", "--set", f"runtime.seed={seed}", "--set", f"runtime.num_threads={threads}"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if done.returncode:
+        sys.exit(f"pipeline failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return {s["name"]: s for s in json.loads(done.stdout[done.stdout.index("{"):])["stages"]}
+
+
+def scores_of(domain: str, metrics: dict) -> dict[str, float]:
+    """Headline held-out scores of one evaluate stage (CEI: one draw per event)."""
+    if domain == "cei":
+        return {k: metrics["sample"]["overall"][k] for k in DOMAINS["cei"]["scores"]}
+    out = {}
+    for key in DOMAINS["climate"]["scores"]:
+        var, score = key.split("/")
+        out[key] = metrics["model"][var][score]
+    return out
+
+
+def floor_of(domain: str, metrics: dict) -> dict[str, float] | None:
+    """The data floor where the evaluation reports one (climate: internal variability between members)."""
+    if domain != "climate":
+        return None
+    floor = metrics["internal_variability_floor"]
+    return {key: floor[key.split("/")[0]].get(key.split("/")[1]) for key in DOMAINS["climate"]["scores"]}
+
+
+def cost(nodes: dict[str, dict], teacher: str) -> dict[str, dict[str, float]]:
+    """Training wall time and FLOPs of each route over pretraining alone."""
+    def part(name: str, key: str) -> float:
+        return float(nodes[name]["metrics"][key])
+
+    routes = {"cmt": [teacher, "cmt"], **{f"cmt -> meanflow_from_{i}" if i == "cmt" else f"meanflow_from_{i}":
+                                          ([teacher, "cmt"] if i == "cmt" else [teacher]) + [f"meanflow_from_{i}"]
+                                          for i in INITS}}
+    out = {}
+    for key in ("train_wall_s", "train_flops"):
+        base = part(teacher, key)
+        out[key] = {"pretrain": base, **{r: sum(part(p, key) for p in parts) / base for r, parts in routes.items()}}
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and std over seeds of every (model, steps) score and cost ratio."""
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values))}
+
+    labels = runs[0]["scores"].keys()
+    scores = {label: {k: stats([r["scores"][label][k] for r in runs]) for k in runs[0]["scores"][label]}
+              for label in labels}
+    cost_keys = runs[0]["cost"]
+    costs = {key: {route: stats([r["cost"][key][route] for r in runs]) for route in cost_keys[key]}
+             for key in cost_keys}
+    return {"scores": scores, "cost_over_pretrain": costs}
+
+
+def main() -> None:
+    """Run the grid for every seed and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--domain", choices=sorted(DOMAINS), required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: two benchmarks share 2 cores)")
+    parser.add_argument("--root", type=Path, default=None, help="artifact root (default: a temporary folder)")
+    args = parser.parse_args()
+    root = args.root or Path(tempfile.gettempdir()) / f"diffpipe_distill_{args.domain}"
+    root.mkdir(parents=True, exist_ok=True)
+    spec_path = root / "grid.yaml"
+    spec_path.write_text(yaml.safe_dump(grid_spec(args.domain), sort_keys=False))
+    t0, runs, teacher = time.perf_counter(), [], DOMAINS[args.domain]["teacher"]
+    for seed in args.seeds:
+        nodes = run_seed(spec_path, root, seed, args.threads)
+        evaluations = {name.removeprefix("evaluate_"): node["metrics"] for name, node in nodes.items()
+                       if node["stage"] == "evaluate"}
+        record = {"seed": seed, "scores": {label: scores_of(args.domain, m) for label, m in evaluations.items()},
+                  "floor": floor_of(args.domain, next(iter(evaluations.values()))), "cost": cost(nodes, teacher),
+                  "final_loss": {n: nodes[n]["metrics"]["final_loss"] for n in nodes
+                                 if nodes[n]["stage"] in ("midtrain", "distill")}}
+        for label, values in record["scores"].items():
+            print(f"seed {seed} {label:>24}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
+        print(f"seed {seed} cost: {json.dumps(record['cost'])}", flush=True)
+        runs.append(record)
+    result = {"domain": args.domain, "spec": f"pipelines/{DOMAINS[args.domain]['spec']}", "seeds": args.seeds,
+              "torch_threads": args.threads, "teacher_steps": TEACHER_STEPS, "student_steps": STUDENT_STEPS, "summary": summarise(runs),
+              "runs": runs, "benchmark_wall_s": time.perf_counter() - t0}
+    out = REPO / "benchmarks" / "results" / f"distill_{args.domain}.json"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result["summary"], indent=1))
+    print(f"wrote {out} in {result['benchmark_wall_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

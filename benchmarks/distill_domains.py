@@ -148,8 +148,8 @@ def main() -> None:
         print(f"seed {seed} cost: {json.dumps(record['cost'])}", flush=True)
         runs.append(record)
     result = {"domain": args.domain, "spec": f"pipelines/{DOMAINS[args.domain]['spec']}", "seeds": args.seeds,
-              "torch_threads": args.threads, "teacher_steps": TEACHER_STEPS, "student_steps": STUDENT_STEPS, "summary": summarise(runs),
-              "runs": runs, "benchmark_wall_s": time.perf_counter() - t0}
+              "torch_threads": args.threads, "teacher_steps": TEACHER_STEPS, "student_steps": STUDENT_STEPS,
+              "summary": summarise(runs), "runs": runs, "benchmark_wall_s": time.perf_counter() - t0}
     out = REPO / "benchmarks" / "results" / f"distill_{args.domain}.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result["summary"], indent=1))

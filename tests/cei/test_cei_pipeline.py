@@ -176,3 +176,25 @@ def test_rl_with_the_physics_round_trip_reward(tiny_run):
     assert np.isfinite(reward["first"]) and reward["first"] <= 0
     overall = read_json(artifact(store, summary["evaluate_rl"]) / "metrics.json")["sample"]["overall"]
     assert np.isfinite([overall["mae_frame_bohr"], overall["momentum_rel_error"]]).all()
+
+
+def test_cmt_and_meanflow_on_the_atom_transformer_sample_in_one_and_two_steps(tiny_run):
+    raw, _, store = tiny_run
+    raw = copy.deepcopy(raw)
+    sample = next(s for s in raw["stages"] if s["name"] == "sample_diffusion")
+    tiny = {"steps": 3, "batch_size": 8, "checkpoint_every": 2, "log_every": 1, "cond_dropout": 0.0}
+    raw["stages"] = [raw["stages"][0],
+                     {"name": "cmt", "stage": "midtrain", "method": "cmt", "solver_steps": 4, **tiny},
+                     {"name": "distill", "stage": "distill", "method": "meanflow", "init": "cmt", **tiny}]
+    for steps in (1, 2):
+        raw["stages"] += [{**sample, "name": f"sample_{steps}", "model": "distill",
+                           "scheduler": {"name": "FlowMapEulerDiscreteScheduler", "steps": steps}},
+                          {"name": f"evaluate_{steps}", "stage": "evaluate", "samples": f"sample_{steps}"}]
+    summary = run(raw)
+    assert summary["diffusion"]["state"] == "cached"
+    assert {summary[n]["state"] for n in summary if n not in ("data", "diffusion")} == {"executed"}
+    assert [summary[f"sample_{k}"]["metrics"]["nfe_per_sample"] for k in (1, 2)] == [1, 2]
+    assert summary["cmt"]["metrics"]["flops_per_step"] > 0
+    for steps in (1, 2):
+        overall = read_json(artifact(store, summary[f"evaluate_{steps}"]) / "metrics.json")["sample"]["overall"]
+        assert np.isfinite([overall["mae_frame_bohr"], overall["momentum_rel_error"]]).all()

@@ -219,3 +219,26 @@ def test_rl_on_the_emulator_with_the_global_mean_response_reward(built: tuple[di
     reward = nodes["rl"]["metrics"]["reward/global_mean_response"]
     assert np.isfinite(reward["first"]) and reward["first"] <= 0
     assert np.isfinite(nodes["eval_rl"]["metrics"]["model"]["tas"]["crps"])
+
+
+def test_cmt_and_meanflow_on_the_emulator_keep_the_year_embedding(built: tuple[dict, dict[str, dict]]) -> None:
+    from diffpipe.tasks.nets.flowmap import FlowMapNet
+
+    raw, _ = built
+    raw = copy.deepcopy(raw)
+    tiny = {"steps": 2, "batch_size": 4, "checkpoint_every": 1, "log_every": 1, "cond_dropout": 0.0}
+    raw["stages"] = raw["stages"][:1] + [
+        {"name": "cmt", "stage": "midtrain", "method": "cmt", "solver_steps": 2, **tiny},
+        {"name": "distill", "stage": "distill", "method": "meanflow", "init": "cmt", **tiny},
+        {"name": "ens_2", "stage": "sample", "model": "distill", "num_samples": 2,
+         "scheduler": {"name": "FlowMapEulerDiscreteScheduler", "steps": 2}},
+        {"name": "eval_2", "stage": "evaluate", "samples": "ens_2", "metrics": ["domain"]},
+    ]
+    nodes = run(raw)
+    assert nodes["emulator"]["state"] == "cached"
+    assert [nodes[n]["state"] for n in ("cmt", "distill", "ens_2", "eval_2")] == ["executed"] * 4
+    assert nodes["ens_2"]["metrics"]["nfe_per_sample"] == 2
+    assert np.isfinite(nodes["eval_2"]["metrics"]["model"]["tas"]["crps"])
+    store = ArtifactStore(raw["storage"]["root"])
+    model = FlowMapNet.from_pretrained(store.local_path(store.lookup(nodes["distill"]["cache_key"])) / "model")
+    assert model.base.config.class_embed_type == "timestep"

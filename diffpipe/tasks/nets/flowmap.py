@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
-from diffusers.models.attention_processor import Attention, AttnProcessor
+from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
@@ -92,17 +92,45 @@ def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
     return (args[0].contiguous(), *args[1:])
 
 
+class ForwardADAttnProcessor:
+    """diffusers' classic self-attention with the scores as a plain matmul.
+
+    `Attention.get_attention_scores` uses `baddbmm`, which crashes the interpreter under `torch.func.jvp`
+    while torch's FlopCounterMode is active (torch 2.13, CPU); matmul and softmax have forward-AD formulas.
+    Covers what the UNets here use: self-attention with group norm, residual and output rescaling.
+    """
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention over the spatial positions of (B, C, H, W) or the tokens of (B, N, C) inputs."""
+        if encoder_hidden_states is not None or attention_mask is not None or attn.spatial_norm is not None:
+            raise NotImplementedError("forward-AD attention covers plain self-attention only")
+        residual, shape = hidden_states, hidden_states.shape
+        if hidden_states.ndim == 4:
+            hidden_states = hidden_states.flatten(2).transpose(1, 2)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query, key, value = (attn.head_to_batch_dim(proj(hidden_states)) for proj in (attn.to_q, attn.to_k, attn.to_v))
+        probs = torch.softmax(torch.matmul(query, key.transpose(-1, -2)) * attn.scale, dim=-1)
+        hidden_states = attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.matmul(probs, value))))
+        if len(shape) == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(shape)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
 def enable_forward_ad(model: nn.Module) -> None:
     """Make a diffusers model usable under torch.func.jvp on CPU and GPU.
 
     Forward-mode AD is not implemented for PyTorch's fused attention kernels, and group_norm's
     forward-mode formula fails on non-contiguous inputs (after attention's transposes); so attention
-    runs through diffusers' classic `AttnProcessor` (the atom transformer's through its explicit
-    softmax) and group norms get contiguous inputs.
+    runs through `ForwardADAttnProcessor` (the atom transformer's through its explicit softmax) and
+    group norms get contiguous inputs.
     """
     for m in model.modules():
         if isinstance(m, Attention):
-            m.set_processor(AttnProcessor())
+            m.set_processor(ForwardADAttnProcessor())
         if isinstance(m, AtomBlock):
             m.explicit_attention = True
         if isinstance(m, nn.GroupNorm):

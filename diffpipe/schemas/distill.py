@@ -41,11 +41,23 @@ TwoTimeObjective = Annotated[FlowMapObjective | ConsistencyObjective, Field(disc
 """How a midtrain / distill checkpoint is sampled (recorded in its training.json)."""
 
 
+TEACHER_OBJECTIVES: frozenset[str] = frozenset({"flow_matching", "edm", "ddpm"})
+"""Pretraining objectives whose network converts to a velocity teacher (tasks/flowmap/teachers.py)."""
+
+
 def velocity_teacher_problem(target: StageBase) -> str | None:
-    """Why `target` cannot serve as a teacher (None: it is a flow-matching pretrain stage, a velocity model)."""
+    """Why `target` cannot serve as a teacher (None: a flow-matching, EDM or DDPM pretrain stage)."""
+    if isinstance(target, PretrainStage) and target.objective.kind in TEACHER_OBJECTIVES:
+        return None
+    return "a teacher must be a flow-matching, EDM or DDPM pretrain stage (its velocity is converted)"
+
+
+def velocity_weights_problem(target: StageBase) -> str | None:
+    """Why `target`'s weights cannot start a two-time student (None: they compute a velocity)."""
     if isinstance(target, PretrainStage) and target.objective.kind == "flow_matching":
         return None
-    return "a teacher must be a flow-matching pretrain stage (a one-time velocity model)"
+    return ("a student starts from the weights of a flow-matching pretrain stage (a velocity model); "
+            "an EDM or DDPM network predicts something else: use init random")
 
 
 class TwoTimeTraining(StageBase):
@@ -81,8 +93,9 @@ class TwoTimeTraining(StageBase):
     def reference_problem(self, field: str, target: StageBase) -> str | None:
         """A teacher must be a velocity model; `init` must be one too, or a midtrain / distill checkpoint."""
         if field == "teacher":
-            return velocity_teacher_problem(target)
-        if field == "init" and not isinstance(target, TwoTimeTraining) and velocity_teacher_problem(target):
+            return velocity_teacher_problem(target) or (
+                velocity_weights_problem(target) if getattr(self, "init", None) == "teacher" else None)
+        if field == "init" and not isinstance(target, TwoTimeTraining) and velocity_weights_problem(target):
             return "init must be a flow-matching pretrain stage or a midtrain / distill stage"
         return None
 

@@ -77,6 +77,10 @@ class PipelineSpec(Strict):
             earlier = [s.name for s in self.stages[:i]
                        if s.output_kind in kinds and stage.reference_problem(field, s) is None]
             if not earlier:
+                unfit = [s for s in self.stages[:i] if s.output_kind in kinds]
+                if unfit:
+                    raise CrossReferenceError(path, stage.reference_problem(field, unfit[-1]), wanted,
+                                              f"only unfit stages before this one, the latest '{unfit[-1].name}'")
                 raise CrossReferenceError(path, "no stage to refer to", wanted, "none before this stage")
             setattr(stage, field, earlier[-1])
             return

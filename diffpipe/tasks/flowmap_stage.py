@@ -18,13 +18,14 @@ from diffusers.training_utils import EMAModel
 from diffpipe.schemas.distill import TwoTimeTraining
 from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
 
-from . import timeconv
 from .context import StageContext, StageOutput
 from .domain import Domain
 from .flowmap import VelocityFn
+from .flowmap.teachers import velocity_teacher
 from .nets.flowmap import FlowMapNet
 from .pretrain import train_config
 from .registry import get_domain
+from .sample import load_checkpoint
 from .training import LossState, TrainResult, plot_losses, save_trained, train
 
 
@@ -34,14 +35,13 @@ def stage_domain(ctx: StageContext) -> Domain:
 
 
 def load_teacher(ctx: StageContext) -> tuple[ModelMixin, VelocityFn]:
-    """The frozen teacher (published EMA weights of input `teacher`) and its velocity in internal time."""
-    model = load_model(ctx.input_path("teacher") / MODEL_DIR).to(ctx.device).eval().requires_grad_(False)
-    net = stage_domain(ctx).net(model)
+    """The frozen teacher (published EMA weights of input `teacher`) and its velocity in internal time.
 
-    def velocity(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-        return net(x, timeconv.diffusers_timestep_from_t(t), cond).to(x.dtype)
-
-    return model, velocity
+    Flow-matching, EDM and DDPM teachers all work: the velocity is converted at the edge (flowmap.teachers).
+    """
+    model, objective, _ = load_checkpoint(ctx.input_path("teacher"))
+    model = model.to(ctx.device).requires_grad_(False)
+    return model, velocity_teacher(objective, stage_domain(ctx).net(model))
 
 
 def initial_student(ctx: StageContext, spec: TwoTimeTraining, init: ModelMixin | str | None) -> FlowMapNet:

@@ -90,10 +90,8 @@ class EDMLoss:
         n, sd = x0.shape[0], self.spec.sigma_data
         sigma = (self.spec.p_mean + self.spec.p_std * torch.randn(n, generator=gen)).exp().to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
-        s = _bcast(sigma, x0)
-        x_sigma = x0 + s * eps
-        out = net(self.precond.precondition_inputs(x_sigma, s), edm_net_timestep(sigma), labels)
-        denoised = self.precond.precondition_outputs(x_sigma, out.float(), s)
+        x_sigma = x0 + _bcast(sigma, x0) * eps
+        denoised = edm_denoise(net, self.precond, x_sigma, sigma, labels)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
         return weight * _per_sample_mean((denoised - x0) ** 2)
 
@@ -125,6 +123,14 @@ class MaskedDiffusionLoss:
                             "model.arch mdlm with countdown or sudoku data", type(net).__name__)
         plan = pretraining_plan(x0.shape[0], x0.shape[1], gen, self.spec.t_min).to(x0.device)
         return -weighted_token_logps(net, cond, x0, plan, mask_token_id).sum(-1)
+
+
+def edm_denoise(net: NetFn, precond: EDMEulerScheduler, x_sigma: torch.Tensor, sigma: torch.Tensor,
+                labels: Any) -> torch.Tensor:
+    """EDM's preconditioned denoiser D(x_sigma; sigma) = c_skip x + c_out F(c_in x, 1000 t) (diffusers' helpers)."""
+    s = _bcast(sigma, x_sigma)
+    out = net(precond.precondition_inputs(x_sigma, s), edm_net_timestep(sigma), labels)
+    return precond.precondition_outputs(x_sigma, out.float(), s)
 
 
 def edm_net_timestep(sigma: torch.Tensor) -> torch.Tensor:

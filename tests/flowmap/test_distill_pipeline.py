@@ -78,13 +78,13 @@ def test_teacher_and_init_reference_errors_name_the_field(tmp_path: Path) -> Non
     bad = copy.deepcopy(raw)  # a flow map is no velocity teacher
     bad["stages"][distill_at].update(method="meanflow_distill", teacher="cmt")
     err = _error(bad)
-    assert err.where == f"stages[{distill_at}].teacher" and "flow-matching pretrain" in err.problem
+    assert err.where == f"stages[{distill_at}].teacher" and "EDM or DDPM pretrain" in err.problem
     assert "midtrain" in err.found
 
-    bad = copy.deepcopy(raw)  # a DDPM checkpoint is no velocity teacher, and no default one is left
-    bad["stages"][0]["objective"] = {"kind": "ddpm"}
+    bad = copy.deepcopy(raw)  # a regression checkpoint is no teacher, and no default one is left
+    bad["stages"][0]["objective"] = {"kind": "regression"}
     err = _error(bad)
-    assert err.where == f"stages[{cmt_at}].teacher" and "no stage" in err.problem
+    assert err.where == f"stages[{cmt_at}].teacher" and "teacher must be" in err.problem and "pretrain" in err.found
 
     bad = copy.deepcopy(raw)  # init from a later stage
     bad["stages"][cmt_at]["teacher"] = "distill"
@@ -209,3 +209,37 @@ def _ref(entry: dict):
     from diffpipe.schemas import ArtifactRef
 
     return ArtifactRef.model_validate(entry["artifact"])
+
+
+def test_ddpm_and_edm_teachers_are_converted_but_their_weights_start_no_student(tmp_path: Path) -> None:
+    raw = tiny_distill_spec(tmp_path)
+    stages = _stages(raw)
+    cmt_at = next(i for i, s in enumerate(raw["stages"]) if s["stage"] == "midtrain")
+    for kind in ("ddpm", "edm"):
+        stages["pretrain"]["objective"] = {"kind": kind}
+        err = _error(copy.deepcopy(raw))  # cmt starts from the teacher's weights by default
+        assert err.where == f"stages[{cmt_at}].teacher" and "init random" in err.problem
+        bad = copy.deepcopy(raw)
+        _stages(bad)["cmt"]["init"] = "random"
+        _stages(bad)["distill"]["init"] = "pretrain"
+        assert "init" in _error(bad).where
+        _stages(bad)["distill"]["init"] = "cmt"
+        validate_spec(bad)
+
+
+@pytest.mark.slow
+def test_cmt_from_a_ddpm_teacher_runs_and_samples(tmp_path: Path, prefect_api) -> None:
+    from prefect import flow
+
+    from diffpipe.flows.pipeline import execute
+
+    raw = tiny_distill_spec(tmp_path / "artifacts")
+    stages = _stages(raw)
+    stages["pretrain"]["objective"] = {"kind": "ddpm", "prediction": "v_prediction"}
+    stages["cmt"]["init"] = "random"
+    raw["stages"] = [s for s in raw["stages"] if s["name"] in ("pretrain", "cmt", "sample_cmt_2step",
+                                                                "evaluate_cmt_2step")]
+    summary = {s["name"]: s for s in flow(name="diffpipe-ddpm-teacher")(execute)(validate_spec(raw))}
+    assert all(s["state"] == "executed" for s in summary.values())
+    assert summary["sample_cmt_2step"]["metrics"]["nfe_per_sample"] == 2
+    assert torch.isfinite(torch.tensor(summary["evaluate_cmt_2step"]["metrics"]["model"]["frechet_distance"]))

@@ -107,7 +107,7 @@ class MidtrainStage(TwoTimeTraining):
     method: Literal["cmt"] = "cmt"
     """Mid-training method (CMT, arXiv 2509.24526)."""
     teacher: str | None = None
-    """Flow-matching pretrain stage whose ODE is solved (None: the latest earlier one)."""
+    """Pretrain stage (flow matching, or EDM / DDPM converted to a velocity) whose ODE is solved (None: the latest)."""
     init: Literal["teacher", "random"] = "teacher"
     """Student start: the teacher's weights with a zero gap embedding (sony/cmt, mf-rae) or random."""
     form: Literal["flow_map", "consistency"] = "flow_map"
@@ -197,7 +197,7 @@ class MeanFlowTeacherDistill(MeanFlowOptions):
     method: Literal["meanflow_distill"] = "meanflow_distill"
     """Distillation method."""
     teacher: str | None = None
-    """Flow-matching pretrain stage giving the velocity (None: the latest earlier one)."""
+    """Pretrain stage giving the velocity (flow matching, or EDM / DDPM converted; None: the latest earlier one)."""
     ratio: float = Field(default=0.25, ge=0.0, le=1.0)
     """Share of samples with r != t (mf-rae: 0.25)."""
     norm_p: float = Field(default=1.0, ge=0.0)
@@ -216,7 +216,7 @@ class ConsistencyDistill(DistillBase):
     method: Literal["consistency"] = "consistency"
     """Distillation method."""
     teacher: str | None = None
-    """Flow-matching pretrain stage whose ODE is stepped (None: the latest earlier one)."""
+    """Pretrain stage whose ODE is stepped (flow matching, or EDM / DDPM converted; None: the latest earlier one)."""
     levels: int = Field(default=18, ge=2)
     """Karras discretisation levels (CM CIFAR-10 CD: 18)."""
     sigma_min: float = Field(default=0.002, gt=0.0)

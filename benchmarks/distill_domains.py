@@ -5,8 +5,9 @@ Runs the shipped spec of a domain (pipelines/cei_distill.yaml or pipelines/clima
 teacher with its Euler solver in 1, 2, 4, 8 and 50 steps, and each two-time student (the CMT checkpoint,
 and MeanFlow students initialised from CMT, from the teacher and from random weights, equal steps) in 1,
 2 and 4 flow-map steps. Scores are the domain's own evaluate metrics on held-out data (CEI: MAE and RMSD
-in Bohr and the momentum round trip, one draw per event; climate: fair CRPS and NRMSE of tas and pr over
-the evaluation period, with the internal-variability floor). Cost of each route (pretrain -> cmt ->
+in Bohr, the momentum round trip and the 90% coverage of the draws, one draw per event; climate: fair CRPS,
+NRMSE and spread/skill over the evaluation period, with the internal-variability floor). A rerun on the same
+root reuses every cached stage and only re-reads the metrics. Cost of each route (pretrain -> cmt ->
 distill) is its training wall time and FLOPs (recorded by every training stage) over pretraining alone.
 Prints and writes benchmarks/results/distill_<domain>.json.
 
@@ -33,9 +34,9 @@ STUDENT_STEPS = (1, 2, 4)
 INITS = ("cmt", "teacher", "random")
 DOMAINS = {
     "cei": {"spec": "cei_distill.yaml", "teacher": "diffusion", "evaluate": {},
-            "scores": ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error")},
+            "scores": ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error", "coverage_0.9")},
     "climate": {"spec": "climate_distill.yaml", "teacher": "emulator", "evaluate": {"metrics": ["domain"]},
-                "scores": ("tas/crps", "tas/nrmse_total", "pr/crps", "pr/nrmse_total")},
+                "scores": ("tas/crps", "tas/nrmse_total", "tas/spread_skill_ratio", "pr/crps", "pr/nrmse_total")},
 }
 
 
@@ -68,10 +69,14 @@ def run_seed(spec_path: Path, root: Path, seed: int, threads: int) -> dict[str, 
     """One `diffpipe run` of the grid spec; stage name -> summary entry."""
     command = [sys.executable, "-m", "diffpipe.flows.cli", "run", str(spec_path), "--json", "--set",
                f"storage.root={root}", "--set", f"runtime.seed={seed}", "--set", f"runtime.num_threads={threads}"]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        sys.exit(f"pipeline failed ({done.returncode}):\n{done.stderr[-4000:]}")
-    return {s["name"]: s for s in json.loads(done.stdout[done.stdout.index("{"):])["stages"]}
+    out, err = root / f"seed{seed}.out", root / f"seed{seed}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:  # files, not pipes: a crashed run's orphaned
+        code = subprocess.run(command, stdout=stdout, stderr=stderr, cwd=REPO,  # server would hold a pipe open
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    if code:
+        sys.exit(f"pipeline failed ({code}):\n{err.read_text()[-4000:]}")
+    text = out.read_text()
+    return {s["name"]: s for s in json.loads(text[text.index("{"):])["stages"]}
 
 
 def scores_of(domain: str, metrics: dict) -> dict[str, float]:

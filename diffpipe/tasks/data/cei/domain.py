@@ -75,12 +75,6 @@ CONDITION_SEED_OFFSET = 2000
 """Seed offset of the held-out momentum noise (shared by every sample stage with the same `seed`)."""
 
 
-def call_atom_transformer(model: AtomTransformer, x: torch.Tensor, timestep: torch.Tensor,
-                          cond: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The atom transformer on noisy coordinates, cond the dict of elements, charges, momenta and mask."""
-    return model(x, timestep, cond["elements"], cond["charges"], cond["momenta"], cond["mask"])
-
-
 def position_scale_bohr(store_path: str) -> float:
     """RMS coordinate (Bohr) of the real atoms of the training split."""
     train = open_cei_store(store_path, "train")
@@ -147,7 +141,7 @@ class CeiDomain:
     def base_call(self, model: ModelMixin, x: torch.Tensor, timestep: torch.Tensor,
                   cond: dict[str, torch.Tensor]) -> torch.Tensor:
         """The atom transformer on noisy coordinates (what a FlowMapNet around it calls)."""
-        return call_atom_transformer(model, x, timestep, cond)
+        return model(x, timestep, cond["elements"], cond["charges"], cond["momenta"], cond["mask"])
 
     def settings(self, data_path: Path) -> dict[str, Any]:
         """The coordinate scale and options recorded with the data."""

@@ -8,7 +8,8 @@ and MeanFlow students initialised from CMT, from the teacher and from random wei
 in Bohr, the momentum round trip and the 90% coverage of the draws, one draw per event; climate: fair CRPS,
 NRMSE and spread/skill over the evaluation period, with the internal-variability floor). A rerun on the same
 root reuses every cached stage and only re-reads the metrics. Cost of each route (pretrain -> cmt ->
-distill) is its training wall time and FLOPs (recorded by every training stage) over pretraining alone.
+distill) is its training wall time and FLOPs (recorded by every training stage) over pretraining alone;
+loss spikes are counted on each midtrain / distill stage's published loss history.
 Prints and writes benchmarks/results/distill_<domain>.json.
 
     python benchmarks/distill_domains.py --domain cei --seeds 0 1 2
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,10 +30,15 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from diffpipe.storage import ArtifactStore
+from diffpipe.tasks.training import LOSSES_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 50)
 STUDENT_STEPS = (1, 2, 4)
 INITS = ("cmt", "teacher", "random")
+SPIKE = 3.0
+"""A loss spike: a step whose loss exceeds SPIKE x the median of the previous 50 (as benchmarks/distill_digits.py)."""
 DOMAINS = {
     "cei": {"spec": "cei_distill.yaml", "teacher": "diffusion", "evaluate": {},
             "scores": ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error", "coverage_0.9")},
@@ -98,6 +105,16 @@ def floor_of(domain: str, metrics: dict) -> dict[str, float] | None:
     return {key: floor[key.split("/")[0]].get(key.split("/")[1]) for key in DOMAINS["climate"]["scores"]}
 
 
+def loss_spikes(root: Path, node: dict, factor: float = SPIKE, window: int = 50) -> int | None:
+    """Steps whose loss exceeds `factor` x the median of the previous `window` (distill_digits' definition)."""
+    store = ArtifactStore(str(root))
+    path = store.local_path(store.lookup(node["cache_key"])) / LOSSES_FILE
+    if not path.exists():
+        return None
+    losses = json.loads(path.read_text())["losses"]
+    return sum(v > factor * statistics.median(losses[i - window:i]) for i, v in enumerate(losses) if i >= window)
+
+
 def cost(nodes: dict[str, dict], teacher: str) -> dict[str, dict[str, float]]:
     """Training wall time and FLOPs of each route over pretraining alone."""
     def part(name: str, key: str) -> float:
@@ -147,7 +164,9 @@ def main() -> None:
         record = {"seed": seed, "scores": {label: scores_of(args.domain, m) for label, m in evaluations.items()},
                   "floor": floor_of(args.domain, next(iter(evaluations.values()))), "cost": cost(nodes, teacher),
                   "final_loss": {n: nodes[n]["metrics"]["final_loss"] for n in nodes
-                                 if nodes[n]["stage"] in ("midtrain", "distill")}}
+                                 if nodes[n]["stage"] in ("midtrain", "distill")},
+                  "loss_spikes": {n: loss_spikes(root, nodes[n]) for n in nodes
+                                  if nodes[n]["stage"] in ("midtrain", "distill")}}
         for label, values in record["scores"].items():
             print(f"seed {seed} {label:>24}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
         print(f"seed {seed} cost: {json.dumps(record['cost'])}", flush=True)

@@ -191,6 +191,15 @@ def save_trained(model: ModelMixin, ema: EMAModel | None, out: Path) -> None:
     save_model(averaged, out / MODEL_DIR)
 
 
+LOSSES_FILE = "losses.json"
+"""The per-step training losses of a checkpoint artifact (loss spikes, convergence speed)."""
+
+
+def save_loss_history(losses: list[float], out: Path) -> None:
+    """Write the per-step losses into the artifact folder as JSON."""
+    write_json(out / LOSSES_FILE, {"losses": losses})
+
+
 def plot_losses(losses: list[float], path: Path, title: str) -> Path:
     """Loss curve (raw and a running mean) as a PNG."""
     fig, ax = plt.subplots(figsize=(5, 3))

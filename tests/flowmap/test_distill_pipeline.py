@@ -156,6 +156,7 @@ def test_tiny_pipeline_runs_and_samples_the_distilled_model_in_one_and_two_steps
     info = read_json(distilled / "training.json")
     assert info["objective"] == {"kind": "flow_map"} and info["method"] == "meanflow" and info["init"] == "cmt"
     assert (distilled / "scheduler" / "scheduler_config.json").exists() and model.config.base_class == "UNet2DModel"
+    assert len(read_json(distilled / "losses.json")["losses"]) == summary["distill"]["metrics"]["steps"]
     nfe = {name: s["metrics"]["nfe_per_sample"] for name, s in summary.items() if s["stage"] == "sample"}
     assert nfe == {"sample_1step": 1, "sample_2step": 2, "sample_cmt_2step": 2}
     scores = [s["metrics"]["model"] for s in summary.values() if s["stage"] == "evaluate"]

@@ -4,7 +4,9 @@ Runs the shipped spec of a domain (pipelines/cei_distill.yaml or pipelines/clima
 `diffpipe run` once per seed, with its sample / evaluate stages replaced by a grid: the flow-matching
 teacher with its Euler solver in 1, 2, 4, 8 and 50 steps, and each two-time student (the CMT checkpoint,
 and MeanFlow students initialised from CMT, from the teacher and from random weights, equal steps) in 1,
-2 and 4 flow-map steps. Scores are the domain's own evaluate metrics on held-out data (CEI: MAE and RMSD
+2 and 4 flow-map steps; each MeanFlow init is also trained for 1/4 and 1/2 of its steps and sampled in 2
+steps (quality after equal numbers of steps; steps to reach 110% of the 50-step teacher's score).
+Scores are the domain's own evaluate metrics on held-out data (CEI: MAE and RMSD
 in Bohr, the momentum round trip and the 90% coverage of the draws, one draw per event; climate: fair CRPS,
 NRMSE and spread/skill over the evaluation period, with the internal-variability floor). A rerun on the same
 root reuses every cached stage and only re-reads the metrics. Cost of each route (pretrain -> cmt ->
@@ -37,12 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 50)
 STUDENT_STEPS = (1, 2, 4)
 INITS = ("cmt", "teacher", "random")
+CURVE_FRACTIONS = (0.25, 0.5)
+"""Shorter MeanFlow runs per init, as fractions of the spec's steps (quality after equal numbers of steps)."""
+CURVE_SAMPLER_STEPS = 2
+THRESHOLD = 1.1
+"""Steps to threshold: the 2-step score within 10% of the 50-step teacher's (lower is better for every metric used)."""
 SPIKE = 3.0
 """A loss spike: a step whose loss exceeds SPIKE x the median of the previous 50 (as benchmarks/distill_digits.py)."""
 DOMAINS = {
-    "cei": {"spec": "cei_distill.yaml", "teacher": "diffusion", "evaluate": {},
+    "cei": {"spec": "cei_distill.yaml", "teacher": "diffusion", "evaluate": {}, "primary": "mae_frame_bohr",
             "scores": ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error", "coverage_0.9")},
     "climate": {"spec": "climate_distill.yaml", "teacher": "emulator", "evaluate": {"metrics": ["domain"]},
+                "primary": "tas/crps",
                 "scores": ("tas/crps", "tas/nrmse_total", "tas/spread_skill_ratio", "pr/crps", "pr/nrmse_total")},
 }
 
@@ -63,6 +71,12 @@ def grid_spec(domain: str) -> dict:
     runs = [(f"teacher_{k}", config["teacher"], "FlowMatchEulerDiscreteScheduler", k) for k in TEACHER_STEPS]
     runs += [(f"{name}_{k}", model, "FlowMapEulerDiscreteScheduler", k)
              for name, model in students.items() for k in STUDENT_STEPS]
+    for init in INITS:  # shorter MeanFlow runs of each init, sampled in CURVE_SAMPLER_STEPS: quality vs steps
+        full = next(s for s in stages if s["name"] == f"meanflow_from_{init}")
+        for steps in curve_steps(full["steps"]):
+            name = f"meanflow_from_{init}_s{steps}"
+            stages.append({**full, "name": name, "steps": steps, "checkpoint_every": steps})
+            runs.append((f"{name}_{CURVE_SAMPLER_STEPS}", name, "FlowMapEulerDiscreteScheduler", CURVE_SAMPLER_STEPS))
     for label, model, scheduler, steps in runs:
         stages.append({**{k: v for k, v in template.items() if k not in ("name", "model", "scheduler")},
                        "name": f"sample_{label}", "model": model, "scheduler": {"name": scheduler, "steps": steps}})
@@ -70,6 +84,24 @@ def grid_spec(domain: str) -> dict:
                        **config["evaluate"]})
     spec["stages"] = stages
     return spec
+
+
+def curve_steps(total: int) -> list[int]:
+    """Training lengths of the shorter MeanFlow runs (fractions CURVE_FRACTIONS of the full run)."""
+    return [max(1, round(total * f)) for f in CURVE_FRACTIONS]
+
+
+def steps_to_threshold(scores: dict[str, dict[str, float]], metric: str, total: int) -> dict[str, int | None]:
+    """Per MeanFlow init, the fewest training steps whose CURVE_SAMPLER_STEPS-step score is within
+    THRESHOLD x the 50-step teacher's (None: not within the full run)."""
+    limit = THRESHOLD * scores[f"teacher_{TEACHER_STEPS[-1]}"][metric]
+    out = {}
+    for init in INITS:
+        points = [(steps, scores[f"meanflow_from_{init}_s{steps}_{CURVE_SAMPLER_STEPS}"][metric])
+                  for steps in curve_steps(total)]
+        points.append((total, scores[f"meanflow_from_{init}_{CURVE_SAMPLER_STEPS}"][metric]))
+        out[init] = next((steps for steps, score in sorted(points) if score <= limit), None)
+    return out
 
 
 def run_seed(spec_path: Path, root: Path, seed: int, threads: int) -> dict[str, dict]:
@@ -123,7 +155,8 @@ def convergence(root: Path, nodes: dict[str, dict]) -> dict:
     Steps to a quality threshold are not derived from the loss: MeanFlow's target contains the network's own
     time derivative, so loss values of different inits are not comparable (on CEI the random init ends lowest).
     """
-    histories = {n: loss_history(root, node) for n, node in nodes.items() if node["stage"] in ("midtrain", "distill")}
+    histories = {n: loss_history(root, node) for n, node in nodes.items()
+                 if node["stage"] in ("midtrain", "distill") and "_s" not in n.removeprefix("meanflow_from_")}
     if any(h is None for h in histories.values()):
         return {}
     return {"loss_spikes": {n: loss_spikes(h) for n, h in histories.items()}}
@@ -155,7 +188,9 @@ def summarise(runs: list[dict]) -> dict:
     cost_keys = runs[0]["cost"]
     costs = {key: {route: stats([r["cost"][key][route] for r in runs]) for route in cost_keys[key]}
              for key in cost_keys}
-    return {"scores": scores, "cost_over_pretrain": costs}
+    per_seed = {key: {name: [r[key][name] for r in runs] for name in runs[0][key]}
+                for key in ("steps_to_threshold", "loss_spikes") if key in runs[0]}
+    return {"scores": scores, "cost_over_pretrain": costs, **per_seed}
 
 
 def main() -> None:
@@ -180,6 +215,8 @@ def main() -> None:
                   "final_loss": {n: nodes[n]["metrics"]["final_loss"] for n in nodes
                                  if nodes[n]["stage"] in ("midtrain", "distill")},
                   **convergence(root, nodes)}
+        total = nodes["meanflow_from_cmt"]["metrics"]["steps"]
+        record["steps_to_threshold"] = steps_to_threshold(record["scores"], DOMAINS[args.domain]["primary"], total)
         for label, values in record["scores"].items():
             print(f"seed {seed} {label:>24}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items()), flush=True)
         print(f"seed {seed} cost: {json.dumps(record['cost'])}", flush=True)

@@ -93,8 +93,7 @@ class TwoTimeTraining(StageBase):
     def reference_problem(self, field: str, target: StageBase) -> str | None:
         """A teacher must be a velocity model; `init` must be one too, or a midtrain / distill checkpoint."""
         if field == "teacher":
-            return velocity_teacher_problem(target) or (
-                velocity_weights_problem(target) if getattr(self, "init", None) == "teacher" else None)
+            return velocity_teacher_problem(target)
         if field == "init" and not isinstance(target, TwoTimeTraining) and velocity_weights_problem(target):
             return "init must be a flow-matching pretrain stage or a midtrain / distill stage"
         return None
@@ -125,6 +124,13 @@ class MidtrainStage(TwoTimeTraining):
     """flow_map form: (state, state) pairs regressed per step (None: batch_size)."""
 
     references: ClassVar[dict[str, frozenset[str]]] = {"teacher": CHECKPOINT}
+
+    def reference_problem(self, field: str, target: StageBase) -> str | None:
+        """As every two-time stage; `init: teacher` also needs the teacher's weights to compute a velocity."""
+        problem = super().reference_problem(field, target)
+        if problem is None and field == "teacher" and self.init == "teacher":
+            return velocity_weights_problem(target)
+        return problem
 
     @property
     def objective(self) -> FlowMapObjective | ConsistencyObjective:

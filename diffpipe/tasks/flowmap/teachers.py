@@ -59,11 +59,11 @@ def ddpm_timestep_for_t(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> tuple[
     """
     table = alphas_cumprod.to(device=t.device, dtype=torch.float64)
     tt = t.double()
-    target = (1 - tt) ** 2 / ((1 - tt) ** 2 + tt**2)
     ascending = table.flip(0)
-    hi = torch.searchsorted(ascending, target.clamp(ascending[0], ascending[-1])).clamp(1, len(table) - 1)
+    target = ((1 - tt) ** 2 / ((1 - tt) ** 2 + tt**2)).clamp(ascending[0], ascending[-1])
+    hi = torch.searchsorted(ascending, target).clamp(1, len(table) - 1)
     lo_val, hi_val = ascending[hi - 1], ascending[hi]
-    frac = ((target.clamp(ascending[0], ascending[-1]) - lo_val) / (hi_val - lo_val)).clamp(0, 1)
+    frac = ((target - lo_val) / (hi_val - lo_val)).clamp(0, 1)
     step = (len(table) - 1) - (hi - 1 + frac)
     alpha_bar = lo_val + frac * (hi_val - lo_val)
     return step.to(t.dtype), alpha_bar.to(t.dtype)

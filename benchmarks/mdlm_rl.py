@@ -1,11 +1,16 @@
 """Tiny MDLM on Countdown and Sudoku: pretrain, then each discrete RL algorithm at equal rollouts.
 
-Also: the pretrained model's sampled accuracy and pass@8 on the held-out split (RL's headroom), ELBO
+Also: the pretrained model's sampled accuracy and pass@8 on the held-out split (RL's headroom), what
+guessing scores there (Countdown: a uniformly drawn expression over the given numbers, exact by
+enumeration), greedy accuracy on the training problems RL draws from before and after RL (does a gain
+transfer to held-out problems?), an optional sharpening probe (RL on a small fixed set of training
+problems: the machinery must raise their accuracy even where nothing transfers), ELBO
 estimator bias, variance and MSE against the exact ELBO (mask enumeration) at equal forward
 budgets, and forward passes per update of each algorithm. Prints and writes
 benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task and seed).
 
     python benchmarks/mdlm_rl.py --tasks countdown sudoku --seeds 0
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000 --probe-problems 32
 """
 
 from __future__ import annotations
@@ -22,7 +27,15 @@ import torch
 from pydantic import TypeAdapter
 
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
-from diffpipe.tasks.data.reasoning import EOS, MASK, VOCAB, build_countdown, build_sudoku, reward_fn_for
+from diffpipe.tasks.data.reasoning import (
+    EOS,
+    MASK,
+    VOCAB,
+    all_countdown_expressions,
+    build_countdown,
+    build_sudoku,
+    reward_fn_for,
+)
 from diffpipe.tasks.mdlm import (
     MaskPlan,
     draw_elbo_plan,
@@ -102,6 +115,16 @@ def headroom(model: torch.nn.Module, task: str, ds, block_length: int, k: int = 
     return {"sampled_accuracy": float(correct.mean()), f"pass@{k}": float(correct.max(1).values.mean())}
 
 
+def countdown_chance(ds, k: int = 8) -> dict[str, float]:
+    """Accuracy and pass@k of guessing: one expression drawn uniformly from all over the given numbers."""
+    hit_rates = []
+    for numbers, target in zip(ds.numbers.values, ds.target.values, strict=True):
+        expressions = all_countdown_expressions([int(n) for n in numbers if n >= 0])
+        hit_rates.append(np.mean([e.value is not None and e.value == target for e in expressions]))
+    hits = np.array(hit_rates)
+    return {"accuracy": float(hits.mean()), f"pass@{k}": float((1 - (1 - hits) ** k).mean())}
+
+
 def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
            block_length: int, lr: float) -> dict:
     """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time."""
@@ -125,6 +148,7 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
     quarter = len(history) // 4 or 1
     return {
         "after": evaluate(model, task, data["test"], block_length), "wall_seconds": wall,
+        "after_on_rl_problems": evaluate(model, task, data["train"].isel(problem=slice(0, 200)), block_length),
         "updates": len(history), "rollouts": rollouts, "group_size": options.group_size,
         "num_iterations": options.num_iterations,
         "train_reward_first_quarter": float(np.mean([h["reward_mean"] for h in history[:quarter]])),
@@ -197,6 +221,9 @@ def main() -> None:
     parser.add_argument("--elbo-replicates", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--skip-elbo", action="store_true")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the task's")
+    parser.add_argument("--probe-problems", type=int, default=0,
+                        help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
@@ -208,22 +235,33 @@ def main() -> None:
         spec = TASKS[task]
         for seed in args.seeds:
             data = spec["build"](seed)
-            model, meta = pretrain(task, data, seed, spec["pretrain_steps"])
+            model, meta = pretrain(task, data, seed, args.pretrain_steps or spec["pretrain_steps"])
+            rl_data = {**data, "train": data["train"].isel(problem=slice(0, args.probe_problems or None))}
             run = {"pretrain": meta, "before": evaluate(model, task, data["test"], spec["block_length"]),
+                   "before_on_rl_problems": evaluate(model, task, rl_data["train"].isel(problem=slice(0, 200)),
+                                                     spec["block_length"]),
                    "headroom": headroom(model, task, data["test"], spec["block_length"]), "algorithms": {}}
+            if task == "countdown":
+                run["chance"] = countdown_chance(data["test"])
             print(task, seed, "pretrained", run["before"], run["headroom"], meta, flush=True)
             if task == "countdown" and not args.skip_elbo:
                 run["elbo_study"] = elbo_study(model, data, 24, args.elbo_replicates, seed)
                 print(json.dumps(run["elbo_study"], indent=1), flush=True)
             for algorithm in args.algorithms:
-                run["algorithms"][algorithm] = run_rl(task, model, data, algorithm, seed, args.rollouts,
+                run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
                                                       spec["block_length"], args.lr)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
             before = max(run["before"]["accuracy"], 1e-9)
             run["accuracy_ratio_after_over_before"] = {a: r["after"]["accuracy"] / before
                                                        for a, r in run["algorithms"].items()}
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
-            results["runs"][f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"] = run
+            run["rl_problems"] = rl_data["train"].sizes["problem"]
+            key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"
+            if args.pretrain_steps:
+                key += f"/pretrain{args.pretrain_steps}"
+            if args.probe_problems:
+                key += f"/probe{args.probe_problems}"
+            results["runs"][key] = run
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(results, indent=1))
     print(f"wrote {RESULTS}")

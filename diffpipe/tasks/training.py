@@ -67,6 +67,8 @@ class TrainConfig:
     ema_decay: float | None = 0.999
     checkpoint_every: int = 250
     log_every: int = 50
+    count_flops: bool = True
+    """Count step 0's FLOPs (off where steps differ in kind, as RL's rollout steps from its update steps)."""
 
 
 @dataclass
@@ -80,11 +82,14 @@ class TrainResult:
     flops_per_step: int | None = None
     """Forward + backward FLOPs of step 0 (torch's FlopCounterMode: matmuls and convolutions)."""
 
+    def timing(self) -> dict[str, float | int | None]:
+        """Resume point, wall time and speed, as stage metrics."""
+        return {"resumed_from_step": self.resumed_from, "steps_per_s": self.steps_per_s, "train_wall_s": self.wall_s}
+
     def metrics(self, steps: int) -> dict[str, float | int | None]:
-        """Wall time, speed and FLOPs of a run of `steps` steps, as stage metrics."""
+        """Timing and FLOPs of a run of `steps` identical steps, as stage metrics."""
         total = None if self.flops_per_step is None else self.flops_per_step * steps
-        return {"resumed_from_step": self.resumed_from, "steps_per_s": self.steps_per_s, "train_wall_s": self.wall_s,
-                "flops_per_step": self.flops_per_step, "train_flops": total}
+        return {**self.timing(), "flops_per_step": self.flops_per_step, "train_flops": total}
 
 
 def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -108,7 +113,8 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        with FlopCounterMode(display=False) if step == 0 else nullcontext() as counter:  # step 0 only: the
+        counting = step == 0 and cfg.count_flops
+        with FlopCounterMode(display=False) if counting else nullcontext() as counter:  # step 0 only: the
             # counter's dispatch changes backward rounding, so a resumed run must count nothing to stay exact
             with ctx.autocast():
                 loss = step_loss(gen)
@@ -116,7 +122,7 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
                 raise FloatingPointError(f"loss became {loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
-        if step == 0:
+        if counting:
             result.flops_per_step = counter.get_total_flops()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

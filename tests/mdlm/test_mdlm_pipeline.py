@@ -75,6 +75,7 @@ def test_countdown_pipeline_end_to_end(tmp_path: Path, prefect_api) -> None:
     # per rollout: 8 decoding steps; ESPO's ELBO = num_mc 2 pairs = 4 passes, old + ref for each of mu = 2
     # iterations at rollout time (16), 4 with gradient per iteration (8)
     assert metrics["forwards_per_rollout"] == {"sampling": 8.0, "scoring": 16.0, "grad": 8.0}
+    assert {"train_wall_s", "steps_per_s", "resumed_from_step"} <= set(metrics) and "train_flops" not in metrics
     log = read_json(rl_dir / "reward_log.json")
     assert [r is not None for r in log["reward"]] == [True, False] * 4
     assert all(0.0 <= r <= 1.0 for r in log["reward"] if r is not None)

@@ -56,6 +56,7 @@ def test_rl_pipeline_publishes_a_sampleable_flow_matching_checkpoint(tiny_spec: 
     metrics = read_json(folder / "metrics.json")
     assert metrics["samples_generated"] == 3 * 8 and metrics["rollout_batches"] == 3  # 2 updates per rollout
     assert set(metrics) >= {"reward", "reward/classifier_logprob", "reward/ink", "train_wall_s"}
+    assert "flops_per_step" not in metrics  # a rollout step and an update step differ: no per-step FLOPs
     log = read_json(folder / "reward_log.json")
     assert len(log["reward"]) == 6 and log["reward"][1] is None and log["kl"][0] is not None
     assert (folder / "reward_curve.png").stat().st_size > 1000 and (folder / "scheduler").is_dir()

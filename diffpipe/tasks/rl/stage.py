@@ -217,7 +217,7 @@ def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> Fin
     run = RLRun(ctx, spec, domain, policy, state, reference, algorithm, rewards, domain.batches(ctx, ctx.device), hook)
     cfg = TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.warmup_steps,
                       grad_clip=spec.grad_clip, ema_decay=spec.ema_decay, checkpoint_every=spec.checkpoint_every,
-                      log_every=spec.log_every)
+                      log_every=spec.log_every, count_flops=False)
     result, ema = train(ctx, policy, run.step_loss, cfg, ctx.generator(offset=2), loss_state=state)
     return FineTuned(policy, state, ema, result, {**info, "objective": objective.model_dump(mode="json")})
 
@@ -266,8 +266,7 @@ def run_rl(ctx: StageContext) -> StageOutput:
     write_json(out / "reward_log.json", {c: [None if math.isnan(v) else v for v in log[:, i].tolist()]
                                          for i, c in enumerate(done.state.columns)})
     metrics = {**reward_summary(done.state, spec), "algorithm": spec.algorithm.algorithm, "steps": spec.steps,
-               "resumed_from_step": done.result.resumed_from, "train_wall_s": done.result.wall_s,
-               "steps_per_s": done.result.steps_per_s}
+               **done.result.timing()}
     if spec.combine == "marble":
         metrics["marble_alpha"] = done.state.alpha.cpu().tolist()
     write_json(out / "metrics.json", metrics)

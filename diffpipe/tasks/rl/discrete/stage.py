@@ -171,7 +171,7 @@ def train_config(spec: RLStage, num_iterations: int) -> TrainConfig:
     every = math.ceil(spec.checkpoint_every / num_iterations) * num_iterations
     return TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.warmup_steps,
                        grad_clip=spec.grad_clip, ema_decay=spec.ema_decay, checkpoint_every=every,
-                       log_every=spec.log_every)
+                       log_every=spec.log_every, count_flops=False)
 
 
 def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> FineTuned:
@@ -247,8 +247,7 @@ def run_discrete_rl(ctx: StageContext) -> StageOutput:
     write_json(out / "reward_log.json", {c: [None if math.isnan(v) else v for v in log[:, i].tolist()]
                                          for i, c in enumerate(LOG_COLUMNS)})
     metrics = {**summary_metrics(done.state), "algorithm": spec.algorithm.algorithm, "steps": spec.steps,
-               "resumed_from_step": done.result.resumed_from, "train_wall_s": done.result.wall_s,
-               "steps_per_s": done.result.steps_per_s}
+               **done.result.timing()}
     write_json(out / "metrics.json", metrics)
     title = f"{ctx.node}: {spec.algorithm.algorithm}"
     images = {"reward curve": plot_rewards(done.state, out / "reward_curve.png", title),

@@ -15,6 +15,9 @@ loss spikes are counted on each midtrain / distill stage's published losses.
 Prints and writes benchmarks/results/distill_<domain>.json.
 
     python benchmarks/distill_domains.py --domain cei --seeds 0 1 2
+
+The pipeline children import diffpipe from this checkout while they run (about an hour per domain), so
+edits made meanwhile leak into later seeds: run long grids from a `git worktree` of a fixed commit.
 """
 
 from __future__ import annotations

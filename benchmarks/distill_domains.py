@@ -16,7 +16,7 @@ Prints and writes benchmarks/results/distill_<domain>.json.
 
     python benchmarks/distill_domains.py --domain cei --seeds 0 1 2
 
-The pipeline children import diffpipe from this checkout while they run (about an hour per domain), so
+The pipeline children import diffpipe from this checkout while they run (one to two hours per domain), so
 edits made meanwhile leak into later seeds: run long grids from a `git worktree` of a fixed commit.
 """
 

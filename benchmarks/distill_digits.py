@@ -51,6 +51,7 @@ from diffpipe.tasks.metrics.generic import median_bandwidth, mmd2_unbiased
 from diffpipe.tasks.nets import build_image_model
 from diffpipe.tasks.nets.flowmap import FlowMapNet, one_time_velocity
 from diffpipe.tasks.objectives import FlowMatchingLoss
+from diffpipe.tasks.training import count_spikes
 
 MODEL = UNet2DSpec(block_out_channels=(16, 32))
 BATCH, COND_DROPOUT, NULL_LABEL = 64, 0.1, 10
@@ -133,11 +134,6 @@ def flops_of(step: Callable[[], torch.Tensor]) -> int:
     return counter.get_total_flops()
 
 
-def spikes(values: list[float]) -> int:
-    """Steps whose value exceeds SPIKE x the median of the previous 50 steps."""
-    return sum(v > SPIKE * statistics.median(values[i - 50:i]) for i, v in enumerate(values) if i >= 50)
-
-
 @torch.no_grad()
 def teacher_samples(teacher: torch.nn.Module, noise: torch.Tensor, labels: torch.Tensor, steps: int,
                     even: bool = True) -> torch.Tensor:
@@ -215,7 +211,8 @@ def run_seed(seed: int, digits: Digits) -> dict:
         mf_flops[name] = flops_of(lambda net=net, loss_fn=loss_fn: loss_fn(net, *digits.batch(gen(9)), gen(9)).mean())
         out[name] = {"scores": student_scores(net.eval()), "curve_1step_fd": curve,
                      "steps_to_threshold": next((s for s, v in curve if v <= target), None),
-                     "loss_spikes": spikes(raw), "grad_norm_spikes": spikes(run["grad_norms"]),
+                     "loss_spikes": count_spikes(raw, SPIKE),
+                     "grad_norm_spikes": count_spikes(run["grad_norms"], SPIKE),
                      "grad_norm_mean": statistics.fmean(run["grad_norms"]), "grad_norm_max": max(run["grad_norms"]),
                      "raw_error_median": statistics.median(raw), "wall_s": run["wall_s"]}
 
@@ -233,7 +230,7 @@ def run_seed(seed: int, digits: Digits) -> dict:
     norms, losses = cd_run["grad_norms"], cd_run["losses"]
     out[cd_route] = {"scores": consistency_scores(cd_net.eval()), "curve_1step_fd": cd_curve,
                      "steps_to_threshold": next((s for s, v in cd_curve if v <= target), None),
-                     "loss_spikes": spikes(losses), "grad_norm_spikes": spikes(norms),
+                     "loss_spikes": count_spikes(losses, SPIKE), "grad_norm_spikes": count_spikes(norms, SPIKE),
                      "grad_norm_mean": statistics.fmean(norms), "grad_norm_max": max(norms),
                      "raw_error_median": statistics.median(losses), "wall_s": cd_run["wall_s"]}
 

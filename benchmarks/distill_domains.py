@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import numpy as np
 import yaml
 
 from diffpipe.storage import ArtifactStore
-from diffpipe.tasks.training import LOSSES_FILE
+from diffpipe.tasks.training import LOSSES_FILE, count_spikes
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 50)
@@ -147,11 +146,6 @@ def loss_history(root: Path, node: dict) -> list[float] | None:
     return json.loads(path.read_text())["losses"] if path.exists() else None
 
 
-def loss_spikes(losses: list[float], factor: float = SPIKE, window: int = 50) -> int:
-    """Steps whose loss exceeds `factor` x the median of the previous `window` (distill_digits' definition)."""
-    return sum(v > factor * statistics.median(losses[i - window:i]) for i, v in enumerate(losses) if i >= window)
-
-
 def convergence(root: Path, nodes: dict[str, dict]) -> dict:
     """Loss spikes of every midtrain / distill stage, from the losses each published.
 
@@ -162,7 +156,7 @@ def convergence(root: Path, nodes: dict[str, dict]) -> dict:
                  if node["stage"] in ("midtrain", "distill") and "_s" not in n.removeprefix("meanflow_from_")}
     if any(h is None for h in histories.values()):
         return {}
-    return {"loss_spikes": {n: loss_spikes(h) for n, h in histories.items()}}
+    return {"loss_spikes": {n: count_spikes(h, SPIKE) for n, h in histories.items()}}
 
 
 def cost(nodes: dict[str, dict], teacher: str) -> dict[str, dict[str, float]]:

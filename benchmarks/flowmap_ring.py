@@ -29,6 +29,7 @@ from diffpipe.tasks.flowmap.sampling import sample_flow_map, sample_teacher
 from diffpipe.tasks.metrics.generic import mmd2_unbiased
 from diffpipe.tasks.nets.flowmap import FlowMapNet, VelocityMLP, one_time_velocity
 from diffpipe.tasks.objectives import FlowMatchingLoss
+from diffpipe.tasks.training import count_spikes
 
 SEEDS = (0, 1, 2)
 MLP = {"hidden": 128, "depth": 3, "time_channels": 32}
@@ -38,6 +39,8 @@ EVAL_EVERY, N_EVAL = 100, 1000
 BANDWIDTHS = [0.1, 0.5, 1.0]
 TEACHER_STEPS, STUDENT_STEPS = (1, 2, 4, 8, 50), (1, 2, 4)
 THRESHOLD, SPIKE = 0.02, 3.0
+SPIKE_WINDOW = 100
+"""Spikes are measured against the median of the previous SPIKE_WINDOW steps."""
 RING = AnalyticRing()
 
 
@@ -83,11 +86,6 @@ def midtrain(teacher: VelocityMLP, seed: int) -> tuple[FlowMapNet, float]:
     return student, time.perf_counter() - start
 
 
-def spikes(values: list[float]) -> int:
-    """Steps whose value exceeds SPIKE times the median of the previous 100 steps."""
-    return sum(v > SPIKE * statistics.median(values[i - 100:i]) for i, v in enumerate(values) if i >= 100)
-
-
 def meanflow(net: FlowMapNet, seed: int, data: torch.Tensor, noise: torch.Tensor) -> dict:
     """MeanFlow training from `net`; curve of 1-step MMD^2, spikes, final 1/2/4-step MMD^2, wall time."""
     loss_fn, g = MeanFlowLoss(), gen(300 + seed)
@@ -105,8 +103,8 @@ def meanflow(net: FlowMapNet, seed: int, data: torch.Tensor, noise: torch.Tensor
         raw.append(float(err.detach().mean()))
     reached = next((s for s, m in curve if m < THRESHOLD), None)
     return {
-        "curve_1step": curve, "steps_to_threshold": reached, "loss_spikes": spikes(raw),
-        "grad_norm_spikes": spikes(norms), "grad_norm_mean": statistics.fmean(norms),
+        "curve_1step": curve, "steps_to_threshold": reached, "loss_spikes": count_spikes(raw, SPIKE, SPIKE_WINDOW),
+        "grad_norm_spikes": count_spikes(norms, SPIKE, SPIKE_WINDOW), "grad_norm_mean": statistics.fmean(norms),
         "grad_norm_max": max(norms),
         "mmd2": {k: mmd(sample_flow_map(net, noise, k), data) for k in STUDENT_STEPS}, "wall_s": train_time,
     }

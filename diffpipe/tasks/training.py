@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -204,6 +205,11 @@ LOSSES_FILE = "losses.json"
 def save_loss_history(losses: list[float], out: Path) -> None:
     """Write the per-step losses into the artifact folder as JSON."""
     write_json(out / LOSSES_FILE, {"losses": losses})
+
+
+def count_spikes(values: list[float], factor: float = 3.0, window: int = 50) -> int:
+    """Steps whose value exceeds `factor` x the median of the previous `window` values (loss or grad-norm spikes)."""
+    return sum(v > factor * statistics.median(values[i - window:i]) for i, v in enumerate(values) if i >= window)
 
 
 def plot_losses(losses: list[float], path: Path, title: str) -> Path:

@@ -19,6 +19,7 @@ from diffpipe.flows.spec_loading import load_spec, validate_spec  # noqa: E402
 from diffpipe.schemas.distill import ConsistencyDistill, MeanFlowDistill, MidtrainStage  # noqa: E402
 from diffpipe.storage import ArtifactStore  # noqa: E402
 from diffpipe.storage.formats import load_tensors, read_json  # noqa: E402
+from diffpipe.tasks.training import count_spikes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_TRAINING = {"batch_size": 16, "checkpoint_every": 4, "log_every": 4, "lr": 1e-3}
@@ -168,6 +169,13 @@ def test_tiny_pipeline_runs_and_samples_the_distilled_model_in_one_and_two_steps
 
 
 @pytest.mark.slow
+def test_a_spike_is_a_step_above_three_times_the_median_of_the_window_before_it() -> None:
+    calm = [1.0, 2.0] * 25  # median 1.5 over any 50 steps
+    assert count_spikes(calm + [4.6, 4.4]) == 1  # 4.6 > 4.5; 4.4 is not (and the window moves on)
+    assert count_spikes(calm[:49] + [100.0]) == 0  # no full window before the 50th step
+    assert count_spikes(calm + [4.6], window=50, factor=4.0) == 0
+
+
 def test_killed_consistency_distillation_resumes_to_identical_weights(tiny_run, tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from diffpipe.tasks.context import StageContext

@@ -26,7 +26,7 @@ from .nets.flowmap import FlowMapNet
 from .pretrain import train_config
 from .registry import get_domain
 from .sample import load_checkpoint
-from .training import LossState, TrainResult, plot_losses, save_loss_history, save_trained, train
+from .training import LossState, TrainResult, publish_losses, save_trained, train
 
 
 def stage_domain(ctx: StageContext) -> Domain:
@@ -95,7 +95,6 @@ def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNe
                "parameters": sum(p.numel() for p in student.parameters())}
     write_json(out / "metrics.json", metrics)
     title = f"{ctx.node}: {spec.stage} {info['method']}"
-    save_loss_history(result.losses, out)
-    curve = plot_losses(result.losses, out / "loss_curve.png", title)
+    curve = publish_losses(result.losses, out, title)
     summary = f"Trained a two-time `FlowMapNet` for {spec.steps} steps with {info['method']} ({spec.objective.kind})."
     return StageOutput("checkpoint", metrics, summary, {"loss curve": curve})

@@ -11,7 +11,7 @@ from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, SCHEDULER_DIR,
 from .context import StageContext, StageOutput
 from .objectives import make_loss, make_scheduler
 from .registry import get_domain, stage
-from .training import TrainConfig, plot_losses, save_loss_history, save_trained, train
+from .training import TrainConfig, publish_losses, save_trained, train
 
 
 def initial_model(ctx: StageContext, init: str | None) -> ModelMixin:
@@ -59,7 +59,6 @@ def run_pretrain(ctx: StageContext) -> StageOutput:
     metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, **result.metrics(spec.steps),
                "parameters": sum(p.numel() for p in model.parameters())}
     write_json(out / "metrics.json", metrics)
-    save_loss_history(result.losses, out)
-    curve = plot_losses(result.losses, out / "loss_curve.png", f"{ctx.node}: {spec.objective.kind}")
+    curve = publish_losses(result.losses, out, f"{ctx.node}: {spec.objective.kind}")
     summary = f"Trained `{type(model).__name__}` for {spec.steps} steps with {spec.objective.kind}."
     return StageOutput("checkpoint", metrics, summary, {"loss curve": curve})

@@ -202,9 +202,10 @@ LOSSES_FILE = "losses.json"
 """The per-step training losses of a checkpoint artifact (loss spikes, convergence speed)."""
 
 
-def save_loss_history(losses: list[float], out: Path) -> None:
-    """Write the per-step losses into the artifact folder as JSON."""
+def publish_losses(losses: list[float], out: Path, title: str) -> Path:
+    """Write the per-step losses into the artifact folder as JSON and as a loss-curve PNG (its path)."""
     write_json(out / LOSSES_FILE, {"losses": losses})
+    return plot_losses(losses, out / "loss_curve.png", title)
 
 
 def count_spikes(values: list[float], factor: float = 3.0, window: int = 50) -> int:

@@ -147,13 +147,12 @@ def loss_history(root: Path, node: dict) -> list[float] | None:
 
 
 def convergence(root: Path, nodes: dict[str, dict]) -> dict:
-    """Loss spikes of every midtrain / distill stage, from the losses each published.
+    """Loss spikes of the CMT stage and of each full-length MeanFlow run, from the losses each published.
 
     Steps to a quality threshold are not derived from the loss: MeanFlow's target contains the network's own
     time derivative, so loss values of different inits are not comparable (on CEI the random init ends lowest).
     """
-    histories = {n: loss_history(root, node) for n, node in nodes.items()
-                 if node["stage"] in ("midtrain", "distill") and "_s" not in n.removeprefix("meanflow_from_")}
+    histories = {n: loss_history(root, nodes[n]) for n in ("cmt", *(f"meanflow_from_{i}" for i in INITS))}
     if any(h is None for h in histories.values()):
         return {}
     return {"loss_spikes": {n: count_spikes(h, SPIKE) for n, h in histories.items()}}

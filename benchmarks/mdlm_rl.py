@@ -58,6 +58,8 @@ TASKS = {
 }
 MODEL = {"d_model": 64, "num_layers": 3, "num_heads": 4}
 ROLLOUTS_PER_UPDATE = 48
+PRACTISED_SHOWN = 200
+"""How many of the problems RL draws from are scored before and after RL (the held-out split's size)."""
 
 
 def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,6 +117,11 @@ def headroom(model: torch.nn.Module, task: str, ds, block_length: int, k: int = 
     return {"sampled_accuracy": float(correct.mean()), f"pass@{k}": float(correct.max(1).values.mean())}
 
 
+def practised(ds):
+    """The first PRACTISED_SHOWN training problems RL draws its prompts from (scored before and after RL)."""
+    return ds.isel(problem=slice(0, PRACTISED_SHOWN))
+
+
 def countdown_chance(ds, k: int = 8) -> dict[str, float]:
     """Accuracy and pass@k of guessing: one expression drawn uniformly from all over the given numbers."""
     hit_rates = []
@@ -148,7 +155,7 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
     quarter = len(history) // 4 or 1
     return {
         "after": evaluate(model, task, data["test"], block_length), "wall_seconds": wall,
-        "after_on_rl_problems": evaluate(model, task, data["train"].isel(problem=slice(0, 200)), block_length),
+        "after_on_rl_problems": evaluate(model, task, practised(data["train"]), block_length),
         "updates": len(history), "rollouts": rollouts, "group_size": options.group_size,
         "num_iterations": options.num_iterations,
         "train_reward_first_quarter": float(np.mean([h["reward_mean"] for h in history[:quarter]])),
@@ -238,8 +245,7 @@ def main() -> None:
             model, meta = pretrain(task, data, seed, args.pretrain_steps or spec["pretrain_steps"])
             rl_data = {**data, "train": data["train"].isel(problem=slice(0, args.probe_problems or None))}
             run = {"pretrain": meta, "before": evaluate(model, task, data["test"], spec["block_length"]),
-                   "before_on_rl_problems": evaluate(model, task, rl_data["train"].isel(problem=slice(0, 200)),
-                                                     spec["block_length"]),
+                   "before_on_rl_problems": evaluate(model, task, practised(rl_data["train"]), spec["block_length"]),
                    "headroom": headroom(model, task, data["test"], spec["block_length"]), "algorithms": {}}
             if task == "countdown":
                 run["chance"] = countdown_chance(data["test"])

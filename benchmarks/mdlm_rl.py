@@ -11,12 +11,14 @@ benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task 
 
     python benchmarks/mdlm_rl.py --tasks countdown sudoku --seeds 0
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000 --probe-problems 32
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --block-length 8   # decode in one block
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import math
 import time
@@ -218,6 +220,29 @@ def time_share(model: torch.nn.Module, prompts: torch.Tensor, completions: torch
     return float((between / (between + within.mean(0))).mean())
 
 
+def save_run(key: str, run: dict, config: dict) -> None:
+    """Merge one run into the results JSON (re-read just before writing; algorithms of an earlier run of the same
+    key are kept unless this run repeats them), so invocations that split the algorithms between them add up."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merge_run(key, run, config)
+
+
+def merge_run(key: str, run: dict, config: dict) -> None:
+    """Read the results JSON, add the run to it and replace it atomically (the caller holds the lock)."""
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    results["config"] = config
+    earlier = results["runs"].get(key, {}).get("algorithms", {})
+    run["algorithms"] = {**earlier, **run["algorithms"]}
+    before = max(run["before"]["accuracy"], 1e-9)
+    run["accuracy_ratio_after_over_before"] = {a: r["after"]["accuracy"] / before for a, r in run["algorithms"].items()}
+    results["runs"][key] = run
+    temporary = RESULTS.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(results, indent=1))
+    temporary.replace(RESULTS)
+
+
 def main() -> None:
     """Run the benchmark for the requested tasks and seeds, merge into the JSON results."""
     parser = argparse.ArgumentParser()
@@ -229,17 +254,18 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--skip-elbo", action="store_true")
     parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the task's")
+    parser.add_argument("--block-length", type=int, default=None,
+                        help="decoding block length of evaluation and rollouts (default: the task's)")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
-    results["config"] = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
-                         "optimizer": "AdamW betas (0.9, 0.99), no weight decay",
-                         "options": "the rl stage schema's defaults (schemas/rl_discrete.py = the references'), "
-                                    "block_length per task"}
+    config = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
+              "optimizer": "AdamW betas (0.9, 0.99), no weight decay",
+              "options": "the rl stage schema's defaults (schemas/rl_discrete.py = the references'), "
+                         "block_length per task unless a run's key names one"}
     for task in args.tasks:
-        spec = TASKS[task]
+        spec = {**TASKS[task], **({"block_length": args.block_length} if args.block_length else {})}
         for seed in args.seeds:
             data = spec["build"](seed)
             model, meta = pretrain(task, data, seed, args.pretrain_steps or spec["pretrain_steps"])
@@ -257,19 +283,17 @@ def main() -> None:
                 run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
                                                       spec["block_length"], args.lr)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
-            before = max(run["before"]["accuracy"], 1e-9)
-            run["accuracy_ratio_after_over_before"] = {a: r["after"]["accuracy"] / before
-                                                       for a, r in run["algorithms"].items()}
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
             run["rl_problems"] = rl_data["train"].sizes["problem"]
+            run["block_length"] = spec["block_length"]
             key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"
             if args.pretrain_steps:
                 key += f"/pretrain{args.pretrain_steps}"
             if args.probe_problems:
                 key += f"/probe{args.probe_problems}"
-            results["runs"][key] = run
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=1))
+            if args.block_length:
+                key += f"/block{args.block_length}"
+            save_run(key, run, config)
     print(f"wrote {RESULTS}")
 
 

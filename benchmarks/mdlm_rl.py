@@ -12,6 +12,7 @@ benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task 
     python benchmarks/mdlm_rl.py --tasks countdown sudoku --seeds 0
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000 --probe-problems 32
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --block-length 8   # decode in one block
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --closeness 0.4    # dense reward beside the verifier
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from diffpipe.tasks.data.reasoning import (
     all_countdown_expressions,
     build_countdown,
     build_sudoku,
+    closeness_completions,
     reward_fn_for,
 )
 from diffpipe.tasks.mdlm import (
@@ -134,8 +136,22 @@ def countdown_chance(ds, k: int = 8) -> dict[str, float]:
     return {"accuracy": float(hits.mean()), f"pass@{k}": float((1 - (1 - hits) ** k).mean())}
 
 
+def rl_reward_fn(task: str, closeness: float):
+    """The exact verifier's d1 reward, plus `closeness` x `countdown_closeness` when that weight is positive."""
+    verifier = reward_fn_for(task)
+    if not closeness:
+        return verifier
+
+    def reward_fn(prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rewards, correct = verifier(prompts, completions)
+        dense = closeness_completions(prompts.cpu().numpy(), completions.cpu().numpy())
+        return rewards + closeness * torch.from_numpy(dense).float(), correct
+
+    return reward_fn
+
+
 def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
-           block_length: int, lr: float) -> dict:
+           block_length: int, lr: float, closeness: float = 0.0) -> dict:
     """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time."""
     model, ref = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -148,7 +164,7 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
     while rollouts < rollout_budget:
         idx = torch.randint(0, prompts.shape[0], (per_update,), generator=generator)
         stats = rl_update(model, ref, optimizer, prompts[idx], algorithm, options, generator,
-                          reward_fn=reward_fn_for(task), completion_length=completions.shape[1],
+                          reward_fn=rl_reward_fn(task, closeness), completion_length=completions.shape[1],
                           eos_token_id=EOS)
         rollouts += stats["rollouts"]
         history.append(stats)
@@ -256,6 +272,8 @@ def main() -> None:
     parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the task's")
     parser.add_argument("--block-length", type=int, default=None,
                         help="decoding block length of evaluation and rollouts (default: the task's)")
+    parser.add_argument("--closeness", type=float, default=0.0,
+                        help="Countdown: weight of the countdown_closeness reward added to the verifier's")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
@@ -281,11 +299,11 @@ def main() -> None:
                 print(json.dumps(run["elbo_study"], indent=1), flush=True)
             for algorithm in args.algorithms:
                 run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
-                                                      spec["block_length"], args.lr)
+                                                      spec["block_length"], args.lr, args.closeness)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
             run["rl_problems"] = rl_data["train"].sizes["problem"]
-            run["block_length"] = spec["block_length"]
+            run["block_length"], run["closeness_weight"] = spec["block_length"], args.closeness
             key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"
             if args.pretrain_steps:
                 key += f"/pretrain{args.pretrain_steps}"
@@ -293,6 +311,8 @@ def main() -> None:
                 key += f"/probe{args.probe_problems}"
             if args.block_length:
                 key += f"/block{args.block_length}"
+            if args.closeness:
+                key += f"/closeness{args.closeness:g}"
             save_run(key, run, config)
     print(f"wrote {RESULTS}")
 

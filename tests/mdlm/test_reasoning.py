@@ -1,6 +1,7 @@
 """Countdown and Sudoku generators: verifiers against brute force, splits, tokens."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffpipe.errors import DataError
+from diffpipe.errors import DataError, SpecError
 from diffpipe.tasks.data.reasoning import (
     EOS,
     VOCAB,
@@ -17,8 +18,11 @@ from diffpipe.tasks.data.reasoning import (
     build_countdown,
     build_sudoku,
     check_reasoning_dataset,
+    closeness_completions,
+    countdown_closeness,
     countdown_key,
     countdown_reward,
+    parse_countdown_prompt,
     reward_fn_for,
     score_completions,
     sudoku_reward,
@@ -26,6 +30,7 @@ from diffpipe.tasks.data.reasoning import (
     verify_countdown,
     verify_sudoku,
 )
+from diffpipe.tasks.rl.rewards import resolve_reward
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +70,29 @@ def test_countdown_verifier_rejects_wrong_number_use_and_bad_syntax():
     assert not verify_countdown("03+5*2", [3, 5, 2], 13)        # leading zero
     assert countdown_reward("3+5", [3, 5, 2], 13) == 0.1
     assert countdown_reward("3+", [3, 5, 2], 13) == 0.0
+
+
+def test_countdown_closeness_is_exact_relative_distance_over_the_given_numbers():
+    assert countdown_closeness("3+5*2", [3, 5, 2], 13) == 1.0      # correct
+    assert countdown_closeness("3+5+2", [3, 5, 2], 20) == 0.5      # half the target away
+    assert countdown_closeness("6/4*2", [6, 4, 2], 6) == 0.5       # exact rationals: 3 against 6
+    assert countdown_closeness("3*5*2", [3, 5, 2], 10) == 0.0      # twice the target or more: floored
+    assert countdown_closeness("3+5", [3, 5, 2], 8) == 0.0         # a number left out
+    assert countdown_closeness("3+", [3, 5, 2], 8) == 0.0          # does not parse
+
+
+def test_closeness_reward_scores_token_arrays_and_applies_to_countdown_only(countdown):
+    test = countdown["test"]
+    prompts, completions = test.prompt.values, test.completion.values
+    assert (closeness_completions(prompts, completions) == 1.0).all()  # reference solutions are exact
+    plugin = resolve_reward("countdown_closeness", "countdown", "stages[0].rewards[1].name")
+    wrong = np.roll(completions, 1, axis=0)  # another problem's solution: rarely right, never scored above 1
+    scores = plugin.fn(torch.from_numpy(wrong), torch.from_numpy(prompts), Path("unused"))
+    expected = [countdown_closeness(VOCAB.decode(c), *parse_countdown_prompt(VOCAB.decode(p)))
+                for p, c in zip(prompts, wrong, strict=True)]
+    assert scores.tolist() == pytest.approx(expected) and ((scores >= 0) & (scores <= 1)).all()
+    with pytest.raises(SpecError, match="does not apply to sudoku"):
+        resolve_reward("countdown_closeness", "sudoku", "stages[0].rewards[1].name")
 
 
 def test_countdown_completions_are_solutions_and_tokens_round_trip(countdown):

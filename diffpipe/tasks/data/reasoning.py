@@ -213,6 +213,21 @@ def countdown_reward(text: str, numbers: Sequence[int], target: int) -> float:
     return 0.1 if parse_countdown(text)[0] is not None else 0.0
 
 
+def countdown_closeness(text: str, numbers: Sequence[int], target: int) -> float:
+    """How near a well-formed answer over exactly the given numbers lands: 1 - |value - target| / target,
+    floored at 0 (1.0 when correct); 0.0 for an answer that does not parse or uses other numbers."""
+    value, used = parse_countdown(text)
+    if value is None or sorted(used) != sorted(numbers):
+        return 0.0
+    return float(max(Fraction(0), 1 - abs(value - target) / target))
+
+
+def closeness_completions(prompts: np.ndarray, completions: np.ndarray) -> np.ndarray:
+    """`countdown_closeness` of Countdown completions given token arrays of their prompts."""
+    return np.array([countdown_closeness(VOCAB.decode(c), *parse_countdown_prompt(VOCAB.decode(p)))
+                     for p, c in zip(np.asarray(prompts), np.asarray(completions), strict=True)], dtype=np.float64)
+
+
 def countdown_lengths(num_numbers: int, max_number: int, max_target: int) -> tuple[int, int]:
     """Fixed (prompt, completion) lengths: digits, commas, '=', target; digits, ops, parentheses, EOS."""
     digits = len(str(max_number))

@@ -38,7 +38,15 @@ from ..mdlm import block_schedule, sample_completions
 from ..nets.mdlm import MaskedDiffusionTransformer
 from ..registry import domain
 from ..rl.rewards import reward
-from .reasoning import MASK, VOCAB, build_countdown, build_sudoku, check_reasoning_dataset, score_completions
+from .reasoning import (
+    MASK,
+    VOCAB,
+    build_countdown,
+    build_sudoku,
+    check_reasoning_dataset,
+    closeness_completions,
+    score_completions,
+)
 
 SCHEDULER_OPTIONS = frozenset({"block_length"})
 """BlockRefinementScheduler options the sampler honours (it commits exactly the scheduled tokens per step)."""
@@ -69,6 +77,16 @@ def exact_verifier(samples: torch.Tensor, conditions: torch.Tensor, data_path: P
     task = open_dataset(Path(data_path) / "train.zarr").attrs["task"]
     rewards, _ = score_completions(task, conditions.cpu().numpy(), samples.cpu().numpy())
     return torch.from_numpy(rewards).float()
+
+
+@reward("countdown_closeness", kinds=("countdown",))
+def countdown_closeness_reward(samples: torch.Tensor, conditions: torch.Tensor, data_path: Path) -> torch.Tensor:
+    """Dense Countdown credit: 1 - |value - target| / target for answers over exactly the given numbers.
+
+    Added to `exact_verifier` with a weight (e.g. 0.4), it ranks wrong answers by how near they land, so
+    a rollout group where nothing is correct still has a gradient toward the target.
+    """
+    return torch.from_numpy(closeness_completions(conditions.cpu().numpy(), samples.cpu().numpy())).float()
 
 
 def score(task: str, prompts: np.ndarray, completions: np.ndarray) -> dict[str, float]:

@@ -78,7 +78,8 @@ def test_countdown_pipeline_end_to_end(tmp_path: Path, prefect_api) -> None:
     assert {"train_wall_s", "steps_per_s", "resumed_from_step"} <= set(metrics) and "train_flops" not in metrics
     log = read_json(rl_dir / "reward_log.json")
     assert [r is not None for r in log["reward"]] == [True, False] * 4
-    assert all(0.0 <= r <= 1.0 for r in log["reward"] if r is not None)
+    # exact_verifier (at most 1) plus countdown_closeness (at most 1) at countdown.yaml's weight 0.4
+    assert all(0.0 <= r <= 1.4 for r in log["reward"] if r is not None)
 
     before = read_json(store.local_path(refs["evaluate_pretrained"]) / "metrics.json")
     after = read_json(store.local_path(refs["evaluate"]) / "metrics.json")

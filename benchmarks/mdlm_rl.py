@@ -23,6 +23,7 @@ import fcntl
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,11 @@ def countdown_chance(ds, k: int = 8) -> dict[str, float]:
     return {"accuracy": float(hits.mean()), f"pass@{k}": float((1 - (1 - hits) ** k).mean())}
 
 
-def rl_reward_fn(task: str, closeness: float):
+RewardFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""(prompts, completions) -> (rewards, exactly correct), as `rl_update` takes it."""
+
+
+def rl_reward_fn(task: str, closeness: float) -> RewardFn:
     """The exact verifier's d1 reward, plus `closeness` x `countdown_closeness` when that weight is positive."""
     verifier = reward_fn_for(task)
     if not closeness:
@@ -159,12 +164,13 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
     options = make_options(algorithm, **spec.options(group_size=OPTIONS[algorithm]().group_size))
     prompts, completions = tensors(data["train"])
     per_update = max(1, ROLLOUTS_PER_UPDATE // options.group_size)
+    reward_fn = rl_reward_fn(task, closeness)
     generator = torch.Generator().manual_seed(1000 + seed)
     rollouts, history, started = 0, [], time.perf_counter()
     while rollouts < rollout_budget:
         idx = torch.randint(0, prompts.shape[0], (per_update,), generator=generator)
         stats = rl_update(model, ref, optimizer, prompts[idx], algorithm, options, generator,
-                          reward_fn=rl_reward_fn(task, closeness), completion_length=completions.shape[1],
+                          reward_fn=reward_fn, completion_length=completions.shape[1],
                           eos_token_id=EOS)
         rollouts += stats["rollouts"]
         history.append(stats)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from pydantic import TypeAdapter
 
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
@@ -156,17 +157,24 @@ def rl_reward_fn(task: str, closeness: float) -> RewardFn:
 
 
 def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
-           block_length: int, lr: float, closeness: float = 0.0) -> dict:
-    """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time."""
+           block_length: int, lr: float, closeness: float = 0.0, overrides: dict | None = None,
+           eval_every: int = 0) -> dict:
+    """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time.
+
+    `overrides` replace the algorithm's schema defaults (validated by the schema); with `eval_every`, greedy
+    held-out accuracy is also recorded every that many rollouts (its time is not counted in the wall time).
+    """
     model, ref = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, "block_length": block_length})
+    spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python(
+        {"algorithm": algorithm, "block_length": block_length, **(overrides or {})})
     options = make_options(algorithm, **spec.options(group_size=OPTIONS[algorithm]().group_size))
     prompts, completions = tensors(data["train"])
     per_update = max(1, ROLLOUTS_PER_UPDATE // options.group_size)
     reward_fn = rl_reward_fn(task, closeness)
     generator = torch.Generator().manual_seed(1000 + seed)
-    rollouts, history, started = 0, [], time.perf_counter()
+    rollouts, history, curve, evaluating = 0, [], {}, 0.0
+    started = time.perf_counter()
     while rollouts < rollout_budget:
         idx = torch.randint(0, prompts.shape[0], (per_update,), generator=generator)
         stats = rl_update(model, ref, optimizer, prompts[idx], algorithm, options, generator,
@@ -174,7 +182,11 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
                           eos_token_id=EOS)
         rollouts += stats["rollouts"]
         history.append(stats)
-    wall = time.perf_counter() - started
+        if eval_every and rollouts // eval_every > len(curve):
+            tick = time.perf_counter()
+            curve[rollouts] = evaluate(model, task, data["test"], block_length)["accuracy"]
+            evaluating += time.perf_counter() - tick
+    wall = time.perf_counter() - started - evaluating
     keys = ("sampling_forwards_per_rollout", "scoring_forwards_per_rollout", "grad_forwards_per_rollout")
     quarter = len(history) // 4 or 1
     return {
@@ -189,6 +201,7 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
         "forwards_per_update": {k.replace("_per_rollout", ""): history[0][k] * history[0]["rollouts"]
                                 for k in keys},
         "seconds_per_update": wall / len(history),
+        **({"held_out_accuracy_by_rollouts": curve} if curve else {}),
     }
 
 
@@ -265,6 +278,14 @@ def merge_run(key: str, run: dict, config: dict) -> None:
     temporary.replace(RESULTS)
 
 
+def option_override(item: str) -> tuple[str, object]:
+    """'key=value' as a (key, YAML-parsed value) pair for the algorithm schema to validate."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
+    return name, yaml.safe_load(value)
+
+
 def main() -> None:
     """Run the benchmark for the requested tasks and seeds, merge into the JSON results."""
     parser = argparse.ArgumentParser()
@@ -280,9 +301,14 @@ def main() -> None:
                         help="decoding block length of evaluation and rollouts (default: the task's)")
     parser.add_argument("--closeness", type=float, default=0.0,
                         help="Countdown: weight of the countdown_closeness reward added to the verifier's")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override the algorithms' schema options, e.g. beta=0 num_iterations=4")
+    parser.add_argument("--eval-every", type=int, default=0,
+                        help="also record greedy held-out accuracy every this many rollouts")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
+    overrides = dict(option_override(item) for item in args.set)
     torch.set_num_threads(1)
     config = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
               "optimizer": "AdamW betas (0.9, 0.99), no weight decay",
@@ -305,11 +331,13 @@ def main() -> None:
                 print(json.dumps(run["elbo_study"], indent=1), flush=True)
             for algorithm in args.algorithms:
                 run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
-                                                      spec["block_length"], args.lr, args.closeness)
+                                                      spec["block_length"], args.lr, args.closeness, overrides,
+                                                      args.eval_every)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
             run["rl_problems"] = rl_data["train"].sizes["problem"]
             run["block_length"], run["closeness_weight"] = spec["block_length"], args.closeness
+            run["option_overrides"] = overrides
             key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"
             if args.pretrain_steps:
                 key += f"/pretrain{args.pretrain_steps}"
@@ -319,6 +347,7 @@ def main() -> None:
                 key += f"/block{args.block_length}"
             if args.closeness:
                 key += f"/closeness{args.closeness:g}"
+            key += "".join(f"/{name}={value}" for name, value in overrides.items())
             save_run(key, run, config)
     print(f"wrote {RESULTS}")
 

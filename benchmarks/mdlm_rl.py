@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from diffusers.training_utils import EMAModel
 from pydantic import TypeAdapter
 
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
@@ -158,13 +159,16 @@ def rl_reward_fn(task: str, closeness: float) -> RewardFn:
 
 def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
            block_length: int, lr: float, closeness: float = 0.0, overrides: dict | None = None,
-           eval_every: int = 0) -> dict:
+           eval_every: int = 0, ema_decay: float = 0.0) -> dict:
     """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time.
 
     `overrides` replace the algorithm's schema defaults (validated by the schema); with `eval_every`, greedy
     held-out accuracy is also recorded every that many rollouts (its time is not counted in the wall time).
+    With `ema_decay`, an EMA of the weights (stepped once per rollout batch) is what is scored, as the rl stage
+    publishes its EMA; the online weights' scores are kept beside it.
     """
     model, ref = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False)
+    ema = EMAModel(model.parameters(), decay=ema_decay, foreach=True) if ema_decay else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python(
         {"algorithm": algorithm, "block_length": block_length, **(overrides or {})})
@@ -182,16 +186,20 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
                           eos_token_id=EOS)
         rollouts += stats["rollouts"]
         history.append(stats)
+        if ema is not None:
+            ema.step(model.parameters())
         if eval_every and rollouts // eval_every > len(curve):
             tick = time.perf_counter()
-            curve[rollouts] = evaluate(model, task, data["test"], block_length)["accuracy"]
+            curve[rollouts] = evaluate(published(model, ema), task, data["test"], block_length)["accuracy"]
             evaluating += time.perf_counter() - tick
     wall = time.perf_counter() - started - evaluating
+    scored = published(model, ema)
     keys = ("sampling_forwards_per_rollout", "scoring_forwards_per_rollout", "grad_forwards_per_rollout")
     quarter = len(history) // 4 or 1
     return {
-        "after": evaluate(model, task, data["test"], block_length), "wall_seconds": wall,
-        "after_on_rl_problems": evaluate(model, task, practised(data["train"]), block_length),
+        "after": evaluate(scored, task, data["test"], block_length), "wall_seconds": wall,
+        "after_on_rl_problems": evaluate(scored, task, practised(data["train"]), block_length),
+        **({"after_online_weights": evaluate(model, task, data["test"], block_length)} if ema else {}),
         "updates": len(history), "rollouts": rollouts, "group_size": options.group_size,
         "num_iterations": options.num_iterations,
         "train_reward_first_quarter": float(np.mean([h["reward_mean"] for h in history[:quarter]])),
@@ -203,6 +211,15 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
         "seconds_per_update": wall / len(history),
         **({"held_out_accuracy_by_rollouts": curve} if curve else {}),
     }
+
+
+def published(model: torch.nn.Module, ema: EMAModel | None) -> torch.nn.Module:
+    """The weights an rl stage would publish: a copy holding the EMA, or the model itself without one."""
+    if ema is None:
+        return model
+    averaged = copy.deepcopy(model)
+    ema.copy_to(averaged.parameters())
+    return averaged
 
 
 @torch.no_grad()
@@ -305,6 +322,8 @@ def main() -> None:
                         help="override the algorithms' schema options, e.g. beta=0 num_iterations=4")
     parser.add_argument("--eval-every", type=int, default=0,
                         help="also record greedy held-out accuracy every this many rollouts")
+    parser.add_argument("--ema-decay", type=float, default=0.0,
+                        help="score an EMA of the RL weights with this decay per rollout batch (0: the raw weights)")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
@@ -332,12 +351,12 @@ def main() -> None:
             for algorithm in args.algorithms:
                 run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
                                                       spec["block_length"], args.lr, args.closeness, overrides,
-                                                      args.eval_every)
+                                                      args.eval_every, args.ema_decay)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
             run["rl_problems"] = rl_data["train"].sizes["problem"]
             run["block_length"], run["closeness_weight"] = spec["block_length"], args.closeness
-            run["option_overrides"] = overrides
+            run["option_overrides"], run["ema_decay"] = overrides, args.ema_decay
             key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"
             if args.pretrain_steps:
                 key += f"/pretrain{args.pretrain_steps}"
@@ -348,6 +367,8 @@ def main() -> None:
             if args.closeness:
                 key += f"/closeness{args.closeness:g}"
             key += "".join(f"/{name}={value}" for name, value in overrides.items())
+            if args.ema_decay:
+                key += f"/ema{args.ema_decay:g}"
             save_run(key, run, config)
     print(f"wrote {RESULTS}")
 

@@ -13,6 +13,8 @@ benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task 
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000 --probe-problems 32
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --block-length 8   # decode in one block
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --closeness 0.4    # dense reward beside the verifier
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --set beta=0 \
+        --ema-decay 0.99 --eval-every 12288    # override an option, score an EMA, record a held-out curve
 """
 
 from __future__ import annotations

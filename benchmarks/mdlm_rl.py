@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 from diffusers.training_utils import EMAModel
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
 from diffpipe.tasks.data.reasoning import (
@@ -330,6 +330,11 @@ def main() -> None:
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
     overrides = dict(option_override(item) for item in args.set)
+    for algorithm in args.algorithms:  # fail before pretraining, not after it
+        try:
+            TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **overrides})
+        except ValidationError as error:
+            raise SystemExit(f"--set {' '.join(args.set)} does not fit {algorithm}: {error}") from None
     torch.set_num_threads(1)
     config = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
               "optimizer": "AdamW betas (0.9, 0.99), no weight decay",

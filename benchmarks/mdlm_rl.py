@@ -56,6 +56,7 @@ from diffpipe.tasks.mdlm import (
 from diffpipe.tasks.mdlm.elbo import exact_elbo_from_sums, mask_size_sums
 from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
 from diffpipe.tasks.rl.discrete import ALGORITHMS, OPTIONS, make_options, rl_update
+from diffpipe.tasks.training import published_weights
 
 RESULTS = Path(__file__).parent / "results" / "mdlm_rl.json"
 CACHE = Path("/tmp/diffpipe_mdlm_rl_cache")
@@ -192,10 +193,11 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
             ema.step(model.parameters())
         if eval_every and rollouts // eval_every > len(curve):
             tick = time.perf_counter()
-            curve[rollouts] = evaluate(published(model, ema), task, data["test"], block_length)["accuracy"]
+            scored = published_weights(model, ema)
+            curve[rollouts] = evaluate(scored, task, data["test"], block_length)["accuracy"]
             evaluating += time.perf_counter() - tick
     wall = time.perf_counter() - started - evaluating
-    scored = published(model, ema)
+    scored = published_weights(model, ema)
     keys = ("sampling_forwards_per_rollout", "scoring_forwards_per_rollout", "grad_forwards_per_rollout")
     quarter = len(history) // 4 or 1
     return {
@@ -213,15 +215,6 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
         "seconds_per_update": wall / len(history),
         **({"held_out_accuracy_by_rollouts": curve} if curve else {}),
     }
-
-
-def published(model: torch.nn.Module, ema: EMAModel | None) -> torch.nn.Module:
-    """The weights an rl stage would publish: a copy holding the EMA, or the model itself without one."""
-    if ema is None:
-        return model
-    averaged = copy.deepcopy(model)
-    ema.copy_to(averaged.parameters())
-    return averaged
 
 
 @torch.no_grad()

@@ -187,15 +187,20 @@ def _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state) -> int:
     return steps[-1]
 
 
-def save_trained(model: ModelMixin, ema: EMAModel | None, out: Path) -> None:
-    """Write `model/` (EMA weights when EMA is on) and `model_online/` (the raw weights, with EMA)."""
+def published_weights(model: torch.nn.Module, ema: EMAModel | None) -> torch.nn.Module:
+    """The weights a training stage publishes: a copy of `model` holding the EMA, or `model` itself without one."""
     if ema is None:
-        save_model(model, out / MODEL_DIR)
-        return
-    save_model(model, out / ONLINE_MODEL_DIR)
+        return model
     averaged = copy.deepcopy(model)
     ema.copy_to(averaged.parameters())
-    save_model(averaged, out / MODEL_DIR)
+    return averaged
+
+
+def save_trained(model: ModelMixin, ema: EMAModel | None, out: Path) -> None:
+    """Write `model/` (EMA weights when EMA is on) and `model_online/` (the raw weights, with EMA)."""
+    if ema is not None:
+        save_model(model, out / ONLINE_MODEL_DIR)
+    save_model(published_weights(model, ema), out / MODEL_DIR)
 
 
 LOSSES_FILE = "losses.json"

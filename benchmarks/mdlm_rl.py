@@ -77,15 +77,22 @@ def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(ds.prompt.values), torch.from_numpy(ds.completion.values)
 
 
-def pretrain(task: str, data: dict, seed: int, steps: int) -> tuple[MaskedDiffusionTransformer, dict]:
+def model_suffix(architecture: dict, separator: str) -> str:
+    """'' for the default MODEL, else e.g. '/d_model=128/num_layers=4' (separator '/'): names caches and keys."""
+    return "".join(f"{separator}{name}={value}" for name, value in architecture.items() if MODEL[name] != value)
+
+
+def pretrain(task: str, data: dict, seed: int, steps: int,
+             architecture: dict | None = None) -> tuple[MaskedDiffusionTransformer, dict]:
     """Train (or load from the /tmp cache) a tiny MDLM with the masked-diffusion loss."""
-    path = CACHE / f"{task}_seed{seed}_steps{steps}"
+    architecture = architecture or MODEL
+    path = CACHE / f"{task}_seed{seed}_steps{steps}{model_suffix(architecture, '_')}"
     prompts, completions = tensors(data["train"])
     if (path / "config.json").exists():
         meta = json.loads((path / "meta.json").read_text())
         return MaskedDiffusionTransformer.from_pretrained(path), meta
     torch.manual_seed(seed)
-    model = MaskedDiffusionTransformer(VOCAB.size, prompts.shape[1] + completions.shape[1], MASK, **MODEL)
+    model = MaskedDiffusionTransformer(VOCAB.size, prompts.shape[1] + completions.shape[1], MASK, **architecture)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100)
                                                  * 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -319,10 +326,15 @@ def main() -> None:
                         help="also record greedy held-out accuracy every this many rollouts")
     parser.add_argument("--ema-decay", type=float, default=0.0,
                         help="score an EMA of the RL weights with this decay per rollout batch (0: the raw weights)")
+    parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"override the MDLM's architecture {MODEL}, e.g. d_model=128 num_layers=4")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
     overrides = dict(option_override(item) for item in args.set)
+    architecture = {**MODEL, **dict(option_override(item) for item in args.model)}
+    if set(architecture) - set(MODEL):
+        raise SystemExit(f"--model takes {sorted(MODEL)}, got {sorted(set(architecture) - set(MODEL))}")
     for algorithm in args.algorithms:  # fail before pretraining, not after it
         try:
             TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **overrides})
@@ -337,7 +349,7 @@ def main() -> None:
         spec = {**TASKS[task], **({"block_length": args.block_length} if args.block_length else {})}
         for seed in args.seeds:
             data = spec["build"](seed)
-            model, meta = pretrain(task, data, seed, args.pretrain_steps or spec["pretrain_steps"])
+            model, meta = pretrain(task, data, seed, args.pretrain_steps or spec["pretrain_steps"], architecture)
             rl_data = {**data, "train": data["train"].isel(problem=slice(0, args.probe_problems or None))}
             run = {"pretrain": meta, "before": evaluate(model, task, data["test"], spec["block_length"]),
                    "before_on_rl_problems": evaluate(model, task, practised(rl_data["train"]), spec["block_length"]),
@@ -356,8 +368,8 @@ def main() -> None:
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
             run["rl_problems"] = rl_data["train"].sizes["problem"]
             run["block_length"], run["closeness_weight"] = spec["block_length"], args.closeness
-            run["option_overrides"], run["ema_decay"] = overrides, args.ema_decay
-            key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}"
+            run["option_overrides"], run["ema_decay"], run["model"] = overrides, args.ema_decay, architecture
+            key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}{model_suffix(architecture, '/')}"
             if args.pretrain_steps:
                 key += f"/pretrain{args.pretrain_steps}"
             if args.probe_problems:

@@ -169,7 +169,7 @@ def rl_reward_fn(task: str, closeness: float) -> RewardFn:
 
 def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
            block_length: int, lr: float, closeness: float = 0.0, overrides: dict | None = None,
-           eval_every: int = 0, ema_decay: float = 0.0) -> dict:
+           eval_every: int = 0, ema_decay: float = 0.0, rollouts_per_update: int = ROLLOUTS_PER_UPDATE) -> dict:
     """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time.
 
     `overrides` replace the algorithm's schema defaults (validated by the schema); with `eval_every`, greedy
@@ -184,7 +184,7 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
         {"algorithm": algorithm, "block_length": block_length, **(overrides or {})})
     options = make_options(algorithm, **spec.options(group_size=OPTIONS[algorithm]().group_size))
     prompts, completions = tensors(data["train"])
-    per_update = max(1, ROLLOUTS_PER_UPDATE // options.group_size)
+    per_update = max(1, rollouts_per_update // options.group_size)
     reward_fn = rl_reward_fn(task, closeness)
     generator = torch.Generator().manual_seed(1000 + seed)
     rollouts, history, curve, evaluating = 0, [], {}, 0.0
@@ -328,6 +328,8 @@ def main() -> None:
                         help="score an EMA of the RL weights with this decay per rollout batch (0: the raw weights)")
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
                         help=f"override the MDLM's architecture {MODEL}, e.g. d_model=128 num_layers=4")
+    parser.add_argument("--rollouts-per-update", type=int, default=ROLLOUTS_PER_UPDATE,
+                        help="rollouts per rollout batch (rounded down to whole groups)")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
@@ -363,12 +365,13 @@ def main() -> None:
             for algorithm in args.algorithms:
                 run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
                                                       spec["block_length"], args.lr, args.closeness, overrides,
-                                                      args.eval_every, args.ema_decay)
+                                                      args.eval_every, args.ema_decay, args.rollouts_per_update)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
             run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
             run["rl_problems"] = rl_data["train"].sizes["problem"]
             run["block_length"], run["closeness_weight"] = spec["block_length"], args.closeness
             run["option_overrides"], run["ema_decay"], run["model"] = overrides, args.ema_decay, architecture
+            run["rollouts_per_update"] = args.rollouts_per_update
             key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}{model_suffix(architecture, '/')}"
             if args.pretrain_steps:
                 key += f"/pretrain{args.pretrain_steps}"
@@ -381,6 +384,8 @@ def main() -> None:
             key += "".join(f"/{name}={value}" for name, value in overrides.items())
             if args.ema_decay:
                 key += f"/ema{args.ema_decay:g}"
+            if args.rollouts_per_update != ROLLOUTS_PER_UPDATE:
+                key += f"/batch{args.rollouts_per_update}"
             save_run(key, run, config)
     print(f"wrote {RESULTS}")
 

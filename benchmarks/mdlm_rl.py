@@ -15,6 +15,8 @@ benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task 
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --closeness 0.4    # dense reward beside the verifier
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --set beta=0 \
         --ema-decay 0.99 --eval-every 12288    # override an option, score an EMA, record a held-out curve
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --model d_model=128 \
+        num_layers=4 --rollouts-per-update 160    # a larger MDLM, a larger rollout batch
 """
 
 from __future__ import annotations
@@ -297,6 +299,16 @@ def merge_run(key: str, run: dict, config: dict) -> None:
     temporary.replace(RESULTS)
 
 
+def check_architecture(architecture: dict) -> None:
+    """Exit with a message naming the problem when `--model` overrides do not build an MDLM."""
+    if set(architecture) - set(MODEL):
+        raise SystemExit(f"--model takes {sorted(MODEL)}, got {sorted(set(architecture) - set(MODEL))}")
+    try:
+        MaskedDiffusionTransformer(VOCAB.size, 8, MASK, **architecture)
+    except (AssertionError, TypeError, ValueError, RuntimeError) as error:
+        raise SystemExit(f"--model {architecture} does not build an MDLM: {error}") from None
+
+
 def option_override(item: str) -> tuple[str, object]:
     """'key=value' as a (key, YAML-parsed value) pair for the algorithm schema to validate."""
     name, sep, value = item.partition("=")
@@ -329,14 +341,13 @@ def main() -> None:
     parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
                         help=f"override the MDLM's architecture {MODEL}, e.g. d_model=128 num_layers=4")
     parser.add_argument("--rollouts-per-update", type=int, default=ROLLOUTS_PER_UPDATE,
-                        help="rollouts per rollout batch (rounded down to whole groups)")
+                        help="rollouts per rollout batch (rounded down to whole groups, at least one group)")
     parser.add_argument("--probe-problems", type=int, default=0,
                         help="sharpening probe: RL draws from only this many training problems (0: all)")
     args = parser.parse_args()
     overrides = dict(option_override(item) for item in args.set)
     architecture = {**MODEL, **dict(option_override(item) for item in args.model)}
-    if set(architecture) - set(MODEL):
-        raise SystemExit(f"--model takes {sorted(MODEL)}, got {sorted(set(architecture) - set(MODEL))}")
+    check_architecture(architecture)
     for algorithm in args.algorithms:  # fail before pretraining, not after it
         try:
             TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **overrides})

@@ -85,9 +85,8 @@ def model_suffix(architecture: dict, separator: str) -> str:
 
 
 def pretrain(task: str, data: dict, seed: int, steps: int,
-             architecture: dict | None = None) -> tuple[MaskedDiffusionTransformer, dict]:
-    """Train (or load from the /tmp cache) a tiny MDLM with the masked-diffusion loss."""
-    architecture = architecture or MODEL
+             architecture: dict) -> tuple[MaskedDiffusionTransformer, dict]:
+    """Train (or load from the /tmp cache) an MDLM of `architecture` (MODEL's keys) with the masked-diffusion loss."""
     path = CACHE / f"{task}_seed{seed}_steps{steps}{model_suffix(architecture, '_')}"
     prompts, completions = tensors(data["train"])
     if (path / "config.json").exists():

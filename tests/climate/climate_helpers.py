@@ -1,4 +1,10 @@
-"""Small synthetic files in ClimateBench's layout, written with scipy (netCDF3) or h5netcdf (netCDF4)."""
+"""Small synthetic files in ClimateBench v1's published layout, written with scipy (netCDF3) or h5netcdf (netCDF4).
+
+As published: `inputs_<scenario>.nc` holds CO2, CH4 (time) and SO2, BC (time, latitude, longitude) in
+float64 on dimensions `time`, `latitude`, `longitude`; `outputs_<scenario>.nc` holds tas and
+diurnal_temperature_range (float32) and pr, pr90 (float64, kg m-2 s-1) on `member`, `time`, `lat`, `lon`,
+with the scalar `quantile` coordinate left behind by the pr90 computation. Time is integer years.
+"""
 
 from __future__ import annotations
 
@@ -9,57 +15,56 @@ import xarray as xr
 
 NLAT, NLON, MEMBERS = 4, 6, 2
 SCENARIO_YEARS = {"historical": (1850, 6), "ssp126": (2015, 5), "ssp245": (2015, 5)}
+KG_M2_S_PER_MM_DAY = 1.0 / 86400.0
 
 
-def climatebench_pair(name: str, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
-    """An (inputs, outputs) pair with ClimateBench variable names, dims and CF attributes."""
+def grid() -> tuple[np.ndarray, np.ndarray]:
+    """Latitudes -90..90 including the poles and longitudes 0..360 exclusive (ClimateBench's convention)."""
+    return np.linspace(-90, 90, NLAT), np.arange(NLON) * 360.0 / NLON
+
+
+def inputs_file(name: str, rng: np.random.Generator) -> xr.Dataset:
+    """An inputs file: global CO2, CH4 series and SO2, BC maps on (time, latitude, longitude)."""
     start, n = SCENARIO_YEARS[name]
-    rng = np.random.default_rng(seed)
-    coords = {
-        "time": np.arange(start, start + n),
-        "lat": np.linspace(-90, 90, NLAT),
-        "lon": np.arange(NLON) * 360.0 / NLON,
-    }
-    inputs = xr.Dataset(
+    lat, lon = grid()
+    maps = ("time", "latitude", "longitude")
+    return xr.Dataset(
         {
-            "CO2": ("time", np.cumsum(rng.uniform(10, 40, n)).astype(np.float32), {"units": "GtCO2"}),
-            "CH4": ("time", rng.uniform(0.2, 0.4, n).astype(np.float32), {"units": "GtCH4 / yr"}),
-            "SO2": (
-                ("time", "lat", "lon"),
-                rng.uniform(0, 1e-11, (n, NLAT, NLON)).astype(np.float32),
-                {"units": "kg m-2 s-1"},
-            ),
-            "BC": (
-                ("time", "lat", "lon"),
-                rng.uniform(0, 1e-12, (n, NLAT, NLON)).astype(np.float32),
-                {"units": "kg m-2 s-1"},
-            ),
+            "CO2": ("time", np.cumsum(rng.uniform(10, 40, n)), {"units": "GtCO2"}),
+            "CH4": ("time", rng.uniform(0.2, 0.4, n), {"units": "GtCH4 / yr"}),
+            "SO2": (maps, rng.uniform(0, 1e-11, (n, NLAT, NLON)), {"units": "kg m-2 s-1"}),
+            "BC": (maps, rng.uniform(0, 1e-12, (n, NLAT, NLON)), {"units": "kg m-2 s-1"}),
         },
-        coords=coords,
+        coords={"time": np.arange(start, start + n), "latitude": lat, "longitude": lon},
         attrs={"title": f"inputs {name}"},
     )
-    dims = ("member", "time", "lat", "lon")
-    shape = (MEMBERS, n, NLAT, NLON)
+
+
+def outputs_file(name: str, rng: np.random.Generator) -> xr.Dataset:
+    """An outputs file: tas, dtr (float32, K), pr, pr90 (float64, kg m-2 s-1) on (member, time, lat, lon)."""
+    start, n = SCENARIO_YEARS[name]
+    lat, lon = grid()
+    dims, shape = ("member", "time", "lat", "lon"), (MEMBERS, n, NLAT, NLON)
+    per_s = KG_M2_S_PER_MM_DAY
     outputs = xr.Dataset(
         {
-            "tas": (
-                dims,
-                rng.normal(1, 0.5, shape).astype(np.float32),
-                {
-                    "units": "K",
-                    "long_name": "Near-Surface Air Temperature",
-                    "standard_name": "air_temperature",
-                },
-            ),
+            "tas": (dims, rng.normal(1, 0.5, shape).astype(np.float32),
+                    {"units": "K", "long_name": "Near-Surface Air Temperature", "standard_name": "air_temperature"}),
             "diurnal_temperature_range": (dims, rng.normal(0, 0.1, shape).astype(np.float32), {"units": "K"}),
-            "pr": (dims, rng.normal(0, 0.1, shape).astype(np.float32), {"units": "mm day-1"}),
-            "pr90": (dims, rng.normal(0, 0.3, shape).astype(np.float32), {"units": "mm day-1"}),
+            "pr": (dims, rng.normal(0, 0.1, shape) * per_s, {"units": "kg m-2 s-1"}),
+            "pr90": (dims, rng.normal(0, 0.3, shape) * per_s, {"units": "kg m-2 s-1"}),
         },
-        coords=coords | {"member": np.arange(MEMBERS)},
+        coords={"time": np.arange(start, start + n), "lat": lat, "lon": lon, "quantile": 0.9},
         attrs={"source_model": "synthetic"},
     )
     outputs["lat"].attrs = {"units": "degrees_north", "standard_name": "latitude"}
-    return inputs, outputs
+    return outputs
+
+
+def climatebench_pair(name: str, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+    """An (inputs, outputs) pair with ClimateBench's variable names, dims, dtypes and CF attributes."""
+    rng = np.random.default_rng(seed)
+    return inputs_file(name, rng), outputs_file(name, rng)
 
 
 def write_pair(folder: Path, name: str, pair: tuple[xr.Dataset, xr.Dataset], engine: str = "scipy") -> None:

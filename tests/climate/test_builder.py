@@ -145,3 +145,10 @@ def test_batches_equal_single_samples(store: Path) -> None:
         torch.testing.assert_close(batch["maps"][i], samples[j]["maps"])
     seen = sum(b["target"].shape[0] for b in batch_loader(samples, batch_size=64, seed=1))
     assert seen == len(samples)
+
+
+def test_spatial_area_mean_skips_nan_cells_without_bias() -> None:
+    lat = np.linspace(-90.0, 90.0, 7)
+    field = np.full((2, 7, 8), 3.0)
+    field[0, 3, :4] = np.nan
+    np.testing.assert_allclose(spatial.area_mean(field, lat), [3.0, 3.0], rtol=1e-12)

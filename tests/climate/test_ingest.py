@@ -22,11 +22,13 @@ def _assert_round_trip(store: Path, folder: Path) -> None:
         view = scenario_view(ds, name)
         inputs, outputs = (xr.open_dataset(folder / f"{k}_{name}.nc") for k in ("inputs", "outputs"))
         for var in ("tas", "diurnal_temperature_range", "pr", "pr90"):
-            np.testing.assert_array_equal(view[var].values, outputs[var].values)
+            np.testing.assert_array_equal(view[var].values, outputs[var].values.astype(np.float32))
             assert view[var].attrs == outputs[var].attrs
-        for var in ("CO2", "CH4", "SO2", "BC"):
-            np.testing.assert_array_equal(view[var].values, inputs[var].values)
+        for var in ("CO2", "CH4", "SO2", "BC"):  # float64 in the files, float32 in the store
+            np.testing.assert_array_equal(view[var].values, inputs[var].values.astype(np.float32))
             assert view[var].attrs == inputs[var].attrs
+        np.testing.assert_array_equal(ds["lat"].values, inputs["latitude"].values)
+        np.testing.assert_array_equal(ds["lon"].values, inputs["longitude"].values)
         np.testing.assert_array_equal(view["time"].values, outputs["time"].values)
         assert view.attrs["source_model"] == "synthetic"
     assert ds["lat"].attrs["standard_name"] == "latitude"
@@ -84,16 +86,43 @@ def test_missing_variable(climatebench_dir: Path, tmp_path: Path) -> None:
     _expect_error(climatebench_dir, tmp_path, "outputs_ssp126.nc", "'pr90'", "missing variable")
 
 
-def test_grid_mismatch_between_inputs_and_outputs(climatebench_dir: Path, tmp_path: Path) -> None:
-    _rewrite(climatebench_dir, "historical", "inputs", lambda ds: ds.assign_coords(lon=ds["lon"] + 1.0))
-    _expect_error(
-        climatebench_dir,
-        tmp_path,
-        "outputs_historical.nc vs",
-        "inputs_historical.nc",
-        "grid mismatch",
-        "'lon'",
-    )
+def test_files_are_in_the_published_layout(climatebench_dir: Path) -> None:
+    inputs = xr.open_dataset(climatebench_dir / "inputs_historical.nc")
+    outputs = xr.open_dataset(climatebench_dir / "outputs_historical.nc")
+    assert inputs["SO2"].dims == ("time", "latitude", "longitude") and inputs["SO2"].dtype == np.float64
+    assert outputs["tas"].dims == ("member", "time", "lat", "lon") and outputs["tas"].dtype == np.float32
+    assert outputs["pr"].dtype == np.float64 and "quantile" in outputs.coords
+
+
+def test_grid_mismatch_names_the_odd_inputs_file(climatebench_dir: Path, tmp_path: Path) -> None:
+    shifted = lambda ds: ds.assign_coords(longitude=ds["longitude"] + 1.0)  # noqa: E731
+    _rewrite(climatebench_dir, "historical", "inputs", shifted)
+    dest = tmp_path / "bad.zarr"
+    with pytest.raises(DataError) as err:
+        ingest_climatebench(climatebench_dir, dest)
+    assert err.value.where.endswith("inputs_historical.nc coordinate 'longitude'")
+    assert err.value.problem == "grid mismatch"
+    assert err.value.found == "6 values 1..301"
+    assert err.value.expected.startswith("6 values 0..300 as in ") and "outputs_" in err.value.expected
+    assert not dest.exists()
+
+
+def test_grid_mismatch_names_the_odd_outputs_file(climatebench_dir: Path, tmp_path: Path) -> None:
+    _rewrite(climatebench_dir, "ssp126", "outputs", lambda ds: ds.assign_coords(lat=ds["lat"] * 0.5))
+    _expect_error(climatebench_dir, tmp_path, "outputs_ssp126.nc coordinate 'lat'", "grid mismatch",
+                  "found 4 values -45..45")
+
+
+def test_wrong_map_dimensions_are_named_as_in_the_file(climatebench_dir: Path, tmp_path: Path) -> None:
+    _rewrite(climatebench_dir, "ssp126", "inputs", lambda ds: ds.assign(SO2=ds["SO2"].isel(time=0)))
+    _expect_error(climatebench_dir, tmp_path, "inputs_ssp126.nc variable 'SO2'", "wrong dimensions",
+                  "('time', 'latitude', 'longitude')", "found ('latitude', 'longitude')")
+
+
+def test_missing_grid_axis(climatebench_dir: Path, tmp_path: Path) -> None:
+    _rewrite(climatebench_dir, "ssp245", "inputs", lambda ds: ds.rename(longitude="x"))
+    _expect_error(climatebench_dir, tmp_path, "inputs_ssp245.nc dimension 'lon'", "missing grid axis",
+                  "'lon' or 'longitude'")
 
 
 def test_unknown_scenario_in_file_name(climatebench_dir: Path, tmp_path: Path) -> None:

@@ -136,3 +136,31 @@ def test_plots_write_png(target: xr.DataArray, tmp_path: Path) -> None:
     )
     for path in (maps, series):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_area_mean_renormalises_weights_over_valid_cells() -> None:
+    # a constant field with NaN cells at the equator (weights above 1): the old mean of w * x over the
+    # valid cells gave 2 * mean(w over valid) = 1.6, not 2
+    x = field(np.full((YEARS.size, 3, 4), 2.0))
+    x[:, 1, :2] = np.nan
+    np.testing.assert_allclose(cm.area_mean(x).values, 2.0, rtol=1e-12)
+    rng = np.random.default_rng(5)
+    y = field(rng.normal(size=(YEARS.size, 3, 4)))
+    y[:, 0, 3] = np.nan
+    w = np.broadcast_to(np.cos(np.deg2rad(LAT))[:, None], (3, 4))
+    valid = np.isfinite(y.values)
+    by_hand = np.where(valid, y.values * w, 0).sum((1, 2)) / np.where(valid, w, 0).sum((1, 2))
+    np.testing.assert_allclose(cm.area_mean(y).values, by_hand, rtol=1e-12)
+
+
+def test_scores_of_a_masked_field_ignore_the_masked_cells() -> None:
+    y = field(np.full((YEARS.size, 3, 4), 2.0))
+    x = y + 0.5
+    y[:, 1, 0] = np.nan  # a cell without data (e.g. a land-only variable over ocean)
+    scores = cm.nrmse(x, y)
+    assert float(scores["nrmse_global"]) == pytest.approx(0.25)
+    assert float(scores["nrmse_spatial"]) == pytest.approx(0.25)
+    ens = xr.concat([x, x], dim="member")
+    assert float(cm.crps_fair(ens, y)["crps"]) == pytest.approx(0.5)
+    below = xr.concat([y.fillna(0.0) - 0.5] * 2, dim="member")  # every member below y where y exists
+    np.testing.assert_allclose(cm.rank_histogram(below, y).values, [0.0, 0.0, 1.0])

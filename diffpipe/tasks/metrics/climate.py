@@ -1,7 +1,8 @@
 """Climate emulation scores, lazy through xarray/Dask: ClimateBench NRMSE and area-weighted ensemble scores.
 
-Conventions (reference/science.md 1.3, 1.4): w = cos(lat) normalised to mean 1; <f> = weighted mean
-over (lat, lon); |f| = mean over the evaluation years (ssp245, 2080-2100 by default).
+Conventions (ClimateBench, WeatherBench 2): w = cos(lat) normalised to mean 1; <f> = weighted mean
+over (lat, lon), sum(w f) / sum(w) over the cells where f is defined (NaN cells drop out); |f| = mean
+over the evaluation years (ssp245, 2080-2100 by default).
 
 - N = |<|y|>|, NRMSE_s = sqrt(<(|x| - |y|)^2>) / N, NRMSE_g = sqrt(|(<x> - <y>)^2|) / N,
   NRMSE_t = NRMSE_s + 5 NRMSE_g, with x the (ensemble-mean) prediction and y the ensemble-mean target.
@@ -38,8 +39,8 @@ def lat_weights(lat: xr.DataArray) -> xr.DataArray:
 
 
 def area_mean(x: xr.DataArray) -> xr.DataArray:
-    """Latitude-weighted mean over (lat, lon)."""
-    return (x * lat_weights(x["lat"])).mean(SPACE)
+    """Latitude-weighted mean over (lat, lon); NaN cells are left out and the weights renormalised over the rest."""
+    return x.weighted(lat_weights(x["lat"])).mean(SPACE)
 
 
 def evaluation_window(x: xr.DataArray, period: tuple[int, int] = PERIOD) -> xr.DataArray:
@@ -121,7 +122,7 @@ def rank_histogram(ensemble: xr.DataArray, obs: xr.DataArray) -> xr.DataArray:
     """Area-weighted frequencies of the rank of obs among the members (0..M members below it)."""
     m = ensemble.sizes["member"]
     rank = (ensemble < obs).sum("member")
-    weights = lat_weights(obs["lat"]).broadcast_like(rank)
+    weights = lat_weights(obs["lat"]).broadcast_like(rank).where(obs.notnull(), 0.0)
     counts = xr.concat([weights.where(rank == r, 0.0).sum() for r in range(m + 1)], dim="rank")
     return counts / counts.sum()
 

@@ -36,6 +36,7 @@ from .layout import (
 FILE_PATTERN = re.compile(r"^(inputs|outputs)_(.+)\.nc$")
 FILL_THRESHOLD = 1e19
 TIME_BLOCK = 16
+GRID_TOLERANCE_DEG = 1e-5
 
 
 @dataclass
@@ -48,6 +49,8 @@ class ScenarioFiles:
     inputs: xr.Dataset
     outputs: xr.Dataset
     years: np.ndarray
+    grids: tuple[GridOf, GridOf]
+    """(inputs, outputs) grids, checked across every file once all scenarios are open."""
 
 
 def find_scenarios(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, dict[str, str]]:
@@ -133,7 +136,13 @@ def _years(ds: xr.Dataset, path: str) -> np.ndarray:
     return years
 
 
-def _require(ds: xr.Dataset, path: str, names: Sequence[str], dims: dict[str, tuple[str, ...]]) -> None:
+def _require(
+    ds: xr.Dataset, path: str, names: Sequence[str], dims: dict[str, tuple[str, ...]], grid: dict[str, str]
+) -> None:
+    """Every variable present with its dims (named as the file names them: `grid` maps lat/lon back)."""
+    def spelled(d: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(grid.get(x, x) for x in d)
+
     for name in names:
         if name not in ds.data_vars:
             raise DataError(
@@ -146,37 +155,102 @@ def _require(ds: xr.Dataset, path: str, names: Sequence[str], dims: dict[str, tu
             raise DataError(
                 f"{path} variable '{name}'",
                 "wrong dimensions",
-                expected=str(dims[name]),
-                found=str(ds[name].dims),
+                expected=str(spelled(dims[name])),
+                found=str(spelled(tuple(map(str, ds[name].dims)))),
             )
 
 
-def _same_grid(a: xr.Dataset, b: xr.Dataset, where: str) -> None:
-    for axis in ("lat", "lon"):
-        if a[axis].size != b[axis].size or not np.allclose(a[axis].values, b[axis].values, atol=1e-6):
+GRID_NAMES = {"lat": ("lat", "latitude"), "lon": ("lon", "longitude")}
+"""Accepted spellings of each grid axis: ClimateBench's inputs use latitude/longitude, its outputs lat/lon."""
+
+
+def _grid_names(ds: xr.Dataset, path: str) -> dict[str, str]:
+    """The file's own name of each grid axis (`lat` -> `latitude` in ClimateBench inputs)."""
+    names = {}
+    for axis, spellings in GRID_NAMES.items():
+        present = [n for n in spellings if n in ds.dims]
+        if len(present) != 1:
             raise DataError(
-                where,
-                f"grid mismatch on '{axis}'",
-                expected=f"{a[axis].size} values {float(a[axis][0]):g}..{float(a[axis][-1]):g}",
-                found=f"{b[axis].size} values {float(b[axis][0]):g}..{float(b[axis][-1]):g}",
+                f"{path} dimension '{axis}'",
+                "no unique grid axis" if present else "missing grid axis",
+                expected=" or ".join(f"'{n}'" for n in spellings),
+                found=", ".join(map(str, ds.dims)),
             )
+        names[axis] = present[0]
+    return names
+
+
+def _canonical_grid(ds: xr.Dataset, path: str) -> tuple[xr.Dataset, dict[str, str]]:
+    """`ds` with its grid axes renamed to lat/lon, and the names the file used."""
+    names = _grid_names(ds, path)
+    return ds.rename({v: k for k, v in names.items() if k != v}), names
+
+
+@dataclass(frozen=True)
+class GridOf:
+    """One file's grid: its path, lat/lon values and the names it calls them by."""
+
+    path: str
+    names: dict[str, str]
+    lat: np.ndarray
+    lon: np.ndarray
+
+    def axis(self, axis: str) -> np.ndarray:
+        """Values of `lat` or `lon`."""
+        return self.lat if axis == "lat" else self.lon
+
+
+def _describe(values: np.ndarray) -> str:
+    return f"{values.size} values {float(values[0]):g}..{float(values[-1]):g}"
+
+
+def _agrees(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.size == b.size and bool(np.allclose(a, b, rtol=0.0, atol=GRID_TOLERANCE_DEG))
+
+
+def check_grids(grids: Sequence[GridOf]) -> None:
+    """DataError naming the first file whose lat/lon disagree with the grid most files share.
+
+    The reference grid is the one the most files agree on (ties: the first file's), so the message
+    names the odd file as `found` and a file holding the common grid as `expected`.
+    """
+    def votes(g: GridOf) -> int:
+        return sum(_agrees(g.lat, o.lat) and _agrees(g.lon, o.lon) for o in grids)
+
+    reference = max(grids, key=votes)
+    for grid in grids:
+        for axis in ("lat", "lon"):
+            if not _agrees(grid.axis(axis), reference.axis(axis)):
+                raise DataError(
+                    f"{grid.path} coordinate '{grid.names[axis]}'",
+                    "grid mismatch",
+                    expected=f"{_describe(reference.axis(axis))} as in {reference.path}",
+                    found=_describe(grid.axis(axis)),
+                )
+
+
+def grid_of(ds: xr.Dataset, path: str, names: dict[str, str]) -> GridOf:
+    """The grid of an opened (renamed) file."""
+    return GridOf(path, names, np.asarray(ds["lat"].values, np.float64), np.asarray(ds["lon"].values, np.float64))
 
 
 def open_scenario(
     fs: fsspec.AbstractFileSystem, name: str, files: dict[str, str], stack: ExitStack
 ) -> ScenarioFiles:
-    """Open one scenario's pair of files and check variables, dims, grid and time (not values)."""
+    """Open one scenario's pair of files and check variables, dims and time (grids: `check_grids`).
+
+    ClimateBench's inputs are on `latitude`/`longitude`, its outputs on `lat`/`lon`; either spelling is
+    read and renamed to `lat`/`lon`.
+    """
     ipath, opath = files["inputs"], files["outputs"]
-    inputs = open_netcdf(fs, ipath, stack, {"time": TIME_BLOCK})
-    outputs = open_netcdf(fs, opath, stack, {"time": TIME_BLOCK})
+    inputs, in_names = _canonical_grid(open_netcdf(fs, ipath, stack, {"time": TIME_BLOCK}), ipath)
+    outputs, out_names = _canonical_grid(open_netcdf(fs, opath, stack, {"time": TIME_BLOCK}), opath)
     in_dims = {n: ("time",) for n in GLOBAL_FORCERS} | {n: ("time", "lat", "lon") for n in MAP_FORCERS}
-    _require(inputs, ipath, GLOBAL_FORCERS + MAP_FORCERS, in_dims)
+    _require(inputs, ipath, GLOBAL_FORCERS + MAP_FORCERS, in_dims, in_names)
     if "member" not in outputs.dims:
         outputs = outputs.expand_dims("member")
-    _require(
-        outputs, opath, OUTPUT_VARIABLES, dict.fromkeys(OUTPUT_VARIABLES, ("member", "time", "lat", "lon"))
-    )
-    _same_grid(inputs, outputs, f"{opath} vs {ipath}")
+    _require(outputs, opath, OUTPUT_VARIABLES,
+             dict.fromkeys(OUTPUT_VARIABLES, ("member", "time", "lat", "lon")), out_names)
     years_in, years_out = _years(inputs, ipath), _years(outputs, opath)
     if not np.array_equal(years_in, years_out):
         raise DataError(
@@ -186,7 +260,8 @@ def open_scenario(
             found=f"{years_out[0]}..{years_out[-1]} ({years_out.size})",
         )
     outputs = outputs.transpose("member", "time", "lat", "lon", ...)
-    return ScenarioFiles(name, ipath, opath, inputs, outputs, years_in)
+    grids = (grid_of(inputs, ipath, in_names), grid_of(outputs, opath, out_names))
+    return ScenarioFiles(name, ipath, opath, inputs, outputs, years_in, grids)
 
 
 def check_values(scenarios: list[ScenarioFiles]) -> None:
@@ -260,8 +335,7 @@ def ingest_climatebench(
     names = _check_pairs(source, found, scenarios, known_scenarios)
     with ExitStack() as stack:
         opened = [open_scenario(fs, n, found[n], stack) for n in names]
-        for s in opened[1:]:
-            _same_grid(opened[0].outputs, s.outputs, f"{s.outputs_path} vs {opened[0].outputs_path}")
+        check_grids([g for s in opened for g in (s.grids[1], s.grids[0])])
         check_values(opened)
         plans = plan_layout([(s.name, s.years, s.outputs.sizes["member"]) for s in opened])
         stats = (

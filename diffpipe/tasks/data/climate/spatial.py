@@ -79,8 +79,11 @@ def area_weights(lat: np.ndarray) -> np.ndarray:
 
 
 def area_mean(field: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Area-weighted mean over the last two (lat, lon) axes."""
-    return (field * area_weights(lat)[:, None]).mean(axis=(-2, -1))
+    """Area-weighted mean over the last two (lat, lon) axes: sum(w f) / sum(w) over the finite cells."""
+    weights = np.broadcast_to(area_weights(lat)[:, None], field.shape[-2:])
+    valid = np.isfinite(field)
+    total = np.where(valid, field * weights, 0.0).sum(axis=(-2, -1))
+    return total / np.where(valid, weights, 0.0).sum(axis=(-2, -1))
 
 
 def _angular_distance(lat: np.ndarray, lon: np.ndarray, lat0: float, lon0: float) -> np.ndarray:

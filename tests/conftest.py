@@ -32,6 +32,12 @@ def tiny_spec_file(tmp_path: Path, tiny_spec: dict) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def remote_read_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Cached copies of remote (s3://, memory://) artifacts go to a temporary folder, not ~/.cache."""
+    os.environ.setdefault("DIFFPIPE_CACHE_DIR", str(tmp_path_factory.mktemp("diffpipe-cache")))
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect API (SQLite in a temp dir) for in-process flow runs."""

@@ -39,6 +39,15 @@ def _library_checks(spec: PipelineSpec) -> None:
     check_spec(spec)
 
 
+def _store(spec: PipelineSpec):
+    """The spec's artifact store, checked to be reachable (bucket exists, credentials accepted)."""
+    from diffpipe.storage import ArtifactStore
+
+    store = ArtifactStore(spec.storage.root)
+    store.check_reachable()
+    return store
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a spec and print what it will run."""
     spec = _spec(args)
@@ -54,11 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     only reads the store. Against a server (or with `--record`) the flow runs and its cached tasks are logged.
     """
     spec = _spec(args, library_checks=False)
-    from diffpipe.storage import ArtifactStore
-
     from .plan import status
 
-    store = ArtifactStore(spec.storage.root)
+    store = _store(spec)
     rows = status(spec, store, verify=False)  # the flow verifies what it reuses; only the fast path needs it here
     if (all(r.state == "cached" for r in rows) and not args.record and not _prefect_server_configured()
             and all(store.lookup(r.key, verify=spec.storage.verify_on_load) for r in rows)):
@@ -95,11 +102,9 @@ def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
 def cmd_status(args: argparse.Namespace) -> int:
     """Per stage: cached / stale / never run, and why."""
     spec = _spec(args)
-    from diffpipe.storage import ArtifactStore
-
     from .plan import status
 
-    rows = status(spec, ArtifactStore(spec.storage.root))
+    rows = status(spec, _store(spec))
     if args.json:
         print(json.dumps({"pipeline": spec.name, "stages": [r.as_json() for r in rows]}, indent=2))
     else:
@@ -111,11 +116,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     """A stage's artifact, lineage, metrics and files."""
     spec = _spec(args)
-    from diffpipe.storage import ArtifactStore
-
     from .plan import status
 
-    store = ArtifactStore(spec.storage.root)
+    store = _store(spec)
     rows = {r.name: r for r in status(spec, store)}
     if args.stage not in rows:
         raise InputError("stage", "no such stage in this pipeline", "one of " + ", ".join(rows), repr(args.stage))
@@ -123,7 +126,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     doc: dict[str, Any] = row.as_json()
     if row.ref is not None:
         manifest = store.manifest(row.ref.sha256)
-        doc["location"] = f"{store.root_uri.rstrip('/')}/{row.ref.uri}"
+        doc["location"] = store.uri(row.ref)
         doc["lineage"] = manifest["lineage"]
         doc["files"] = {k: v["size"] for k, v in manifest["files"].items()}
     if args.json:

@@ -75,7 +75,7 @@ def _publish_ui(spec: PipelineSpec, node: str, kind: str, ref: ArtifactRef, stor
     rows = [{"metric": k, "value": v} for k, v in _flatten(output.metrics).items()]
     if rows:
         create_table_artifact(rows, key=f"{slug}-metrics", description=f"{node} ({kind}) metrics")
-    location = f"{store.root_uri.rstrip('/')}/{ref.uri}"
+    location = store.uri(ref)
     files = sorted(p.relative_to(workdir).as_posix() for p in workdir.iterdir())
     md = [f"## {node} ({kind})", output.summary, "",
           f"- artifact: `{location}`", f"- kind: {ref.kind}, sha256 `{ref.sha256}`, {ref.nbytes / 1e6:.2f} MB",

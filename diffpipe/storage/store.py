@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from diffpipe.errors import CorruptArtifact, InputError
 from diffpipe.schemas import ArtifactKind, ArtifactRef
+
+from . import remote
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
@@ -57,23 +58,38 @@ class ArtifactStore:
     def __init__(self, root: str):
         self.root_uri = root
         try:
-            self.fs, path = fsspec.core.url_to_fs(root)
+            protocol = fsspec.core.split_protocol(root)[0] or "file"
+            self.fs, path = fsspec.core.url_to_fs(root, **remote.filesystem_options(protocol))
         except (ValueError, ImportError) as e:
             raise InputError("storage.root", "cannot open the artifact root", "an fsspec URI", f"'{root}' ({e})") from e
         self.root = path.rstrip("/") if path not in ("/", "") else path
         self.is_local = isinstance(self.fs, LocalFileSystem)
-        self._cache_dir: Path | None = None
+        self.has_buckets = remote.has_buckets(self.fs)
+        """An object store (s3://...): no folders to create, and creating one would create a missing bucket."""
+
+    def check_reachable(self) -> None:
+        """Raise InputError when a remote root's bucket is missing or its credentials are refused."""
+        if self.has_buckets:
+            remote.check_reachable(self.fs, self.root, self.root_uri)
 
     def check_writable(self) -> None:
         """Raise InputError if the root cannot be created or written."""
+        self.check_reachable()
         probe = self._path("tmp", f"probe-{uuid.uuid4().hex}")
         try:
-            self.fs.makedirs(self._path("tmp"), exist_ok=True)
+            if not self.has_buckets:
+                self.fs.makedirs(self._path("tmp"), exist_ok=True)
             self.fs.pipe_file(probe, b"ok")
             self.fs.rm_file(probe)
         except (OSError, PermissionError) as e:
             raise InputError("storage.root", "the artifact root is not writable", "a writable location",
                              f"'{self.root_uri}' ({e.__class__.__name__}: {e})") from e
+
+    def uri(self, ref: ArtifactRef) -> str:
+        """The absolute URI of an artifact's folder (`file:///abs/objects/..`, `s3://bucket/prefix/objects/..`)."""
+        if self.is_local:
+            return Path(self.object_path(ref.sha256)).resolve().as_uri()
+        return self.fs.unstrip_protocol(self.object_path(ref.sha256))
 
     # -- paths -------------------------------------------------------------------------------
     def _path(self, *parts: str) -> str:
@@ -84,17 +100,11 @@ class ArtifactStore:
         return self._path("objects", sha[:2], sha)
 
     def local_path(self, ref: ArtifactRef) -> Path:
-        """A local folder holding the artifact's files (the store itself when it is local)."""
+        """A local folder holding the artifact's files (the store itself when it is local, else the read cache)."""
         if self.is_local:
             return Path(self.object_path(ref.sha256))
-        if self._cache_dir is None:
-            self._cache_dir = Path(tempfile.mkdtemp(prefix="diffpipe-cache-"))
-        target = self._cache_dir / ref.sha256
-        if not target.exists():
-            part = self._cache_dir / f"{ref.sha256}.part"
-            self.fs.get(self.object_path(ref.sha256) + "/", str(part), recursive=True)
-            part.rename(target)
-        return target
+        files = self.manifest(ref.sha256)["files"]
+        return remote.cached_copy(self.fs, self.object_path(ref.sha256), ref.sha256, files, file_sha256)
 
     # -- publish -----------------------------------------------------------------------------
     def publish(self, local_dir: Path, kind: ArtifactKind, lineage: dict[str, Any]) -> ArtifactRef:
@@ -108,6 +118,8 @@ class ArtifactStore:
         manifest = {"ref": ref.model_dump(mode="json"), "files": listing, "lineage": lineage}
         if not self._has_valid_object(ref):
             self._upload(local_dir, ref)
+        if not self.is_local:
+            remote.seed_cache(local_dir, sha, listing, file_sha256)
         self._write_json(self._path("manifests", f"{sha}.json"), manifest)
         return ref
 
@@ -120,6 +132,9 @@ class ArtifactStore:
 
     def _upload(self, local_dir: Path, ref: ArtifactRef) -> None:
         final = self.object_path(ref.sha256)
+        if self.has_buckets:  # object stores have no folder rename; each PUT is atomic and the bytes are
+            self.fs.put(str(local_dir) + "/", final + "/", recursive=True)  # fixed by the digest
+            return
         staging = self._path("tmp", uuid.uuid4().hex)
         self.fs.makedirs(staging, exist_ok=True)
         self.fs.put(str(local_dir) + "/", staging + "/", recursive=True)
@@ -137,22 +152,18 @@ class ArtifactStore:
         """Recompute every file digest; raise CorruptArtifact on any difference."""
         manifest = self.manifest(ref.sha256)
         base = self.object_path(ref.sha256)
+        if not self.is_local:  # one listing of the remote object, then the digests of the local cached copy
+            remote.check_remote_listing(self.fs, base, manifest["files"], ref.sha256[:12])
+            base = str(self.local_path(ref))
         for rel, meta in manifest["files"].items():
             try:
-                digest = self._remote_sha256(f"{base}/{rel}")
+                digest = file_sha256(Path(base) / rel)
             except FileNotFoundError as e:
                 raise CorruptArtifact(f"artifact {ref.sha256[:12]}: file '{rel}' is missing") from e
             if digest != meta["sha256"]:
+                if not self.is_local:
+                    remote.drop_cached(ref.sha256)
                 raise CorruptArtifact(f"artifact {ref.sha256[:12]}: file '{rel}' does not match its checksum")
-
-    def _remote_sha256(self, path: str) -> str:
-        if self.is_local:
-            return file_sha256(Path(path))
-        h = hashlib.sha256()
-        with self.fs.open(path, "rb") as f:
-            while block := f.read(CHUNK):
-                h.update(block)
-        return h.hexdigest()
 
     # -- cache-key index ---------------------------------------------------------------------
     def record_key(self, key: str, ref: ArtifactRef, record: dict[str, Any]) -> None:
@@ -208,7 +219,8 @@ class ArtifactStore:
     def _write_json(self, path: str, obj: Any) -> None:
         data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
         parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
+        if not self.has_buckets:
+            self.fs.makedirs(parent, exist_ok=True)
         tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
         self.fs.pipe_file(tmp, data)
         self.fs.mv(tmp, path)
@@ -242,14 +254,18 @@ class RunDir:
 
     def save(self, step: int, local_dir: Path, keep: int = 2) -> None:
         """Publish a checkpoint folder as `step-<n>` (a COMPLETE marker is written last)."""
-        (local_dir / "COMPLETE").write_text(str(step))
         fs, final = self.store.fs, f"{self.path}/step-{step:08d}"
-        staging = f"{self.path}/.tmp-{uuid.uuid4().hex}"
-        fs.makedirs(self.path, exist_ok=True)
-        fs.put(str(local_dir) + "/", staging + "/", recursive=True)
         if fs.exists(final):
             fs.rm(final, recursive=True)
-        fs.mv(staging, final, recursive=True)
+        if not self.store.has_buckets:
+            (local_dir / "COMPLETE").write_text(str(step))
+            staging = f"{self.path}/.tmp-{uuid.uuid4().hex}"
+            fs.makedirs(self.path, exist_ok=True)
+            fs.put(str(local_dir) + "/", staging + "/", recursive=True)
+            fs.mv(staging, final, recursive=True)
+        else:  # no folder rename on object stores: the files, then the marker
+            fs.put(str(local_dir) + "/", final + "/", recursive=True)
+            fs.pipe_file(f"{final}/COMPLETE", str(step).encode())
         for old in self.steps()[:-keep]:
             fs.rm(f"{self.path}/step-{old:08d}", recursive=True)
 

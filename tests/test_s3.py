@@ -1,0 +1,176 @@
+"""The artifact store on S3: moto's S3 server on loopback (what s3fs tests itself against), real s3fs.
+
+One digits run end to end through the CLI (run, status, show, cached rerun), atomic publish against a
+killed writer and two concurrent writers of one key, and the bad inputs: missing bucket, no credentials.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_specs import tiny_digits_spec
+
+BIN = Path(sys.executable).parent
+BUCKET = "diffpipe-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """A moto S3 server on 127.0.0.1 with one bucket; the environment a client needs to reach it."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(BUCKET)
+    yield env
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+def _s3():
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "diffpipe"), *args], env={**os.environ, **env}, cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_digits_pipeline_runs_on_s3(s3_env, tmp_path: Path) -> None:
+    spec = tiny_digits_spec(tmp_path / "unused")
+    spec["storage"] = {"root": f"s3://{BUCKET}/runs/digits"}
+    path = tmp_path / "s3.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**s3_env, "DIFFPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    done = _cli(["run", str(path), "--json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = {s["name"]: s["state"] for s in json.loads(done.stdout)["stages"]}
+    assert stages == {"data": "executed", "pretrain": "executed", "sample": "executed", "evaluate": "executed"}
+    fs = _s3()
+    assert len(fs.ls(f"{BUCKET}/runs/digits/manifests")) == 4
+    assert not fs.exists(f"{BUCKET}/runs/digits/runs")  # training checkpoints removed after publish
+
+    status = _cli(["status", str(path), "--json"], env, tmp_path)
+    assert {s["state"] for s in json.loads(status.stdout)["stages"]} == {"cached"}
+    show = json.loads(_cli(["show", str(path), "pretrain", "--json"], env, tmp_path).stdout)
+    assert show["location"].startswith(f"s3://{BUCKET}/runs/digits/objects/")
+    assert "model/config.json" in show["files"]
+
+    rerun = _cli(["run", str(path), "--json"], env, tmp_path)
+    assert {s["state"] for s in json.loads(rerun.stdout)["stages"]} == {"cached"}
+    cached = list((tmp_path / "cache" / "objects").iterdir())
+    assert len(cached) == 4 and not [p for p in cached if p.name.startswith(".part-")]
+
+
+PUBLISHER = """
+import sys, time
+from pathlib import Path
+from diffpipe.storage import ArtifactStore
+from diffpipe.schemas import ArtifactRef
+store = ArtifactStore(sys.argv[1])
+src = Path(sys.argv[2])
+ref = store.publish(src, "samples", {"writer": sys.argv[3]})
+store.record_key("k" * 64, ref, {"writer": sys.argv[3]})
+print(ref.sha256)
+"""
+
+
+def _folder(root: Path, files: int, size: int) -> Path:
+    root.mkdir(parents=True)
+    for i in range(files):
+        (root / f"part-{i:04d}.bin").write_bytes(bytes([i % 251]) * size)
+    return root
+
+
+def _publisher(root: str, src: Path, name: str, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", PUBLISHER, root, str(src), name], env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_killed_publish_leaves_nothing_complete(s3_env, tmp_path: Path) -> None:
+    from diffpipe.storage import ArtifactStore, tree_digest, tree_listing
+
+    root = f"s3://{BUCKET}/killed"
+    src = _folder(tmp_path / "big", files=400, size=4096)
+    sha = tree_digest(tree_listing(src))
+    env = {**s3_env, "DIFFPIPE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = _publisher(root, src, "killed", env)
+    fs, objects = _s3(), f"{BUCKET}/killed/objects/{sha[:2]}/{sha}"
+    deadline = time.monotonic() + 120
+    while not (fs.exists(objects) and fs.ls(objects)):
+        assert proc.poll() is None and time.monotonic() < deadline, "the publisher ended before it was killed"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not fs.exists(f"{BUCKET}/killed/manifests/{sha}.json")  # the manifest is the commit: never written
+    store = ArtifactStore(root)
+    assert store.lookup("k" * 64) is None
+    ref = store.publish(src, "samples", {"writer": "second"})  # a later publish completes the same object
+    store.verify(ref)
+    assert len(fs.find(objects)) == 400
+
+
+def test_two_writers_of_one_key_do_not_corrupt_it(s3_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffpipe.storage import ArtifactStore
+
+    root = f"s3://{BUCKET}/race"
+    src = _folder(tmp_path / "same", files=60, size=8192)
+    procs = [_publisher(root, src, name, {**s3_env, "DIFFPIPE_CACHE_DIR": str(tmp_path / name)})
+             for name in ("a", "b")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    assert outs[0][0] == outs[1][0]
+    monkeypatch.setenv("DIFFPIPE_CACHE_DIR", str(tmp_path / "reader"))  # a third machine reads it back
+    ref = ArtifactStore(root).lookup("k" * 64)
+    assert ref is not None and ref.sha256 == outs[0][0].strip()
+
+
+def test_missing_bucket_and_missing_credentials_exit_2(s3_env, tmp_path: Path) -> None:
+    spec = tiny_digits_spec(tmp_path / "unused")
+    spec["storage"] = {"root": "s3://no-such-bucket-here/x"}
+    path = tmp_path / "nobucket.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    for command in (["status", str(path)], ["run", str(path)]):
+        done = _cli(command, s3_env, tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "storage.root: the bucket does not exist" in done.stderr and "no-such-bucket-here" in done.stderr
+    assert not _s3().exists("no-such-bucket-here")  # not created on the way
+
+    spec["storage"] = {"root": f"s3://{BUCKET}/x"}
+    path.write_text(yaml.safe_dump(spec))
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    bare.update(AWS_ENDPOINT_URL=s3_env["AWS_ENDPOINT_URL"], AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+                AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    done = subprocess.run([str(BIN / "diffpipe"), "status", str(path)], env=bare, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "storage.root: no S3 credentials" in done.stderr and "AWS_ACCESS_KEY_ID" in done.stderr

@@ -92,3 +92,20 @@ def test_memory_root_runs(tiny_spec: dict, prefect_api, tmp_path: Path) -> None:
     raw["stages"][0]["steps"] = 4
     assert _executed(_run(raw)) == {"data", "pretrain"}
     assert _executed(_run(raw)) == set()
+
+
+def test_status_names_a_library_version_change(tiny_spec: dict) -> None:
+    from diffpipe.flows.cache import library_versions
+    from diffpipe.flows.plan import node_key, nodes
+
+    spec = validate_spec(copy.deepcopy(tiny_spec))
+    store = ArtifactStore(spec.storage.root)
+    data = nodes(spec)[0]
+    key, inputs = node_key(spec, data, {})
+    assert inputs["libraries"] == library_versions("digits")
+    assert set(inputs["libraries"]) == {"torch", "diffusers", "numpy", "scikit-learn"}
+    built_with = {**inputs, "libraries": {**inputs["libraries"], "torch": "2.12.0"}}
+    store.record_name(spec.name, "data", {"key": "0" * 64, "inputs": built_with})  # as an older torch left it
+    (row,) = [r for r in status(spec, store) if r.name == "data"]
+    assert row.state == "stale" and row.key == key
+    assert row.reasons == [f"library torch changed: 2.12.0 -> {inputs['libraries']['torch']}"]

@@ -5,6 +5,8 @@ key = sha256(stage spec after defaults, without its name and reference fields
              + the model spec when the stage builds a network
              + runtime facts that change results (seed, device class, precision)
              + code version of the stage's module and its data domain's, with every diffpipe module they import
+             + versions of the libraries whose numerics the node depends on (torch, diffusers, numpy and the
+               data domain's own: scikit-learn, ase, fair, ...)
              + diffpipe version)
 """
 
@@ -14,6 +16,7 @@ import ast
 import hashlib
 import json
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,28 @@ PACKAGE_DIR = Path(diffpipe.__file__).parent
 
 EXCLUDED_FROM_CODE_VERSION = ("diffpipe.schemas", "diffpipe.errors", "diffpipe.flows")
 """Schema effects reach keys through the spec dump; flows orchestrate and never change results."""
+
+
+CORE_LIBRARIES = ("torch", "diffusers", "numpy")
+"""Libraries whose numerics every node depends on."""
+
+DOMAIN_LIBRARIES = {
+    "digits": ("scikit-learn",),
+    "coulomb_explosion": ("ase", "scipy"),
+    "climate": ("fair", "xarray", "scipy"),
+}
+"""Data kind -> the further libraries its data, networks and metrics compute with."""
+
+
+def library_versions(data_kind: str) -> dict[str, str]:
+    """Installed versions of the libraries a node of data kind `data_kind` computes with (read, not imported)."""
+    out = {}
+    for name in (*CORE_LIBRARIES, *DOMAIN_LIBRARIES.get(data_kind, ())):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def canonical_json(obj: Any) -> str:
@@ -91,6 +116,7 @@ def key_inputs(
         "runtime": {"seed": runtime.seed, "device": resolve_device(runtime).type,
                     "precision": resolve_precision(runtime)},
         "code": sha256_text(canonical_json([code_version(m) for m in modules])),
+        "libraries": library_versions(pipeline.data.kind),
         "diffpipe": diffpipe.__version__,
     }
     if stage is None:
@@ -117,8 +143,12 @@ def explain_change(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             reasons += explain_change(a, b, path + ".")
+        elif path == "libraries":
+            reasons.append("library versions were not part of its key before")
         elif path == "code":
             reasons.append("code changed")
+        elif path.startswith("libraries."):
+            reasons.append(f"library {path[10:]} changed: {a or 'absent'} -> {b or 'absent'}")
         elif path.startswith("upstream."):
             reasons.append(f"input '{path[9:]}' changed")
         else:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import inspect
+import math
+import os
 
 import diffusers
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import PipelineSpec, SampleStage
 from diffpipe.schemas.distill import MidtrainStage
+from diffpipe.schemas.search import CONTINUOUS, RewardFreeGuidance
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
 from diffpipe.tasks.rl.rewards import resolve_reward
@@ -19,6 +22,8 @@ def check_spec(spec: PipelineSpec) -> None:
     for i, stage in enumerate(spec.stages):
         if isinstance(stage, SampleStage):
             _check_scheduler(i, stage)
+            if stage.search is not None:
+                _check_search(spec, i, stage)
         for j, term in enumerate(getattr(stage, "rewards", None) or []):
             resolve_reward(term.name, spec.data.kind, f"stages[{i}].rewards[{j}].name")
         if isinstance(stage, MidtrainStage):
@@ -48,3 +53,78 @@ def _check_trajectory_solver(i: int, stage: MidtrainStage) -> None:
         make_flow_solver(stage.solver, stage.solver_options)
     except SpecError as e:
         raise SpecError(f"stages[{i}].solver", e.problem, e.expected, e.found) from None
+
+
+SEARCH_SCHEDULERS = {None, "FlowMatchEulerDiscreteScheduler"}
+"""Continuous searches step their own SDE on the FlowMatchEuler grid; no other scheduler is used."""
+ACTIVATIONS_PER_VALUE = 64
+"""Rough float32 activations per input value a network call holds (the memory estimate's network share)."""
+
+
+def _check_search(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
+    """The method fits the data and the checkpoint, its reward and reference exist, its states fit in memory."""
+    method, kind, where = stage.search, spec.data.kind, f"stages[{i}].search"
+    if kind not in method.data_kinds:
+        family = "flow-matching models of continuous data" if method.data_kinds == CONTINUOUS else \
+            "masked-diffusion token models"
+        raise SpecError(f"{where}.method", f"{method.method} applies to {family}",
+                        "a method for " + kind + " data", repr(method.method))
+    if getattr(method, "reward", None) is not None:
+        resolve_reward(method.reward, kind, f"{where}.reward")
+    if isinstance(method, RewardFreeGuidance):
+        _check_reference(spec, i, method.reference, f"{where}.reference")
+    if kind in CONTINUOUS:
+        _check_continuous_source(spec, i, stage)
+    _check_memory(spec, i, stage)
+
+
+def _check_reference(spec: PipelineSpec, i: int, name: str, where: str) -> None:
+    earlier = {s.name: s for s in spec.stages[:i]}
+    if name not in earlier or earlier[name].output_kind != "checkpoint":
+        raise SpecError(where, "RFG needs the reference model as an earlier checkpoint stage",
+                        "one of " + ", ".join(n for n, s in earlier.items() if s.output_kind == "checkpoint"),
+                        repr(name))
+    if name == spec.stages[i].model:
+        raise SpecError(where, "the reference must differ from the sampled policy (`model`)",
+                        "the stage the policy was fine-tuned from", repr(name))
+
+
+def _check_continuous_source(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
+    objective = getattr(spec.stage(stage.model), "objective", None)
+    if objective is None or objective.kind != "flow_matching":
+        found = "no objective" if objective is None else f"a {objective.kind} checkpoint"
+        raise SpecError(f"stages[{i}].search.method", "continuous search steps the flow-matching SDE",
+                        "a flow_matching checkpoint (pretrain or rl)", f"{found} from stage '{stage.model}'")
+    if stage.scheduler.name not in SEARCH_SCHEDULERS:
+        raise SpecError(f"stages[{i}].scheduler.name", "a search samples on the FlowMatchEuler grid of "
+                        "`scheduler.steps` with its own SDE", "FlowMatchEulerDiscreteScheduler or none",
+                        repr(stage.scheduler.name))
+
+
+def sample_values(data) -> int:
+    """Values in one sample of the data kind (an upper bound where it varies)."""
+    if data.kind == "digits":
+        return math.prod(data.sample_shape)
+    if data.kind == "coulomb_explosion":
+        return 3 * data.max_atoms
+    if data.kind == "climate":
+        source = getattr(data, "source", None)
+        return 4 * getattr(source, "nlat", 96) * getattr(source, "nlon", 144)
+    return 4096  # token models: sequence length x vocabulary logits, bounded generously
+
+
+def _check_memory(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
+    method = stage.search
+    copies = method.state_copies(stage.scheduler.steps)
+    rows = min(stage.batch_size, stage.num_samples)
+    values = sample_values(spec.data)
+    per_call = rows * getattr(method, "particles", 1) * values * ACTIVATIONS_PER_VALUE
+    need = 4 * (rows * copies * values + per_call)
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    if need > available:
+        sizes = [f for f in ("particles", "rollouts", "cores") if f in type(method).model_fields]
+        field = sizes[0] if sizes else "method"
+        raise SpecError(f"stages[{i}].search.{field}", "the search's states and network batches do not fit in "
+                        f"memory at batch_size {stage.batch_size}",
+                        f"at most {available / 2**30:.1f} GiB (half of this machine's memory)",
+                        f"an estimated {need / 2**30:.1f} GiB")

@@ -9,6 +9,7 @@ from pydantic import Field
 from .artifact import ArtifactKind
 from .base import Strict
 from .objectives import FlowMatching, Objective
+from .search import SearchMethod
 
 StageName = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="Unique name of the stage.")
 
@@ -97,6 +98,8 @@ class SampleStage(StageBase):
     """Samples per network call."""
     seed: int = 0
     """Offset added to the runtime seed for the initial noise."""
+    search: SearchMethod | None = None
+    """Inference-time search or guidance (a union on `method`; None: plain sampling)."""
 
     output_kind: ClassVar[ArtifactKind] = "samples"
     references: ClassVar[dict[str, frozenset[str]]] = {"model": frozenset({"checkpoint"})}

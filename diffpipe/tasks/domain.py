@@ -25,6 +25,7 @@ from .nets import build_image_model, call_image_model, null_label
 from .nets.flowmap import network_fn
 from .objectives import NetFn
 from .sampling import CountingNet, guided, sample
+from .search.run import make_search
 
 SAMPLES_FILE = "samples.zarr"
 
@@ -137,13 +138,15 @@ class ImageDomain:
         device = ctx.device
         labels = self.requested_labels(spec, info.get("num_classes"))
         net = CountingNet(guided(self.net(model), null_label(model), spec.guidance_scale))
+        search = make_search(spec, ctx.pipeline.data.kind, ctx.input_path("data"), stage_field(ctx, "search"))
         gen, chunks, t0 = ctx.generator(offset=1000 + spec.seed), [], time.perf_counter()
         for start in range(0, spec.num_samples, spec.batch_size):
             n = min(spec.batch_size, spec.num_samples - start)
             lab = None if labels is None else labels[start:start + n].to(device)
             shape = (n, *ctx.pipeline.data.sample_shape)
             with ctx.autocast():
-                chunks.append(sample(net, objective, scheduler, spec.scheduler.steps, shape, lab, gen, device).cpu())
+                chunks.append(sample(net, objective, scheduler, spec.scheduler.steps, shape, lab, gen, device,
+                                     search).cpu())
         wall = time.perf_counter() - t0
         x = torch.cat(chunks).float()
         ds = xr.Dataset({"x": (("sample", "channel", "y", "x"), x.numpy())}, attrs={"stage": ctx.node})
@@ -153,7 +156,9 @@ class ImageDomain:
         nfe = net.calls // max(1, len(chunks))
         name = type(scheduler).__name__ if scheduler is not None else "direct (regression)"
         metrics = {"num_samples": spec.num_samples, "scheduler": name, "steps": spec.scheduler.steps,
-                   "nfe_per_sample": nfe, "sampling_wall_s": wall, "samples_per_s": spec.num_samples / wall}
+                   "nfe_per_sample": nfe, "sampling_wall_s": wall, "samples_per_s": spec.num_samples / wall,
+                   **net.costs(spec.num_samples), **(search.metrics() if search else {})}
+        nfe = metrics["nfe_per_sample"]
         grid = self.preview(x, labels, ctx.workdir / "grid.png", f"{ctx.node}: {name}, {nfe} NFE")
         summary = f"{spec.num_samples} samples with `{name}` in {spec.scheduler.steps} steps ({nfe} NFE)."
         return StageOutput("samples", metrics, summary, {"samples": grid})
@@ -204,6 +209,12 @@ class ImageDomain:
         from .data.images import save_grid
 
         return save_grid(x, path, labels, title=title)
+
+
+def stage_field(ctx: StageContext, field: str) -> str:
+    """Spec path of a field of the running stage, e.g. `stages[1].search`."""
+    names = [s.name for s in ctx.pipeline.stages]
+    return f"stages[{names.index(ctx.node)}].{field}"
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:

@@ -38,8 +38,20 @@ DOMAIN_MODULES = {
 }
 """Data kind -> the module that implements its domain."""
 
+SEARCH_MODULES = {
+    "best_of_n": "diffpipe.tasks.search.best_of_n",
+    "fk_steering": "diffpipe.tasks.search.fk_steering",
+    "tree_search": "diffpipe.tasks.search.tree_search",
+    "chords": "diffpipe.tasks.search.chords",
+    "particle_gibbs": "diffpipe.tasks.search.particle_gibbs",
+    "rfg": "diffpipe.tasks.search.rfg",
+    "discrete_cfg": "diffpipe.tasks.search.discrete_cfg",
+}
+"""Search method of the sample stage -> the module that implements it."""
+
 STAGES: dict[str, StageFn] = {}
 DOMAINS: dict[str, Domain] = {}
+SEARCHES: dict[str, Callable] = {}
 
 
 def stage(kind: str) -> Callable[[StageFn], StageFn]:
@@ -58,6 +70,16 @@ def domain(kind: str) -> Callable[[type], type]:
     def register(cls: type) -> type:
         DOMAINS[kind] = cls()
         return cls
+
+    return register
+
+
+def search(method: str) -> Callable[[Callable], Callable]:
+    """Register the function that runs search `method` in a sample stage."""
+
+    def register(fn: Callable) -> Callable:
+        SEARCHES[method] = fn
+        return fn
 
     return register
 
@@ -84,6 +106,13 @@ def get_domain(kind: str) -> Domain:
     if kind not in DOMAINS:
         importlib.import_module(domain_module(kind))
     return DOMAINS[kind]
+
+
+def get_search(method: str) -> Callable:
+    """The function that runs search `method`, importing its module on first use."""
+    if method not in SEARCHES:
+        importlib.import_module(_module_of(method, SEARCH_MODULES, "search"))
+    return SEARCHES[method]
 
 
 def _module_of(kind: str, modules: dict[str, str], what: str) -> str:

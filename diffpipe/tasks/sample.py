@@ -12,6 +12,7 @@ from diffpipe.schemas import Objective, SampleStage
 from diffpipe.schemas.distill import TwoTimeObjective
 from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, TRAINING_FILE, load_model, read_json, write_json
 
+from .compute import EnergyMeter
 from .context import StageContext, StageOutput
 from .objectives import make_scheduler
 from .registry import get_domain, stage
@@ -34,6 +35,8 @@ def run_sample(ctx: StageContext) -> StageOutput:
     spec: SampleStage = ctx.pipeline.stage(ctx.node)
     model, objective, info = load_checkpoint(ctx.input_path("model"), spec.weights)
     scheduler = make_scheduler(objective, spec.scheduler.name, spec.scheduler.options)
+    meter = EnergyMeter(ctx.device).start()
     output = get_domain(ctx.pipeline.data.kind).sample(ctx, spec, model.to(ctx.device), objective, scheduler, info)
+    output.metrics.update(meter.stop())
     write_json(ctx.workdir / "metrics.json", output.metrics)
     return output

@@ -4,26 +4,47 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import SchedulerMixin
+from torch.utils.flop_counter import FlopCounterMode
 
 from diffpipe.schemas import Objective
 
 from .flowmap.sampling import sample_two_time
 from .objectives import NetFn, net_timestep
 
+if TYPE_CHECKING:
+    from .search.run import SearchRun
+
 
 @dataclass
 class CountingNet:
-    """Wraps a network function and counts function evaluations (one per batched call)."""
+    """Wraps a network function; counts batched calls, rows evaluated, and the FLOPs of its first call."""
 
     net: NetFn
     calls: int = 0
+    rows: int = 0
+    """Network evaluations: the rows of every call summed (one sample at one time is one evaluation)."""
+    flops_per_row: float | None = None
+    """FLOPs of one evaluation, from torch's FlopCounterMode on the first call (matmuls and convolutions)."""
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
         self.calls += 1
-        return self.net(x, t, labels)
+        self.rows += x.shape[0]
+        if self.flops_per_row is not None:
+            return self.net(x, t, labels)
+        with FlopCounterMode(display=False) as counter:
+            out = self.net(x, t, labels)
+        self.flops_per_row = counter.get_total_flops() / x.shape[0]
+        return out
+
+    def costs(self, num_samples: int) -> dict[str, Any]:
+        """Network evaluations per output sample, FLOPs per evaluation and in total, as stage metrics."""
+        flops = None if self.flops_per_row is None else self.flops_per_row * self.rows
+        return {"network_evaluations_per_sample": self.rows / max(1, num_samples),
+                "flops_per_evaluation": self.flops_per_row, "sampling_flops": flops}
 
 
 def guided(net: NetFn, null_label: int | None, scale: float) -> NetFn:
@@ -42,9 +63,14 @@ def guided(net: NetFn, null_label: int | None, scale: float) -> NetFn:
 @torch.no_grad()
 def sample(
     net: NetFn, objective: Objective, scheduler: SchedulerMixin | None, steps: int, shape: tuple[int, ...],
-    labels: torch.Tensor | None, gen: torch.Generator, device: torch.device,
+    labels: Any, gen: torch.Generator, device: torch.device, search: SearchRun | None = None,
 ) -> torch.Tensor:
-    """Integrate the scheduler from noise to data for a batch of `shape` (regression: one direct call)."""
+    """Integrate the scheduler from noise to data for a batch of `shape` (regression: one direct call).
+
+    With a `search`, the search method draws the batch instead, spending its own network evaluations.
+    """
+    if search is not None:
+        return search.draw(net, steps, shape, labels, gen, device)
     if scheduler is None:
         zeros = torch.zeros(shape, device=device)
         return net(zeros, torch.zeros(shape[0], device=device), labels)

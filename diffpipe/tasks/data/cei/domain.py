@@ -51,10 +51,13 @@ from diffpipe.schemas.cei import AtomTransformerSpec, CoulombExplosionData
 from diffpipe.storage.formats import read_json, write_dataset, write_json
 
 from ...context import StageContext, StageOutput, resolve_device
+from ...domain import stage_field
 from ...nets.atom_transformer import AtomTransformer
 from ...nets.flowmap import network_fn
 from ...objectives import NetFn, make_scheduler
 from ...registry import domain
+from ...sampling import CountingNet
+from ...search.run import SearchRun, make_search
 from .batches import ChunkedEventBatches
 from .build import build_cei_dataset, open_cei_store
 from .inference import (
@@ -165,9 +168,10 @@ class CeiDomain:
         test = open_cei_store(str(data / STORE_FILE), "test")
         chosen = balanced_events(test, spec.num_samples)
         events = test.isel(event=chosen).load().assign(event_index=("event", chosen))
-        started = time.perf_counter()
-        ds, nfe = self.draw(events, model, objective, scheduler, spec, ctx.pipeline.data, self.settings(data),
-                            ctx.runtime, ctx.autocast)
+        started, net = time.perf_counter(), CountingNet(self.net(model.to(ctx.device)))
+        search = make_search(spec, ctx.pipeline.data.kind, data, stage_field(ctx, "search"))
+        ds, nfe = self.draw(events, net, objective, scheduler, spec, ctx.pipeline.data, self.settings(data),
+                            ctx.runtime, ctx.autocast, search)
         wall = time.perf_counter() - started
         ds.attrs.update(molecule_names=list(test.attrs["molecule_names"]), source="held-out molecules",
                         stage=ctx.node)
@@ -175,23 +179,28 @@ class CeiDomain:
         draws = ds.sizes["draw"]
         metrics = {"n_events": len(chosen), "draws_per_event": draws, "scheduler": ds.attrs["scheduler"],
                    "steps": spec.scheduler.steps, "nfe_per_sample": nfe, "sampling_wall_s": wall,
-                   "geometries_per_s": len(chosen) * draws / wall}
+                   "geometries_per_s": len(chosen) * draws / wall, **net.costs(len(chosen) * draws),
+                   **(search.metrics() if search else {})}
+        nfe = metrics["nfe_per_sample"]
         summary = (f"{draws} geometries for each of {len(chosen)} held-out events with `{ds.attrs['scheduler']}` "
                    f"({nfe} NFE).")
         return StageOutput("samples", metrics, summary)
 
-    def draw(self, events: xr.Dataset, model: ModelMixin, objective: Objective, scheduler: SchedulerMixin | None,
+    def draw(self, events: xr.Dataset, net: NetFn, objective: Objective, scheduler: SchedulerMixin | None,
              spec: SampleStage, data: CoulombExplosionData, settings: dict[str, Any], runtime: RuntimeSpec,
-             autocast: Any) -> tuple[xr.Dataset, int]:
-        """Samples Dataset for loaded events (seeded by the runtime and the stage's `seed`) and NFE per batch."""
+             autocast: Any, search: SearchRun | None = None) -> tuple[xr.Dataset, int]:
+        """Samples Dataset for loaded events (seeded by the runtime and the stage's `seed`) and NFE per batch.
+
+        `net` is the model's network function on the runtime's device; `search` an optional inference-time search.
+        """
         device = resolve_device(runtime)
         conditions = torch.Generator().manual_seed(runtime.seed + CONDITION_SEED_OFFSET + spec.seed)
         momenta = observed_conditions(events, data.detector, conditions)
         draws = 1 if scheduler is None else spec.samples_per_condition
         gen = torch.Generator().manual_seed(runtime.seed + 1000 + spec.seed)
-        positions, nfe = draw_geometries(self.net(model.to(device)), objective, scheduler, spec.scheduler.steps,
+        positions, nfe = draw_geometries(net, objective, scheduler, spec.scheduler.steps,
                                          draws, spec.batch_size, events, momenta,
-                                         settings["position_scale_bohr"], gen, device, autocast)
+                                         settings["position_scale_bohr"], gen, device, autocast, search)
         name = type(scheduler).__name__ if scheduler is not None else "direct (regression)"
         return samples_dataset(positions, events, momenta, {"scheduler": name, "nfe_per_sample": nfe}), nfe
 
@@ -231,7 +240,8 @@ class CeiDomain:
             if events.sizes["event"] == 0:
                 raise DataError(str(folder), "no molecule the model can take", found="; ".join(report["rejected"]))
             scheduler = make_scheduler(objective, stage.scheduler.name, stage.scheduler.options)
-            samples, _ = self.draw(events, model, objective, scheduler, stage, data, settings, pipeline.runtime,
+            net = self.net(model.to(resolve_device(pipeline.runtime)))
+            samples, _ = self.draw(events, net, objective, scheduler, stage, data, settings, pipeline.runtime,
                                    contextlib.nullcontext)
             scores = score_samples(samples, events["positions"].values, names)
             scores["scheduler"] = samples.attrs["scheduler"]

@@ -27,6 +27,7 @@ from diffpipe.schemas.cei import CeiDetector  # noqa: E402
 from diffpipe.tasks.metrics.cei import cei_metrics  # noqa: E402
 from diffpipe.tasks.objectives import NetFn  # noqa: E402
 from diffpipe.tasks.sampling import CountingNet, sample  # noqa: E402
+from diffpipe.tasks.search.run import SearchRun  # noqa: E402
 
 from .batches import condition, detected_momenta  # noqa: E402
 
@@ -50,9 +51,14 @@ def observed_conditions(events: xr.Dataset, detector: CeiDetector, gen: torch.Ge
 def draw_geometries(net: NetFn, objective: Objective, scheduler: SchedulerMixin | None, steps: int, draws: int,
                     batch_size: int, events: xr.Dataset, momenta: np.ndarray, scale_bohr: float,
                     gen: torch.Generator, device: torch.device,
-                    autocast: Callable[[], AbstractContextManager]) -> tuple[np.ndarray, int]:
-    """`draws` geometries per event (E, draws, A, 3) in Bohr, and the network calls per batch."""
-    counting = CountingNet(net)
+                    autocast: Callable[[], AbstractContextManager],
+                    search: SearchRun | None = None) -> tuple[np.ndarray, int]:
+    """`draws` geometries per event (E, draws, A, 3) in Bohr, and the network calls per batch.
+
+    A `net` that is a CountingNet keeps its counts for the caller; `search` draws each batch by an
+    inference-time search instead of the plain scheduler loop.
+    """
+    counting = net if isinstance(net, CountingNet) else CountingNet(net)
     mask_all = torch.from_numpy(events["mask"].values)
     per_call = max(1, batch_size // draws)
     out, batches = [], 0
@@ -63,7 +69,7 @@ def draw_geometries(net: NetFn, objective: Objective, scheduler: SchedulerMixin 
                          torch.from_numpy(events["charge"].values[rows]).repeat_interleave(draws, 0),
                          torch.from_numpy(momenta[rows]).repeat_interleave(draws, 0), mask, device)
         with autocast():
-            x = sample(counting, objective, scheduler, steps, (*mask.shape, 3), cond, gen, device)
+            x = sample(counting, objective, scheduler, steps, (*mask.shape, 3), cond, gen, device, search)
         x = x.float().cpu() * scale_bohr * mask[..., None]
         out.append(x.reshape(-1, draws, *x.shape[1:]).numpy())
         batches += 1

@@ -31,6 +31,7 @@ from ...nets.flowmap import network_fn
 from ...objectives import NetFn
 from ...registry import domain
 from ...sampling import CountingNet, sample
+from ...search.run import make_search
 from .batches import (
     CachedBatches,
     Forcing,
@@ -230,13 +231,14 @@ class ClimateDomain:
         path = ctx.workdir / SAMPLES_FILE
         self.create_samples(ctx, path, years.year.numpy(), members)
         net, gen, device = CountingNet(self.net(model)), ctx.generator(offset=1000 + spec.seed), ctx.device
+        search = make_search(spec, data.kind, ctx.input_path("data"), stage_path(ctx, "search"))
         block, t0 = max(1, spec.batch_size // members), time.perf_counter()
         for start in range(0, len(first_member), block):
             cond = years[slice(start, start + block)]
             rows = cond[torch.arange(len(cond.year)).repeat_interleave(members)].to(device)
             shape = (len(rows.year), len(OUTPUT_VARIABLES), *cond.maps.shape[-2:])
             with ctx.autocast():
-                x = sample(net, objective, scheduler, spec.scheduler.steps, shape, rows, gen, device)
+                x = sample(net, objective, scheduler, spec.scheduler.steps, shape, rows, gen, device, search)
             fields = test.denormalise(x.float().cpu()).reshape(len(cond.year), members, *shape[1:])
             self.write_block(path, fields.numpy(), slice(start, start + len(cond.year)))
         wall = time.perf_counter() - t0
@@ -244,7 +246,7 @@ class ClimateDomain:
         total = members * len(first_member)
         metrics = {"members": members, "years": len(first_member), "scheduler": name, "steps": spec.scheduler.steps,
                    "nfe_per_sample": net.calls // max(1, -(-len(first_member) // block)), "sampling_wall_s": wall,
-                   "samples_per_s": total / wall}
+                   "samples_per_s": total / wall, **net.costs(total), **(search.metrics() if search else {})}
         summary = f"{members} member(s) x {len(first_member)} years of {data.test_scenario} with `{name}`."
         return StageOutput("samples", metrics, summary)
 

@@ -1,0 +1,52 @@
+"""A tiny digits pipeline with every continuous search through the real Prefect flow: costs recorded, cached rerun."""
+
+from __future__ import annotations
+
+import copy
+
+from diffpipe.flows.pipeline import execute
+from diffpipe.flows.plan import status
+from diffpipe.flows.spec_loading import validate_spec
+from diffpipe.storage import ArtifactStore
+from diffpipe.storage.formats import open_dataset, read_json
+
+SEARCHES = {
+    "bon": {"method": "best_of_n", "reward": "classifier_logprob", "particles": 4},
+    "fk": {"method": "fk_steering", "reward": "classifier_logprob", "particles": 4, "potential": "difference",
+           "resample_every": 1},
+    "dts": {"method": "tree_search", "reward": "classifier_logprob", "rollouts": 4},
+}
+
+
+def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, prefect_api) -> None:
+    from prefect import flow
+
+    raw = copy.deepcopy(tiny_spec)
+    raw["name"] = "digits_search_test"
+    plain, evaluate = raw["stages"][1], raw["stages"][2]
+    plain["num_samples"] = 20
+    searched = [{**copy.deepcopy(plain), "name": name, "search": s} for name, s in SEARCHES.items()]
+    raw["stages"] = [raw["stages"][0], plain, *searched, {**evaluate, "name": "evaluate_fk", "samples": "fk"}]
+    summary = flow(name="diffpipe-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    assert [s["state"] for s in summary] == ["executed"] * 7
+    spec = validate_spec(copy.deepcopy(raw))
+    store = ArtifactStore(spec.storage.root)
+    rows = {r.name: r for r in status(spec, store)}
+    metrics = {name: read_json(store.local_path(rows[name].ref) / "metrics.json") for name in rows if name != "data"}
+    steps = plain["scheduler"]["steps"]
+    assert metrics["sample"]["nfe_per_sample"] == steps and "search" not in metrics["sample"]
+    assert metrics["bon"]["nfe_per_sample"] == 4 * steps and metrics["fk"]["nfe_per_sample"] == 4 * steps
+    assert steps < metrics["dts"]["nfe_per_sample"] <= 4 * steps
+    for name in ("sample", "bon", "fk", "dts"):
+        m = metrics[name]
+        assert m["flops_per_evaluation"] > 0 and m["stage_wall_s"] > 0
+        assert m["sampling_flops"] == m["flops_per_evaluation"] * m["network_evaluations_per_sample"] * 20
+        assert isinstance(m["cpu_energy_j"], float) or m["cpu_energy_j"].startswith("not available")
+    assert metrics["bon"]["search_reward_mean"] >= metrics["bon"]["search_reward_of_all_particles"]
+    labels = open_dataset(store.local_path(rows["dts"].ref) / "samples.zarr")["label"].values
+    assert len(labels) == 20
+    scored = metrics["evaluate_fk"]
+    assert "frechet_distance" in scored["model"] and scored["sampling_costs"]["search"] == "fk_steering"
+    assert scored["evaluation_flops"] > 0
+    again = flow(name="diffpipe-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    assert [s["state"] for s in again] == ["cached"] * 7

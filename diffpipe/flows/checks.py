@@ -11,7 +11,7 @@ import diffusers
 from diffpipe.errors import SpecError
 from diffpipe.schemas import PipelineSpec, SampleStage
 from diffpipe.schemas.distill import MidtrainStage
-from diffpipe.schemas.search import CONTINUOUS, RewardFreeGuidance
+from diffpipe.schemas.search import CONTINUOUS
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
 from diffpipe.tasks.rl.rewards import resolve_reward
@@ -71,22 +71,9 @@ def _check_search(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
                         "a method for " + kind + " data", repr(method.method))
     if getattr(method, "reward", None) is not None:
         resolve_reward(method.reward, kind, f"{where}.reward")
-    if isinstance(method, RewardFreeGuidance):
-        _check_reference(spec, i, method.reference, f"{where}.reference")
     if kind in CONTINUOUS:
         _check_continuous_source(spec, i, stage)
     _check_memory(spec, i, stage)
-
-
-def _check_reference(spec: PipelineSpec, i: int, name: str, where: str) -> None:
-    earlier = {s.name: s for s in spec.stages[:i]}
-    if name not in earlier or earlier[name].output_kind != "checkpoint":
-        raise SpecError(where, "RFG needs the reference model as an earlier checkpoint stage",
-                        "one of " + ", ".join(n for n, s in earlier.items() if s.output_kind == "checkpoint"),
-                        repr(name))
-    if name == spec.stages[i].model:
-        raise SpecError(where, "the reference must differ from the sampled policy (`model`)",
-                        "the stage the policy was fine-tuned from", repr(name))
 
 
 def _check_continuous_source(spec: PipelineSpec, i: int, stage: SampleStage) -> None:

@@ -1,4 +1,4 @@
-"""The `diffpipe` command: validate, run, status, show, schema."""
+"""The `diffpipe` command: validate, run, status, show, schema (and evaluate, ls, gc)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from diffpipe.errors import DiffpipeError, InputError
 
 from .evaluate_xyz import add_evaluate_command
+from .store_commands import add_store_commands
 
 if TYPE_CHECKING:
     from diffpipe.schemas import PipelineSpec
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
     add_evaluate_command(sub)
+    add_store_commands(sub)
     return p
 
 

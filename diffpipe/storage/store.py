@@ -95,6 +95,10 @@ class ArtifactStore:
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts]) if self.root else "/".join(parts)
 
+    def path(self, *parts: str) -> str:
+        """Store path of `parts` below the root (`keys/<key>.json`, `runs/<key>`, ...)."""
+        return self._path(*parts)
+
     def object_path(self, sha: str) -> str:
         """Store path of an artifact's folder."""
         return self._path("objects", sha[:2], sha)

@@ -1,0 +1,144 @@
+"""Garbage collection of a store: what no cache key or named run refers to, and what killed runs left behind.
+
+Kept, always:
+- the newest run of every named stage (`names/<pipeline>/<stage>.json`) and its artifact;
+- with `keep_last=N`, the N newest cache keys of each (pipeline, stage); without it, every cache key;
+- every artifact a kept artifact was computed from (its lineage's upstream digests, transitively);
+- anything younger than `older_than_days`, and anything younger than `GRACE_S` whatever the options say:
+  a publish in flight writes its object, then its manifest, then its key, and must not lose any of them;
+- training checkpoints of an unpublished key touched within the last day (a run that may resume).
+
+Removed: unreferenced cache keys and artifacts (manifest first, so nothing half-deleted looks complete),
+object folders without a manifest and staging folders (a killed publish), and training checkpoints of
+keys that are already published or whose run stopped long ago.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .inventory import Entry, Inventory, take
+from .store import ArtifactStore
+
+GRACE_S = 3600.0
+"""Nothing younger than this is removed: it may belong to a run that is writing right now."""
+
+DAY_S = 86400.0
+
+
+@dataclass
+class Removal:
+    """One thing gc removes (or would remove, in a dry run)."""
+
+    what: str
+    """`key`, `artifact`, `partial object`, `staging` or `checkpoints`."""
+    path: str
+    nbytes: int
+    why: str
+
+
+@dataclass
+class GcReport:
+    """What a gc pass removed and how many bytes that freed."""
+
+    removals: list[Removal] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def freed(self) -> int:
+        """Bytes freed (or that would be freed)."""
+        return sum(r.nbytes for r in self.removals)
+
+
+def collect(store: ArtifactStore, keep_last: int | None = None, older_than_days: float = 0.0,
+            dry_run: bool = False) -> GcReport:
+    """Find (and unless `dry_run`, remove) what nothing refers to; see the module docstring for the rules."""
+    inv = take(store)
+    min_age = max(GRACE_S, older_than_days * DAY_S)
+    report = GcReport(dry_run=dry_run)
+    kept_keys = _kept_keys(inv, keep_last)
+    for key, entry in inv.keys.items():
+        if key not in kept_keys and entry.age_s >= min_age:
+            report.removals.append(Removal("key", entry.path, entry.nbytes, "not among the kept runs"))
+    live = _reachable(inv, {inv.keys[k].info["sha256"] for k in kept_keys if k in inv.keys})
+    for sha, entry in inv.objects.items():
+        if sha not in live and entry.age_s >= min_age:
+            report.removals.append(Removal("artifact", entry.path, entry.nbytes, "no kept key refers to it"))
+    for entry in inv.partial_objects.values():
+        if entry.age_s >= max(GRACE_S, min_age):
+            report.removals.append(Removal("partial object", entry.path, entry.nbytes, "no manifest (killed publish)"))
+    for entry in inv.staging.values():
+        if entry.age_s >= max(GRACE_S, min_age):
+            report.removals.append(Removal("staging", entry.path, entry.nbytes, "left by a killed upload"))
+    for key, entry in inv.runs.items():
+        why = _stale_run(key, entry, inv, min_age)
+        if why:
+            report.removals.append(Removal("checkpoints", entry.path, entry.nbytes, why))
+    if not dry_run:
+        _remove(store, report)
+    return report
+
+
+def _kept_keys(inv: Inventory, keep_last: int | None) -> set[str]:
+    named = {key for stages in inv.names.values() for key in stages.values()}
+    if keep_last is None:
+        return set(inv.keys) | named
+    by_stage: dict[tuple[str, str], list[tuple[float, str]]] = {}
+    for key, entry in inv.keys.items():
+        obj = inv.objects.get(entry.info.get("sha256") or "")
+        stage = (obj.info.get("pipeline") if obj else None) or "?", entry.info.get("node") or "?"
+        by_stage.setdefault(stage, []).append((entry.age_s, key))
+    newest = {key for runs in by_stage.values() for _, key in sorted(runs)[:keep_last]}
+    return newest | named
+
+
+def _reachable(inv: Inventory, roots: set[str]) -> set[str]:
+    seen: set[str] = set()
+    todo = [sha for sha in roots if sha]
+    while todo:
+        sha = todo.pop()
+        if sha in seen:
+            continue
+        seen.add(sha)
+        obj = inv.objects.get(sha)
+        if obj is not None:
+            todo.extend(obj.info.get("upstream", {}).values())
+    return seen
+
+
+def _stale_run(key: str, entry: Entry, inv: Inventory, min_age: float) -> str | None:
+    if entry.age_s < GRACE_S:
+        return None
+    if key in inv.keys:
+        return "its stage is published"
+    if entry.age_s >= min_age and not entry.info.get("steps"):
+        return "no complete checkpoint"
+    if entry.age_s >= max(min_age, DAY_S):
+        return f"untouched for {entry.age_s / DAY_S:.1f} days"
+    return None
+
+
+def _remove(store: ArtifactStore, report: GcReport) -> None:
+    order = ("key", "artifact", "checkpoints", "partial object", "staging")
+    for removal in sorted(report.removals, key=lambda r: order.index(r.what)):
+        if removal.what == "artifact":  # uncommit first: a half-deleted object never looks complete
+            sha = removal.path.rstrip("/").rsplit("/", 1)[-1]
+            _rm(store, store.path("manifests", f"{sha}.json"))
+        _rm(store, removal.path)
+
+
+def _rm(store: ArtifactStore, path: str) -> None:
+    try:
+        store.fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def describe(report: GcReport) -> list[str]:
+    """One line per removal and a total, for the terminal."""
+    verb = "would remove" if report.dry_run else "removed"
+    lines = [f"{verb} {r.what:<14} {r.nbytes / 1e6:9.2f} MB  {r.path}  ({r.why})" for r in report.removals]
+    total = f"{report.freed / 1e6:.2f} MB ({report.freed} bytes)"
+    lines.append(f"{'would free' if report.dry_run else 'freed'} {total} in {len(report.removals)} items")
+    return lines
+

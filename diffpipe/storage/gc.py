@@ -15,6 +15,7 @@ keys that are already published or whose run stopped long ago.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from .inventory import Entry, Inventory, take
@@ -128,10 +129,8 @@ def _remove(store: ArtifactStore, report: GcReport) -> None:
 
 
 def _rm(store: ArtifactStore, path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):  # removed meanwhile: what gc wanted anyway
         store.fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
 
 
 def describe(report: GcReport) -> list[str]:

@@ -38,3 +38,9 @@ class StageError(DiffpipeError):
 
 class CorruptArtifact(DiffpipeError):
     """An artifact whose files do not match the checksums in its manifest."""
+
+
+class Interrupted(DiffpipeError):
+    """The run was asked to stop (SIGTERM / SIGINT); what could be checkpointed was: exit code 130."""
+
+    exit_code = 130

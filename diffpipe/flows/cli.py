@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from diffpipe.errors import DiffpipeError, InputError
+from diffpipe.errors import DiffpipeError, InputError, Interrupted
 
 from .evaluate_xyz import add_evaluate_command
 from .store_commands import add_store_commands
@@ -93,11 +93,17 @@ def _prefect_server_configured() -> bool:
 
 
 def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run the flow; SIGTERM / SIGINT stop it within seconds, and nothing it started outlives it."""
     for k, v in PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
-    from .pipeline import pipeline_flow
+    from .signals import stop_on_signals
+    from .watchdog import start_watchdog
 
-    return pipeline_flow(spec_path=str(args.spec), overrides=args.set)
+    start_watchdog()
+    with stop_on_signals():
+        from .pipeline import pipeline_flow
+
+        return pipeline_flow(spec_path=str(args.spec), overrides=args.set)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -218,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        return e.exit_code
     except DiffpipeError as e:
         if args.debug:
             raise

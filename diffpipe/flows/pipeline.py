@@ -26,6 +26,7 @@ from diffpipe.tasks.context import StageContext, StageOutput
 from diffpipe.tasks.registry import get_domain, get_stage
 
 from .plan import Node, node_key, nodes
+from .signals import stage_stops_at_step
 from .spec_loading import load_spec
 from .ui import image_markdown
 
@@ -45,7 +46,8 @@ def _run_node(node: str, kind: str, key: str, pipeline: dict[str, Any], upstream
     with tempfile.TemporaryDirectory(prefix=f"diffpipe-{node}-") as tmp:
         ctx = StageContext(spec, node, key, refs, store, Path(tmp), log=logger.info)
         t0 = time.perf_counter()
-        output = _compute(ctx, kind)
+        with stage_stops_at_step():
+            output = _compute(ctx, kind)
         wall = time.perf_counter() - t0
         lineage = {"pipeline": spec.name, "node": node, "kind": kind, "cache_key": key, "key_inputs": inputs,
                    "upstream": {n: r.sha256 for n, r in refs.items()}, "environment": env_info(),

@@ -29,6 +29,7 @@ from diffusers.training_utils import EMAModel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from diffpipe.errors import Interrupted  # noqa: E402
 from diffpipe.storage.formats import (  # noqa: E402
     MODEL_DIR,
     ONLINE_MODEL_DIR,
@@ -39,6 +40,7 @@ from diffpipe.storage.formats import (  # noqa: E402
 )
 
 from .context import StageContext  # noqa: E402
+from .stopping import stop_requested  # noqa: E402
 
 StepLoss = Callable[[torch.Generator], torch.Tensor]
 """Computes the mean loss of one fresh batch; all randomness comes from the given generator."""
@@ -114,6 +116,10 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
+        if stop_requested():  # SIGTERM / SIGINT: keep the steps done so far, then stop
+            if step > start:
+                _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state)
+            raise Interrupted(f"{ctx.node}: stopped at step {step}/{cfg.steps}; checkpoint saved, rerun to resume")
         counting = step == 0 and cfg.count_flops
         with FlopCounterMode(display=False) if counting else nullcontext() as counter:  # step 0 only: the
             # counter's dispatch changes backward rounding, so a resumed run must count nothing to stay exact

@@ -42,15 +42,17 @@ from sklearn.model_selection import train_test_split
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffpipe.schemas import FlowMatching, UNet2DSpec
+from diffpipe.schemas.distill import ConsistencyDistill, MeanFlowTeacherDistill, MeanFlowTraining, MidtrainStage
 from diffpipe.tasks.data.digits import frechet_distance, train_classifier
 from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss
 from diffpipe.tasks.flowmap.consistency import ConsistencyDistillationLoss
-from diffpipe.tasks.flowmap.meanflow import MeanFlowDistillLoss, MeanFlowLoss
+from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss
+from diffpipe.tasks.flowmap.meanflow_distill import MeanFlowDistillLoss
 from diffpipe.tasks.flowmap.sampling import sample_consistency, sample_flow_map
 from diffpipe.tasks.metrics.generic import median_bandwidth, mmd2_unbiased
 from diffpipe.tasks.nets import build_image_model
 from diffpipe.tasks.nets.flowmap import FlowMapNet, one_time_velocity
-from diffpipe.tasks.objectives import FlowMatchingLoss
+from diffpipe.tasks.objectives.flow_matching import FlowMatchingLoss
 from diffpipe.tasks.training import count_spikes
 
 MODEL = UNet2DSpec(block_out_channels=(16, 32))
@@ -182,7 +184,7 @@ def run_seed(seed: int, digits: Digits) -> dict:
 
     torch.manual_seed(seed)
     cmt = FlowMapNet.from_teacher(teacher).requires_grad_(True)
-    cmt_loss = ConsistencyMidTrainingLoss(velocity, solver_steps=16)
+    cmt_loss = ConsistencyMidTrainingLoss(MidtrainStage(name="cmt", solver_steps=16), velocity)
     cmt_step = lambda g: cmt_loss(cmt, *digits.batch(g), g).mean()  # noqa: E731
     cmt_run = fit(cmt, cmt_step, CMT["steps"], CMT["lr"], CMT["ema"], gen(4))
     out["cmt_only"] = {"scores": student_scores(cmt.eval())}
@@ -190,7 +192,10 @@ def run_seed(seed: int, digits: Digits) -> dict:
     torch.manual_seed(seed)
     inits = {"random": FlowMapNet.from_teacher(build_image_model(MODEL, (1, 8, 8), 10), time_scale=RANDOM_TIME_SCALE),
              "teacher": FlowMapNet.from_teacher(teacher).requires_grad_(True), "cmt": copy.deepcopy(cmt)}
-    one_point, distill = MeanFlowLoss(**MEANFLOW_OPTIONS), MeanFlowDistillLoss(velocity, **MEANFLOW_OPTIONS)
+    one_point = MeanFlowLoss(MeanFlowTraining(name="meanflow", **MEANFLOW_OPTIONS))
+    # the same loss options as MeanFlow training (not the meanflow_distill stage's mf-rae defaults)
+    distill = MeanFlowDistillLoss(MeanFlowTeacherDistill(name="distill", ratio=0.75, norm_p=0.75, **MEANFLOW_OPTIONS),
+                                  velocity)
     routes = {f"meanflow_from_{k}": (net, one_point) for k, net in inits.items()}
     routes["meanflow_distill_from_cmt"] = (copy.deepcopy(cmt), distill)
     mf_flops = {}
@@ -218,7 +223,8 @@ def run_seed(seed: int, digits: Digits) -> dict:
 
     cd_route = "consistency_distill_from_teacher"
     torch.manual_seed(seed)
-    cd_net, cd_loss = FlowMapNet.from_teacher(teacher).requires_grad_(True), ConsistencyDistillationLoss(velocity)
+    cd_net = FlowMapNet.from_teacher(teacher).requires_grad_(True)
+    cd_loss = ConsistencyDistillationLoss(ConsistencyDistill(name="cd"), velocity)
     cd_step = lambda g: cd_loss(cd_net, *digits.batch(g), g).mean()  # noqa: E731
     cd_curve: list[tuple[int, float]] = []
 

@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 
 from diffpipe.schemas import FlowMatching
+from diffpipe.schemas.distill import MeanFlowTraining, MidtrainStage
 from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss
 from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss
 from diffpipe.tasks.flowmap.ring import AnalyticRing
 from diffpipe.tasks.flowmap.sampling import sample_flow_map, sample_teacher
 from diffpipe.tasks.metrics.generic import mmd2_unbiased
 from diffpipe.tasks.nets.flowmap import FlowMapNet, VelocityMLP, one_time_velocity
-from diffpipe.tasks.objectives import FlowMatchingLoss
+from diffpipe.tasks.objectives.flow_matching import FlowMatchingLoss
 from diffpipe.tasks.training import count_spikes
 
 SEEDS = (0, 1, 2)
@@ -78,7 +79,7 @@ def pretrain(seed: int) -> tuple[VelocityMLP, float]:
 def midtrain(teacher: VelocityMLP, seed: int) -> tuple[FlowMapNet, float]:
     """CMT (flow-map form, Euler 16 steps on the MLP teacher), student initialised from the teacher."""
     student, g = FlowMapNet.from_teacher(teacher), gen(200 + seed)
-    loss_fn = ConsistencyMidTrainingLoss(one_time_velocity(teacher), solver_steps=16)
+    loss_fn = ConsistencyMidTrainingLoss(MidtrainStage(name="cmt", solver_steps=16), one_time_velocity(teacher))
     opt = torch.optim.Adam(student.parameters(), lr=LR)
     start = time.perf_counter()
     for _ in range(CMT_STEPS):
@@ -88,7 +89,7 @@ def midtrain(teacher: VelocityMLP, seed: int) -> tuple[FlowMapNet, float]:
 
 def meanflow(net: FlowMapNet, seed: int, data: torch.Tensor, noise: torch.Tensor) -> dict:
     """MeanFlow training from `net`; curve of 1-step MMD^2, spikes, final 1/2/4-step MMD^2, wall time."""
-    loss_fn, g = MeanFlowLoss(), gen(300 + seed)
+    loss_fn, g = MeanFlowLoss(MeanFlowTraining(name="meanflow")), gen(300 + seed)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
     raw, norms, curve, train_time = [], [], [], 0.0
     for step in range(MEANFLOW_STEPS + 1):

@@ -36,7 +36,7 @@ import yaml
 from diffusers.training_utils import EMAModel
 from pydantic import TypeAdapter, ValidationError
 
-from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
+from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS, DiscreteAlgorithmSpec
 from diffpipe.tasks.data.reasoning import (
     EOS,
     MASK,
@@ -57,8 +57,11 @@ from diffpipe.tasks.mdlm import (
 )
 from diffpipe.tasks.mdlm.elbo import exact_elbo_from_sums, mask_size_sums
 from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
-from diffpipe.tasks.rl.discrete import ALGORITHMS, OPTIONS, make_options, rl_update
+from diffpipe.tasks.rl.discrete import rl_update
 from diffpipe.tasks.training import published_weights
+
+ALGORITHM_NAMES = [cls.model_fields["algorithm"].default for cls in DISCRETE_ALGORITHMS]
+"""Every discrete algorithm, in the schema's order."""
 
 RESULTS = Path(__file__).parent / "results" / "mdlm_rl.json"
 CACHE = Path("/tmp/diffpipe_mdlm_rl_cache")
@@ -183,18 +186,17 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python(
         {"algorithm": algorithm, "block_length": block_length, **(overrides or {})})
-    options = make_options(algorithm, **spec.options(group_size=OPTIONS[algorithm]().group_size))
+    group_size = spec.reference_group_size
     prompts, completions = tensors(data["train"])
-    per_update = max(1, rollouts_per_update // options.group_size)
+    per_update = max(1, rollouts_per_update // group_size)
     reward_fn = rl_reward_fn(task, closeness)
     generator = torch.Generator().manual_seed(1000 + seed)
     rollouts, history, curve, evaluating = 0, [], {}, 0.0
     started = time.perf_counter()
     while rollouts < rollout_budget:
         idx = torch.randint(0, prompts.shape[0], (per_update,), generator=generator)
-        stats = rl_update(model, ref, optimizer, prompts[idx], algorithm, options, generator,
-                          reward_fn=reward_fn, completion_length=completions.shape[1],
-                          eos_token_id=EOS)
+        stats = rl_update(model, ref, optimizer, prompts[idx], spec, generator, group_size=group_size,
+                          reward_fn=reward_fn, completion_length=completions.shape[1], eos_token_id=EOS)
         rollouts += stats["rollouts"]
         history.append(stats)
         if ema is not None:
@@ -212,8 +214,8 @@ def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: i
         "after": evaluate(scored, task, data["test"], block_length), "wall_seconds": wall,
         "after_on_rl_problems": evaluate(scored, task, practised(data["train"]), block_length),
         **({"after_online_weights": evaluate(model, task, data["test"], block_length)} if ema else {}),
-        "updates": len(history), "rollouts": rollouts, "group_size": options.group_size,
-        "num_iterations": options.num_iterations,
+        "updates": len(history), "rollouts": rollouts, "group_size": group_size,
+        "num_iterations": spec.num_iterations,
         "train_reward_first_quarter": float(np.mean([h["reward_mean"] for h in history[:quarter]])),
         "train_reward_last_quarter": float(np.mean([h["reward_mean"] for h in history[-quarter:]])),
         "zero_std_ratio": float(np.mean([h["zero_std_ratio"] for h in history])),
@@ -321,7 +323,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", nargs="+", default=["countdown", "sudoku"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHM_NAMES))
     parser.add_argument("--rollouts", type=int, default=1536)
     parser.add_argument("--elbo-replicates", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-4)

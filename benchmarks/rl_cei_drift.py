@@ -32,8 +32,8 @@ from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.data.cei.build import open_cei_store
 from diffpipe.tasks.data.cei.domain import STORE_FILE, CeiDomain
 from diffpipe.tasks.data.cei.inference import balanced_events, score_samples
-from diffpipe.tasks.objectives import make_scheduler
 from diffpipe.tasks.rl.stage import RLRun, fine_tune
+from diffpipe.tasks.schedulers import make_scheduler
 
 RESULTS = Path(__file__).parent / "results" / "rl_cei_drift.json"
 

@@ -7,8 +7,9 @@ import torch
 
 from diffpipe.schemas import DDPM, EDM, FlowMatching
 from diffpipe.tasks import timeconv
-from diffpipe.tasks.objectives import make_loss, make_scheduler
+from diffpipe.tasks.objectives import make_loss
 from diffpipe.tasks.sampling import CountingNet, sample
+from diffpipe.tasks.schedulers import make_scheduler
 
 S = 0.5  # data ~ N(0, S^2 I): every objective's optimal network is known in closed form
 

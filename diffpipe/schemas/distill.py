@@ -2,8 +2,11 @@
 
 Both train a two-time network u(x_t, r, t) (the mean velocity over [r, t], internal time convention
 x_t = (1 - t) x0 + t eps, t = 0 is data) and publish it as a checkpoint that the `sample` stage draws
-from in one, two or k steps. Defaults are the reference code's (reference/training.md sections 2, 3.1,
-3.3, 3.4); the number of steps is ours (the references train 100k-800k iterations on GPUs).
+from in one, two or k steps. Each method's implementation is one module under `diffpipe/tasks/flowmap/`
+named after its `method` (cmt, meanflow, meanflow_distill, consistency), whose loss takes the stage spec
+as its options. Defaults are those of the reference code named in each field (sony/cmt, sony/mf-rae,
+py-meanflow, openai/consistency_models); the number of steps is ours (the references train 100k-800k
+iterations on GPUs).
 """
 
 from __future__ import annotations
@@ -184,11 +187,11 @@ class MeanFlowOptions(DistillBase):
     """Finite-difference step in internal time (mf-rae: 5e-3)."""
 
 
-class MeanFlowDistill(MeanFlowOptions):
+class MeanFlowTraining(MeanFlowOptions):
     """MeanFlow training on data: the one-point velocity eps - x0 in the derivative and the target (no teacher)."""
 
     method: Literal["meanflow"] = "meanflow"
-    """Distillation method."""
+    """Distill-stage method (MeanFlow trains on data alone; it sits in `distill` as a few-step student)."""
     lr: float = Field(default=6e-4, gt=0.0)
     """Peak AdamW learning rate (py-meanflow CIFAR: 6e-4)."""
     ema_decay: float | None = Field(default=0.9999, gt=0.0, lt=1.0)
@@ -248,6 +251,6 @@ class ConsistencyDistill(DistillBase):
         return ConsistencyObjective()
 
 
-DistillStage = Annotated[MeanFlowDistill | MeanFlowTeacherDistill | ConsistencyDistill,
+DistillStage = Annotated[MeanFlowTraining | MeanFlowTeacherDistill | ConsistencyDistill,
                          Field(discriminator="method")]
 """A distill stage: a union on `method`."""

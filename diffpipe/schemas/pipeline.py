@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from .base import Strict
 from .data import DataSpec
-from .distill import ConsistencyDistill, DistillStage, MeanFlowDistill, MeanFlowTeacherDistill, MidtrainStage
+from .distill import ConsistencyDistill, DistillStage, MeanFlowTeacherDistill, MeanFlowTraining, MidtrainStage
 from .models import ModelSpec, UNet2DSpec
 from .rl import RLStage
 from .runtime import RuntimeSpec
@@ -17,7 +17,7 @@ from .storage import StorageSpec
 
 # Adding a stage kind: write its class (a StageBase subclass with `stage: Literal[...]`) and add it here.
 STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage, RLStage, MidtrainStage,
-                                                MeanFlowDistill, MeanFlowTeacherDistill, ConsistencyDistill)
+                                                MeanFlowTraining, MeanFlowTeacherDistill, ConsistencyDistill)
 StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage | RLStage | MidtrainStage | DistillStage,
                       Field(discriminator="stage")]
 

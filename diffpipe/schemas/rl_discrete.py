@@ -1,11 +1,13 @@
 """Discrete RL algorithms of the `rl` stage, for masked-diffusion LM checkpoints (one class each).
 
-Defaults are the reference code's (reference/rl.md section 2; `tasks/rl/discrete/options.py` holds the
-same values and a test keeps both equal). Values that depend on scale are stage fields shared with the
-continuous algorithms, so one spec compares methods by changing only `algorithm`:
-`group_size` (G; references: 6 d1/ESPO/wd1, 10 coupled-GRPO, 16 DMPO), `groups_per_step` (prompts per
-rollout batch), `lr` (3e-6 with LoRA on 8B; 1e-4..3e-4 for a tiny model trained from scratch) and
-`grad_clip` (references: 0.2). Rewards are the data set's exact verifiers (`rewards: [{name:
+Each class is the whole option set of its algorithm, with the defaults of the algorithm's reference code
+(source repository and commit in its docstring); its implementation is one module under
+`diffpipe/tasks/rl/discrete/` named after the algorithm, which takes this object as its options. Values
+that depend on scale are stage fields shared with the continuous algorithms, so one spec compares
+methods by changing only `algorithm`: `group_size` (G; the references use 6 for d1, ESPO and wd1, 10
+for coupled-GRPO, 16 for DMPO: `reference_group_size`), `groups_per_step` (prompts per rollout batch),
+`lr` (3e-6 with LoRA on 8B models; 1e-4..3e-4 for a tiny model trained from scratch) and `grad_clip`
+(the references clip to 0.2). Rewards are the data set's exact verifiers (`rewards: [{name:
 exact_verifier}]`). Advantages, clipping and KL follow each method, so `global_std` and `marble` do not
 apply and `combine` must stay `weighted_sum`. Checkpoints are taken every `checkpoint_every` optimizer
 steps rounded up to a multiple of `num_iterations`, so a resumed run starts on a fresh rollout batch.
@@ -32,16 +34,13 @@ class DiscreteAlgorithmBase(Strict):
     """Divide advantages by the group's reward std (every reference sets this off)."""
 
     family: ClassVar[str] = "discrete"
+    reference_group_size: ClassVar[int] = 6
+    """Completions per prompt (G) of the reference recipe (benchmarks use it; specs set `group_size`)."""
 
     @property
     def objective(self) -> MaskedDiffusion:
         """RL keeps a masked-diffusion checkpoint a masked-diffusion checkpoint (sample stages check it)."""
         return MaskedDiffusion()
-
-    def options(self, group_size: int) -> dict[str, Any]:
-        """Keyword arguments of `tasks.rl.discrete.make_options` (option names of options.py)."""
-        values = self.model_dump(exclude={"algorithm", "rollout_steps"})
-        return {**values, "steps": self.rollout_steps, "group_size": group_size}
 
     def check_stage(self, stage: Any) -> None:
         """Raise ValueError (naming the field) where the rl stage's fields do not fit this algorithm."""
@@ -53,7 +52,7 @@ class DiscreteAlgorithmBase(Strict):
 class DiffuGRPO(DiscreteAlgorithmBase):
     """diffu-GRPO (d1): per-token PPO on a one-step mean-field surrogate (completion fully masked).
 
-    Source: dllm-reasoning/d1 837888f (slurm_scripts/train.yaml, diffu_grpo_config.py); reference/rl.md 2.1.
+    Source: dllm-reasoning/d1 837888f (slurm_scripts/train.yaml, diffu_grpo_config.py).
     """
 
     algorithm: Literal["diffu_grpo"] = "diffu_grpo"
@@ -72,10 +71,11 @@ class DiffuGRPO(DiscreteAlgorithmBase):
 class CoupledGRPO(DiscreteAlgorithmBase):
     """coupled-GRPO (DiffuCoder): per-token PPO on the full-mask term plus a complementary mask pair.
 
-    Source: apple/ml-diffucoder f735e01 (recipes/config_coupled_code.yaml); reference/rl.md 2.2.
+    Source: apple/ml-diffucoder f735e01 (recipes/config_coupled_code.yaml).
     """
 
     algorithm: Literal["coupled_grpo"] = "coupled_grpo"
+    reference_group_size: ClassVar[int] = 10
     num_iterations: int = Field(default=2, ge=1)
     """Gradient steps per rollout batch, mu."""
     temperature: float = Field(default=1.0, ge=0.0)
@@ -101,7 +101,7 @@ class CoupledGRPO(DiscreteAlgorithmBase):
 class ESPO(DiscreteAlgorithmBase):
     """ESPO: sequence-level PPO on exp((ELBO - ELBO_old) / L) with complementary-mask ELBOs and k2 KL.
 
-    Source: ML-GSAI/ESPO b5f2dac (recipes/train.yaml, run_countdown_llada.sh); reference/rl.md 2.5.
+    Source: ML-GSAI/ESPO b5f2dac (recipes/train.yaml, run_countdown_llada.sh).
     """
 
     algorithm: Literal["espo"] = "espo"
@@ -122,7 +122,7 @@ class ESPO(DiscreteAlgorithmBase):
 class GDPO(DiscreteAlgorithmBase):
     """GDPO: sequence-level PPO on exp(ELBO - ELBO_old) with semi-deterministic quadrature ELBOs.
 
-    Source: arXiv 2510.08554 (no official code; NeMo-RL port defaults); reference/rl.md 1.2 and 2.6.
+    Source: arXiv 2510.08554 (no official code; NeMo-RL port defaults).
     """
 
     algorithm: Literal["gdpo"] = "gdpo"
@@ -145,10 +145,11 @@ class GDPO(DiscreteAlgorithmBase):
 class DMPO(DiscreteAlgorithmBase):
     """DMPO: weighted denoising cross-entropy toward p_ref exp(r / alpha), weights minus anti-weights.
 
-    Source: yuchen-zhu-zyc/DMPO 96af1a4 (dmpo_train_config.yaml, run_dmpo.sh); reference/rl.md 2.7.
+    Source: yuchen-zhu-zyc/DMPO 96af1a4 (dmpo_train_config.yaml, run_dmpo.sh).
     """
 
     algorithm: Literal["dmpo"] = "dmpo"
+    reference_group_size: ClassVar[int] = 16
     num_iterations: int = Field(default=8, ge=1)
     """Gradient steps per rollout batch, mu (the buffer refresh interval)."""
     temperature: float = Field(default=0.2, ge=0.0)
@@ -170,7 +171,7 @@ class DMPO(DiscreteAlgorithmBase):
 class WD1(DiscreteAlgorithmBase):
     """wd1: ratio-free; raises softmax(A)-weighted and lowers softmax(-A)-weighted mean-field likelihoods.
 
-    Source: xiaohangt/wd1 0898985 (trainer_type wll_d1_neg, d1's train.yaml); reference/rl.md 2.3.
+    Source: xiaohangt/wd1 0898985 (trainer_type wll_d1_neg, d1's train.yaml).
     """
 
     algorithm: Literal["wd1"] = "wd1"

@@ -9,8 +9,9 @@ from diffpipe.schemas import PretrainStage
 from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
 
 from .context import StageContext, StageOutput
-from .objectives import make_loss, make_scheduler
+from .objectives import make_loss
 from .registry import get_domain, stage
+from .schedulers import make_scheduler
 from .training import TrainConfig, publish_losses, save_trained, train
 
 

@@ -14,8 +14,8 @@ from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, TRAINING_FILE,
 
 from .compute import EnergyMeter
 from .context import StageContext, StageOutput
-from .objectives import make_scheduler
 from .registry import get_domain, stage
+from .schedulers import make_scheduler
 
 
 def load_checkpoint(

@@ -13,7 +13,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffpipe.schemas import Objective
 
 from .flowmap.sampling import sample_two_time
-from .objectives import NetFn, net_timestep
+from .objectives import NetFn
+from .schedulers import net_timestep
 
 if TYPE_CHECKING:
     from .search.run import SearchRun

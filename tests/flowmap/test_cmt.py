@@ -8,7 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from flowmap_helpers import generator  # noqa: E402
+from flowmap_helpers import generator, method_spec  # noqa: E402
 
 from diffpipe.errors import SpecError  # noqa: E402
 from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss, teacher_trajectory  # noqa: E402
@@ -67,8 +67,8 @@ def test_solvers_that_do_not_integrate_a_flow_ode_are_refused(ring):
 def test_cmt_loss_vanishes_for_the_exact_flow_map_with_an_exact_solver(ring, form):
     exact = lambda z, r, t, cond: ring.flow_map(z, r, t, substeps=100)  # noqa: E731
     x0 = torch.zeros(64, 2, dtype=F64)
-    loss = ConsistencyMidTrainingLoss(ring.velocity, form=form, solver="rk4", solver_steps=8,
-                                      solver_options={"substeps": 12})
+    loss = ConsistencyMidTrainingLoss(method_spec("cmt", form=form, solver="rk4", solver_steps=8,
+                                                  solver_options={"substeps": 12}), ring.velocity)
     values = loss(exact, x0, None, generator(2))
     assert values.shape == (64,)
     assert float(values.max()) < 1e-9
@@ -79,8 +79,8 @@ def test_cmt_loss_vanishes_for_the_exact_flow_map_with_an_exact_solver(ring, for
 def test_cmt_flow_map_loss_sees_the_solver_trajectory_not_the_exact_flow(ring):
     exact = lambda z, r, t, cond: ring.flow_map(z, r, t, substeps=100)  # noqa: E731
     x0 = torch.zeros(64, 2, dtype=F64)
-    euler = ConsistencyMidTrainingLoss(ring.velocity, solver="FlowMatchEulerDiscreteScheduler",
-                                       solver_steps=4)
+    euler = ConsistencyMidTrainingLoss(method_spec("cmt", solver="FlowMatchEulerDiscreteScheduler", solver_steps=4),
+                                       ring.velocity)
     assert float(euler(exact, x0, None, generator(2)).mean()) > 1e-3
 
 
@@ -92,7 +92,7 @@ def test_trajectories_follow_the_batch_labels():
         return torch.zeros_like(x)
 
     labels = torch.tensor([3, 1, 4, 1, 5, 9, 2, 6])
-    loss = ConsistencyMidTrainingLoss(teacher, solver_steps=2, trajectories=3)
+    loss = ConsistencyMidTrainingLoss(method_spec("cmt", solver_steps=2, trajectories=3), teacher)
     net = lambda z, r, t, cond: torch.zeros_like(z)  # noqa: E731
     loss(net, torch.zeros(8, 2), labels, generator())
     assert torch.equal(seen[0], labels[:3])

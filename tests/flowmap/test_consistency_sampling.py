@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from flowmap_helpers import generator  # noqa: E402
+from flowmap_helpers import generator, method_spec  # noqa: E402
 
 from diffpipe.tasks.flowmap.consistency import ConsistencyDistillationLoss, karras_times  # noqa: E402
 from diffpipe.tasks.flowmap.sampling import sample_consistency, sample_flow_map, sample_teacher  # noqa: E402
@@ -30,7 +30,7 @@ def test_karras_times_increase_inside_the_unit_interval():
 
 def test_consistency_distillation_loss_is_tiny_for_the_exact_flow_map(ring):
     x0 = ring.sample(256, generator(), dtype=F64)
-    loss = ConsistencyDistillationLoss(ring.velocity, target_ema=0.0)
+    loss = ConsistencyDistillationLoss(method_spec("consistency", target_ema=0.0), ring.velocity)
     exact = float(loss(_exact(ring), x0, None, generator(1)).mean())
     zero = float(loss(lambda z, r, t, c: torch.zeros_like(z), x0, None, generator(1)).mean())
     assert exact < 1e-3 * zero, (exact, zero)
@@ -39,7 +39,7 @@ def test_consistency_distillation_loss_is_tiny_for_the_exact_flow_map(ring):
 def test_ema_target_starts_as_a_copy_and_follows_the_online_weights(ring):
     torch.manual_seed(0)
     net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 8, "depth": 1, "time_channels": 8})
-    loss = ConsistencyDistillationLoss(ring.velocity, target_ema=0.9)
+    loss = ConsistencyDistillationLoss(method_spec("consistency", target_ema=0.9), ring.velocity)
     x0 = ring.sample(16, generator())
     loss(net, x0, None, generator(1))
     start = {k: v.clone() for k, v in loss.target_state_dict().items()}

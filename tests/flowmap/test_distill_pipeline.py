@@ -16,7 +16,7 @@ import yaml  # noqa: E402
 from diffpipe.errors import SpecError  # noqa: E402
 from diffpipe.flows.checks import check_spec  # noqa: E402
 from diffpipe.flows.spec_loading import load_spec, validate_spec  # noqa: E402
-from diffpipe.schemas.distill import ConsistencyDistill, MeanFlowDistill, MidtrainStage  # noqa: E402
+from diffpipe.schemas.distill import ConsistencyDistill, MeanFlowTraining, MidtrainStage  # noqa: E402
 from diffpipe.storage import ArtifactStore  # noqa: E402
 from diffpipe.storage.formats import load_tensors, read_json  # noqa: E402
 from diffpipe.tasks.training import count_spikes  # noqa: E402
@@ -56,7 +56,7 @@ def test_shipped_spec_is_one_line_per_stage_with_defaults_and_teacher_references
     by_name = {s.name: s for s in spec.stages}
     cmt, distill = by_name["cmt"], by_name["distill"]
     assert isinstance(cmt, MidtrainStage) and cmt.teacher == "pretrain" and cmt.solver_steps == 16
-    assert isinstance(distill, MeanFlowDistill) and distill.init == "cmt"
+    assert isinstance(distill, MeanFlowTraining) and distill.init == "cmt"
     assert spec.upstream(distill) == {"init": "cmt"}  # MeanFlow on data reads no teacher
     samplers = [s for s in spec.stages if s.stage == "sample"]
     assert {s.scheduler.steps for s in samplers} >= {1, 2} and {s.model for s in samplers} == {"distill", "cmt"}

@@ -7,14 +7,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from flowmap_helpers import generator  # noqa: E402
+from flowmap_helpers import generator, method_spec  # noqa: E402
 
-from diffpipe.tasks.flowmap.meanflow import (  # noqa: E402
-    MeanFlowDistillLoss,
-    MeanFlowLoss,
-    meanflow_target,
-    sample_two_times,
-)
+from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss, meanflow_target, sample_two_times  # noqa: E402
+from diffpipe.tasks.flowmap.meanflow_distill import MeanFlowDistillLoss  # noqa: E402
 from diffpipe.tasks.flowmap.sampling import sample_flow_map  # noqa: E402
 from diffpipe.tasks.metrics.generic import mmd2_unbiased  # noqa: E402
 from diffpipe.tasks.nets.flowmap import FlowMapNet  # noqa: E402
@@ -61,10 +57,12 @@ def test_jvp_and_finite_difference_losses_agree_on_a_network():
     torch.manual_seed(0)
     net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 32, "depth": 2, "time_channels": 16})
     x0 = torch.randn(128, 2)
-    by_jvp = MeanFlowLoss(derivative="jvp")(net, x0, None, generator(3)).detach()
-    by_fd = MeanFlowLoss(derivative="finite_difference")(net, x0, None, generator(3)).detach()
+    def loss(**options):
+        return MeanFlowLoss(method_spec("meanflow", **options))(net, x0, None, generator(3)).detach()
+
+    by_jvp, by_fd = loss(derivative="jvp"), loss(derivative="finite_difference")
     assert _relative(by_fd, by_jvp) < 1e-3
-    coarse = MeanFlowLoss(derivative="finite_difference", fd_delta=1e-1)(net, x0, None, generator(3)).detach()
+    coarse = loss(derivative="finite_difference", fd_delta=1e-1)
     assert _relative(coarse, by_jvp) > _relative(by_fd, by_jvp)
 
 
@@ -82,8 +80,9 @@ def test_time_samplers_keep_r_below_t_and_the_configured_share_of_r_equal_t():
 def test_distillation_loss_vanishes_for_the_exact_flow_map_but_training_loss_does_not(ring):
     x0 = ring.sample(96, generator(), dtype=F64)
     exact = lambda z, r, t, cond: ring.flow_map(z, r, t, substeps=60)  # noqa: E731
-    distill = MeanFlowDistillLoss(ring.velocity, norm_p=0.0).per_sample_error(exact, x0, None, generator(1))
-    train = MeanFlowLoss(norm_p=0.0).per_sample_error(exact, x0, None, generator(1))
+    spec = method_spec("meanflow_distill", ratio=0.75, norm_p=0.0, derivative="jvp")
+    distill = MeanFlowDistillLoss(spec, ring.velocity).per_sample_error(exact, x0, None, generator(1))
+    train = MeanFlowLoss(method_spec("meanflow", norm_p=0.0)).per_sample_error(exact, x0, None, generator(1))
     assert float(distill.mean()) < 1e-8
     assert float(train.mean()) > 0.1
 
@@ -92,7 +91,7 @@ def test_adaptive_weight_divides_by_the_detached_error_power():
     torch.manual_seed(0)
     net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 16, "depth": 1, "time_channels": 8})
     x0 = torch.randn(64, 2)
-    loss = MeanFlowLoss(norm_p=0.75)
+    loss = MeanFlowLoss(method_spec("meanflow", norm_p=0.75))
     err = loss.per_sample_error(net, x0, None, generator(5)).detach()
     weighted = loss(net, x0, None, generator(5)).detach()
     assert torch.allclose(weighted, err / (err + 1e-3) ** 0.75, rtol=1e-5)
@@ -109,7 +108,7 @@ def test_tiny_meanflow_training_from_random_init_lowers_one_step_mmd(ring):
 
     before = one_step_mmd()
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    loss_fn, g = MeanFlowLoss(), generator(3)
+    loss_fn, g = MeanFlowLoss(method_spec("meanflow")), generator(3)
     for _ in range(300):
         loss = loss_fn(net, ring.sample(256, g), None, g).mean()
         opt.zero_grad()

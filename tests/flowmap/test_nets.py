@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
-from flowmap_helpers import generator  # noqa: E402
+from flowmap_helpers import generator, method_spec  # noqa: E402
 
 from diffpipe.errors import SpecError  # noqa: E402
 from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss  # noqa: E402
@@ -55,7 +55,7 @@ def test_student_from_an_mlp_teacher_is_exact_and_round_trips(tmp_path):
 def test_meanflow_jvp_runs_through_the_unet_and_trains_the_gap_embedding():
     student = FlowMapNet.from_teacher(_digits_unet())
     x0, labels = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
-    loss = MeanFlowLoss()(student, x0, labels, generator()).mean()
+    loss = MeanFlowLoss(method_spec("meanflow"))(student, x0, labels, generator()).mean()
     loss.backward()
     assert torch.isfinite(loss)
     assert float(student.gap_slot.gap.linear_2.weight.grad.abs().sum()) > 0
@@ -87,7 +87,7 @@ def test_atom_transformer_student_is_the_teacher_and_meanflow_jvp_trains_its_gap
     with torch.no_grad():
         expected = _call_atoms(teacher, x, 1000 * t, cond)
         assert torch.allclose(student(x, 0.2 * t, t, cond), expected, atol=1e-5)
-    loss = MeanFlowLoss()(student, x, cond, generator()).mean()
+    loss = MeanFlowLoss(method_spec("meanflow"))(student, x, cond, generator()).mean()
     loss.backward()
     assert torch.isfinite(loss)
     assert float(student.gap_slot.gap.linear_2.weight.grad.abs().sum()) > 0

@@ -5,10 +5,19 @@ import copy
 import pytest
 import torch
 from mdlm_helpers import tiny_model
+from pydantic import TypeAdapter
 
+from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS, DiscreteAlgorithmSpec
 from diffpipe.tasks.data.reasoning import EOS, MASK
 from diffpipe.tasks.mdlm import exact_elbo
-from diffpipe.tasks.rl.discrete import ALGORITHMS, Rollouts, group_advantages, make_options, rl_update
+from diffpipe.tasks.rl.discrete import Rollouts, group_advantages, make_algorithm, rl_update
+
+ALGORITHMS = sorted(cls.model_fields["algorithm"].default for cls in DISCRETE_ALGORITHMS)
+
+
+def algorithm_spec(name: str, **options):
+    """The algorithm's schema object with its reference defaults, some overridden."""
+    return TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": name, **options})
 
 LENGTH = 4
 
@@ -23,13 +32,13 @@ def toy_rollouts(group_size: int) -> Rollouts:
     return Rollouts(prompt, completion, rewards, rewards > 0, group_size)
 
 
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_loss_raises_the_rewarded_completion(algorithm):
     """A few gradient steps on one group: the exact ELBO of the reward-1 completion rises against the others."""
     model = tiny_model(seed=3, d_model=32)
     ref = copy.deepcopy(model).requires_grad_(False)
-    options = make_options(algorithm, group_size=4, num_iterations=4)
-    algo = ALGORITHMS[algorithm](options, MASK, EOS)
+    spec = algorithm_spec(algorithm, num_iterations=4)
+    algo = make_algorithm(spec, MASK, EOS)
     batch = toy_rollouts(4)
 
     def margin() -> float:
@@ -40,7 +49,7 @@ def test_each_loss_raises_the_rewarded_completion(algorithm):
     generator = torch.Generator().manual_seed(1)
     prepared = algo.prepare(model, ref, batch, generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for iteration in range(options.num_iterations):
+    for iteration in range(spec.num_iterations):
         optimizer.zero_grad()
         loss, _ = algo.loss(model, batch, prepared, iteration)
         assert torch.isfinite(loss)
@@ -54,7 +63,7 @@ def test_zero_variance_groups_give_no_gradient():
     flat = Rollouts(batch.prompt, batch.completion, torch.ones(4), torch.ones(4, dtype=torch.bool), 4)
     model = tiny_model(seed=4)
     for algorithm in ("espo", "dmpo", "wd1"):
-        algo = ALGORITHMS[algorithm](make_options(algorithm, group_size=4, num_iterations=1), MASK, EOS)
+        algo = make_algorithm(algorithm_spec(algorithm, num_iterations=1), MASK, EOS)
         prepared = algo.prepare(model, copy.deepcopy(model), flat, torch.Generator().manual_seed(0))
         assert float(prepared.signal.abs().max()) < 1e-6, algorithm
 
@@ -71,11 +80,11 @@ EXPECTED_FORWARDS = {  # (no-grad scoring, with-grad) sequence forwards per roll
 }
 
 
-@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_rl_update_runs_and_counts_forwards(algorithm):
     model = tiny_model(seed=5, max_length=10)
     ref = copy.deepcopy(model).requires_grad_(False)
-    options = make_options(algorithm, group_size=4, num_iterations=2, block_length=3)
+    spec = algorithm_spec(algorithm, num_iterations=2, block_length=3)
     before = [p.detach().clone() for p in model.parameters()]
 
     def reward_fn(prompts: torch.Tensor, completions: torch.Tensor):
@@ -83,7 +92,7 @@ def test_rl_update_runs_and_counts_forwards(algorithm):
         return rewards, rewards > 0.5
 
     stats = rl_update(model, ref, torch.optim.Adam(model.parameters(), lr=1e-3), torch.randint(3, 21, (2, 4)),
-                      algorithm, options, torch.Generator().manual_seed(0), reward_fn=reward_fn,
+                      spec, torch.Generator().manual_seed(0), group_size=4, reward_fn=reward_fn,
                       completion_length=6, eos_token_id=EOS)
     assert stats["rollouts"] == 8 and stats["sampling_forwards_per_rollout"] == 6
     expected = EXPECTED_FORWARDS[algorithm]

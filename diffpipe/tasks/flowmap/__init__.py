@@ -8,6 +8,7 @@ mean velocity u, so z_r = z_t - (t - r) u. A teacher is a `VelocityFn`: `teacher
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 
@@ -16,6 +17,21 @@ TwoTimeNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | 
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 """teacher(x_t, t, cond) -> instantaneous velocity v = E[eps - x0 | x_t] (internal convention)."""
+
+
+class FlowMapLoss:
+    """What the midtrain and distill stages ask of a method's loss: `loss(student, x0, cond, generator)` (B,).
+
+    A method module registers one subclass under its `method` name; it is built as `cls(spec)`, or
+    `cls(spec, teacher)` when `needs_teacher` (the frozen teacher's velocity in internal time).
+    """
+
+    needs_teacher: ClassVar[bool] = False
+    """Whether the loss is built with the teacher's velocity."""
+
+    def loop_state(self, student: torch.nn.Module) -> Any:
+        """State the training loop must checkpoint besides the student (None: nothing)."""
+        return None
 
 
 def bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,26 +1,27 @@
-"""Consistency Mid-Training (CMT, arXiv 2509.24526; reference/training.md section 2).
+"""`method: cmt`: Consistency Mid-Training (CMT, arXiv 2509.24526), the midtrain stage's method.
 
 A frozen teacher solves its probability-flow ODE from fresh noise on every call (no stored trajectory
 set). The student then learns either the consistency form (every trajectory state straight to the
 solver's endpoint, sony/cmt) or the flow-map form (the exact average velocity between two trajectory
 states, sony/mf-rae). States are labelled with the times the solver actually used (scheduler.sigmas),
-which fixes mf-rae's shifted-grid / unshifted-label quirk (training.md 2.2).
+which fixes mf-rae's quirk of training on a shifted grid with unshifted time labels.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import diffusers
 import torch
 from diffusers import SchedulerMixin
 
 from diffpipe.errors import SpecError
+from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.tasks.conditions import select_conditions
+from diffpipe.tasks.registry import implements
 
-from . import TwoTimeNet, VelocityFn, bcast, per_sample_mean, rk4_mean_velocity
+from . import FlowMapLoss, TwoTimeNet, VelocityFn, bcast, per_sample_mean, rk4_mean_velocity
 
-CMTForm = Literal["flow_map", "consistency"]
 EXACT_SOLVER = "rk4"
 FLOW_SIGMA_DEFAULTS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
 """Constructor defaults that make a multistep diffusers solver (DPM-Solver, UniPC) integrate a flow ODE."""
@@ -81,7 +82,8 @@ def _rk4_trajectory(teacher: VelocityFn, noise: torch.Tensor, cond: Any, steps: 
     return torch.stack(states), times
 
 
-class ConsistencyMidTrainingLoss:
+@implements("method", "cmt")
+class ConsistencyMidTrainingLoss(FlowMapLoss):
     """CMT loss: trajectories of the frozen teacher's solver from fresh noise as regression targets.
 
     form="flow_map": random state pairs (i < j) of the trajectories, loss (1/D)|u(x_i, t_j, t_i) - u_ij|^2
@@ -91,15 +93,12 @@ class ConsistencyMidTrainingLoss:
     trajectory k is conditioned on cond[k % batch].
     """
 
-    def __init__(
-        self, teacher: VelocityFn, *, form: CMTForm = "flow_map",
-        solver: str = "FlowMatchEulerDiscreteScheduler", solver_steps: int = 16,
-        solver_options: dict[str, Any] | None = None, trajectories: int | None = None,
-        pairs: int | None = None,
-    ):
-        self.teacher, self.form = teacher, form
-        self.solver = dict(solver=solver, steps=solver_steps, solver_options=solver_options)
-        self.trajectories, self.pairs = trajectories, pairs
+    needs_teacher = True
+
+    def __init__(self, spec: MidtrainStage, teacher: VelocityFn):
+        self.spec, self.teacher, self.form = spec, teacher, spec.form
+        self.solver = dict(solver=spec.solver, steps=spec.solver_steps, solver_options=spec.solver_options)
+        self.trajectories, self.pairs = spec.trajectories, spec.pairs
 
     def __call__(self, net: TwoTimeNet, x0: torch.Tensor, cond: Any,
                  generator: torch.Generator) -> torch.Tensor:

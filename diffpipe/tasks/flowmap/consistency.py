@@ -1,4 +1,4 @@
-"""Consistency distillation (CD, Song et al. 2023; reference/training.md 3.1) for two-time networks.
+"""`method: consistency`: consistency distillation (CD, Song et al. 2023) for two-time networks.
 
 The consistency function is the flow map to data, f(x_t, t) = x_t - t u(x_t, 0, t), so f(x, 0) = x
 holds by construction. Each call: a random pair of adjacent levels t_n < t_{n+1} of a Karras grid
@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from diffpipe.schemas.distill import ConsistencyDistill
 from diffpipe.tasks import timeconv
+from diffpipe.tasks.registry import implements
 
-from . import TwoTimeNet, VelocityFn, bcast, per_sample_mean
+from . import FlowMapLoss, TwoTimeNet, VelocityFn, bcast, per_sample_mean
 
 OneStepSolver = Literal["euler", "heun"]
-Distance = Literal["l2", "pseudo_huber"]
-Weighting = Literal["uniform", "inverse_gap"]
 
 
 def karras_times(levels: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -46,23 +47,26 @@ def solver_step(teacher: VelocityFn, x: torch.Tensor, t: torch.Tensor, r: torch.
     return x - gap * 0.5 * (v + teacher(euler, r, cond))
 
 
-class ConsistencyDistillationLoss:
+@implements("method", "consistency")
+class ConsistencyDistillationLoss(FlowMapLoss):
     """CD loss against one teacher solver step between adjacent Karras levels (defaults: CM CIFAR-10 CD).
 
     With target_ema > 0 the target network is a copy of `net` made on the first call and moved towards
     the online weights at the start of every later call, i.e. once per optimiser step when the loss is
-    called once per step; save `target_state_dict()` with training checkpoints to resume exactly.
+    called once per step; `loop_state` checkpoints it with the training loop so resumed runs stay exact.
     """
 
-    def __init__(
-        self, teacher: VelocityFn, *, levels: int = 18, sigma_min: float = 0.002, sigma_max: float = 80.0,
-        rho: float = 7.0, solver: OneStepSolver = "heun", target_ema: float = 0.95, distance: Distance = "l2",
-        weighting: Weighting = "uniform",
-    ):
-        self.teacher, self.solver, self.target_ema = teacher, solver, target_ema
-        self.times = karras_times(levels, sigma_min, sigma_max, rho)
-        self.distance, self.weighting = distance, weighting
+    needs_teacher = True
+
+    def __init__(self, spec: ConsistencyDistill, teacher: VelocityFn):
+        self.spec, self.teacher, self.solver, self.target_ema = spec, teacher, spec.solver, spec.target_ema
+        self.times = karras_times(spec.levels, spec.sigma_min, spec.sigma_max, spec.rho)
+        self.distance, self.weighting = spec.distance, spec.weighting
         self.target: nn.Module | None = None
+
+    def loop_state(self, student: nn.Module) -> TargetNetworkState:
+        """The EMA target network as training-loop state."""
+        return TargetNetworkState(self, student)
 
     def _target_net(self, net: TwoTimeNet) -> TwoTimeNet:
         if self.target_ema == 0.0:
@@ -104,3 +108,19 @@ class ConsistencyDistillationLoss:
             c = 0.00054 * math.sqrt(x0[0].numel())
             loss = ((pred - target).flatten(1).pow(2).sum(1) + c * c).sqrt() - c
         return loss / (t_hi - t_lo) if self.weighting == "inverse_gap" else loss
+
+
+@dataclass
+class TargetNetworkState:
+    """The EMA target network of consistency distillation as loop state, so resumed runs stay exact."""
+
+    loss: ConsistencyDistillationLoss
+    student: nn.Module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The target's weights (empty before its first update)."""
+        return self.loss.target_state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore the target's weights."""
+        self.loss.load_target_state_dict(self.student, state)

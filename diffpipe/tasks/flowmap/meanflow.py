@@ -1,8 +1,9 @@
-"""MeanFlow losses (Geng et al. 2025, reference/training.md 3.3-3.4): training and distillation.
+"""`method: meanflow`: MeanFlow training on data (Geng et al. 2025, arXiv 2505.13447).
 
 The MeanFlow identity u(z_t, r, t) = v(z_t, t) - (t - r) d/dt u(z_t, r, t), with the total derivative
 taken along dz/dt = v, dr/dt = 0, turns into a regression target with a stop-gradient. Defaults are
-py-meanflow's improved CIFAR recipe ("v1" time sampler).
+py-meanflow's improved CIFAR recipe ("v1" time sampler). MeanFlow distillation (`meanflow_distill`)
+reuses this loss with the teacher's velocity in place of eps - x0.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Literal
 
 import torch
 
-from . import TwoTimeNet, VelocityFn, bcast
+from diffpipe.schemas.distill import MeanFlowOptions
+from diffpipe.tasks.registry import implements
+
+from . import FlowMapLoss, TwoTimeNet, bcast
 
 TimeSampler = Literal["v0", "v1"]
 Derivative = Literal["jvp", "finite_difference"]
@@ -82,18 +86,14 @@ def meanflow_target(
     return u, (v - bcast(t - r, z) * dudt).detach()
 
 
-class MeanFlowLoss:
+@implements("method", "meanflow")
+class MeanFlowLoss(FlowMapLoss):
     """MeanFlow training: one-point velocity eps - x0 in the JVP tangent and the target (py-meanflow)."""
 
-    def __init__(
-        self, *, time_sampler: TimeSampler = "v1", t_mean: float = -0.6, t_std: float = 1.6,
-        r_mean: float = -4.0, r_std: float = 1.6, ratio: float = 0.75, norm_p: float = 0.75,
-        norm_eps: float = 1e-3, derivative: Derivative = "jvp", fd_delta: float = 5e-3,
-    ):
-        self.times = dict(sampler=time_sampler, t_mean=t_mean, t_std=t_std, r_mean=r_mean, r_std=r_std,
-                          ratio=ratio)
-        self.norm_p, self.norm_eps = norm_p, norm_eps
-        self.derivative, self.fd_delta = derivative, fd_delta
+    def __init__(self, spec: MeanFlowOptions):
+        self.spec = spec
+        self.times = dict(sampler=spec.time_sampler, t_mean=spec.t_mean, t_std=spec.t_std, r_mean=spec.r_mean,
+                          r_std=spec.r_std, ratio=spec.ratio)
 
     def velocity(self, x0: torch.Tensor, eps: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
                  cond: torch.Tensor | None) -> torch.Tensor:
@@ -110,7 +110,7 @@ class MeanFlowLoss:
         xt = (1 - bcast(t, x0)) * x0 + bcast(t, x0) * eps
         v = self.velocity(x0, eps, xt, t, cond)
         u, target = meanflow_target(lambda z, tt: net(z, r, tt, cond), xt, r, t, v,
-                                    derivative=self.derivative, fd_delta=self.fd_delta, seed=seed)
+                                    derivative=self.spec.derivative, fd_delta=self.spec.fd_delta, seed=seed)
         err = u - target
         return err.to(torch.promote_types(err.dtype, torch.float32)).pow(2).flatten(1).sum(1)
 
@@ -121,18 +121,4 @@ class MeanFlowLoss:
 
     def adaptive_weight(self, err: torch.Tensor) -> torch.Tensor:
         """py-meanflow's weighting of per-sample errors E: E / sg(E + norm_eps)^norm_p (p = 0: unweighted)."""
-        return err / (err.detach() + self.norm_eps) ** self.norm_p
-
-
-class MeanFlowDistillLoss(MeanFlowLoss):
-    """MeanFlow distillation (MF-RAE's MFD): the frozen teacher's velocity replaces eps - x0 everywhere."""
-
-    def __init__(self, teacher: VelocityFn, **options):
-        super().__init__(**options)
-        self.teacher = teacher
-
-    def velocity(self, x0: torch.Tensor, eps: torch.Tensor, xt: torch.Tensor, t: torch.Tensor,
-                 cond: torch.Tensor | None) -> torch.Tensor:
-        """The teacher's velocity at (x_t, t), without gradient."""
-        with torch.no_grad():
-            return self.teacher(xt, t, cond).to(xt.dtype)
+        return err / (err.detach() + self.spec.norm_eps) ** self.spec.norm_p

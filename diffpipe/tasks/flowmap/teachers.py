@@ -16,7 +16,8 @@ from diffusers import DDPMScheduler, EDMEulerScheduler
 
 from diffpipe.schemas import DDPM, EDM, FlowMatching, Objective
 from diffpipe.tasks import timeconv
-from diffpipe.tasks.objectives import NetFn, edm_denoise
+from diffpipe.tasks.objectives import NetFn
+from diffpipe.tasks.objectives.edm import edm_denoise
 
 from . import VelocityFn, bcast
 

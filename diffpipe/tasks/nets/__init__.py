@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from diffusers import DiTTransformer2DModel, ModelMixin, UNet2DModel
+from diffusers import DiTTransformer2DModel, ModelMixin
 
-from diffpipe.schemas import DiTSpec, ModelSpec, UNet2DSpec
+from diffpipe.errors import SpecError
+from diffpipe.schemas import ModelSpec
 
 CUSTOM_MODELS: dict[str, type[ModelMixin]] = {}
 """diffpipe's own ModelMixin classes by class name, so `load_model` finds them."""
@@ -17,28 +18,17 @@ def register_model(cls: type[ModelMixin]) -> type[ModelMixin]:
     return cls
 
 
+IMAGE_ARCHS = ("unet2d", "dit")
+"""Archs an image domain can build (each a builder `(spec, sample_shape, num_labels)` in its own module)."""
+
+
 def build_image_model(spec: ModelSpec, sample_shape: tuple[int, ...], num_classes: int | None) -> ModelMixin:
     """A diffusers image model for samples of shape (C, H, W); classes get one extra null label."""
-    channels, height, _ = sample_shape
-    labels = None if num_classes is None else num_classes + 1
-    if isinstance(spec, UNet2DSpec):
-        levels = len(spec.block_out_channels)
-        attn = spec.attention
-        down = tuple("AttnDownBlock2D" if attn and i == levels - 1 else "DownBlock2D" for i in range(levels))
-        up = tuple("AttnUpBlock2D" if attn and i == 0 else "UpBlock2D" for i in range(levels))
-        return UNet2DModel(
-            sample_size=height, in_channels=channels, out_channels=channels,
-            block_out_channels=spec.block_out_channels, layers_per_block=spec.layers_per_block,
-            down_block_types=down, up_block_types=up, norm_num_groups=spec.norm_num_groups,
-            dropout=spec.dropout, num_class_embeds=labels,
-        )
-    if isinstance(spec, DiTSpec):
-        return DiTTransformer2DModel(
-            num_attention_heads=spec.num_attention_heads, attention_head_dim=spec.attention_head_dim,
-            in_channels=channels, out_channels=channels, num_layers=spec.num_layers, sample_size=height,
-            patch_size=spec.patch_size, num_embeds_ada_norm=labels or 1, norm_num_groups=1,
-        )
-    raise TypeError(f"no image model for arch '{spec.arch}'")
+    from diffpipe.tasks.registry import get_implementation
+
+    if spec.arch not in IMAGE_ARCHS:
+        raise SpecError("model.arch", "image data needs an image network", " or ".join(IMAGE_ARCHS), repr(spec.arch))
+    return get_implementation("arch", spec.arch)(spec, sample_shape, None if num_classes is None else num_classes + 1)
 
 
 def null_label(model: ModelMixin) -> int | None:

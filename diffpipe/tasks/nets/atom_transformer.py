@@ -34,6 +34,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from diffpipe.tasks.registry import implements
+
 from . import register_model
 
 
@@ -103,6 +105,7 @@ class AtomBlock(nn.Module):
         return tokens + (1 + gate2) * self.mlp(h)
 
 
+@implements("arch", "atom_transformer")
 @register_model
 class AtomTransformer(ModelMixin, ConfigMixin):
     """Transformer over the ions of a Coulomb explosion event: denoises (or regresses) atom coordinates."""

@@ -8,8 +8,10 @@ from diffusers.configuration_utils import register_to_config
 from torch import nn
 
 from diffpipe.tasks.nets import register_model
+from diffpipe.tasks.registry import implements
 
 
+@implements("arch", "mdlm")
 @register_model
 class MaskedDiffusionTransformer(ModelMixin, ConfigMixin):
     """Bidirectional transformer over token ids; no time input (LLaDA style); never predicts the mask."""

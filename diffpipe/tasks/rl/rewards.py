@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from diffpipe.errors import SpecError
-from diffpipe.tasks.registry import get_domain
+from diffpipe.tasks.registry import REGISTERED, REWARD_MODULES, get_implementation, register
 
 RewardFn = Callable[[torch.Tensor, Any, Path], torch.Tensor]
 """(samples (N, ...), conditions for those samples, data artifact folder) -> rewards (N,)."""
@@ -32,25 +32,25 @@ class RewardPlugin:
     kinds: frozenset[str]
 
 
-REWARDS: dict[str, RewardPlugin] = {}
+REWARDS: dict[str, RewardPlugin] = REGISTERED.setdefault("reward", {})
+"""Reward plugins registered so far, by name (each name's module is in the registry's `REWARD_MODULES`)."""
 
 
 def reward(name: str, kinds: tuple[str, ...]) -> Callable[[RewardFn], RewardFn]:
-    """Register `fn` as the reward `name` for data of `kinds`."""
+    """Register `fn` as the reward `name` for data of `kinds` (list `name` in `REWARD_MODULES` too)."""
 
-    def register(fn: RewardFn) -> RewardFn:
-        REWARDS[name] = RewardPlugin(name, fn, frozenset(kinds))
+    def decorate(fn: RewardFn) -> RewardFn:
+        register("reward", name, RewardPlugin(name, fn, frozenset(kinds)))
         return fn
 
-    return register
+    return decorate
 
 
 def resolve_reward(name: str, data_kind: str, where: str) -> RewardPlugin:
     """The plugin called `name`, checked against the data kind; SpecError naming `where` otherwise."""
-    get_domain(data_kind)  # a domain module may register rewards of its own
-    if name not in REWARDS:
-        raise SpecError(where, "unknown reward", "one of " + ", ".join(sorted(REWARDS)), repr(name))
-    plugin = REWARDS[name]
+    if name not in REWARD_MODULES:
+        raise SpecError(where, "unknown reward", "one of " + ", ".join(sorted(REWARD_MODULES)), repr(name))
+    plugin = get_implementation("reward", name)
     if data_kind not in plugin.kinds:
         raise SpecError(where, f"reward '{name}' does not apply to {data_kind} data",
                         "a reward for " + data_kind, "one for " + ", ".join(sorted(plugin.kinds)))

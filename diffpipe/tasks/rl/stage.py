@@ -176,10 +176,9 @@ class RLRun:
                 log[step, cols.index(name)] = value
 
 
-def log_columns(spec: RLStage) -> list[str]:
+def log_columns(spec: RLStage, algorithm: ContinuousAlgorithm) -> list[str]:
     """Columns of the per-step reward log."""
-    extra = {"flow_grpo": ["clip_fraction", "kl"], "diffusion_nft": ["kl"], "awm": ["kl", "ema_mse"],
-             "ddrl": ["data_loss"]}[spec.algorithm.algorithm]
+    extra = algorithm.log_columns
     marble = ["min_cosine"] if spec.combine == "marble" else []
     return ["samples", "wall_s", "reward", *[f"reward/{r.name}" for r in spec.rewards], "regulariser",
             *extra, *marble]
@@ -213,7 +212,8 @@ def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> Fin
     algorithm = make_algorithm(spec.algorithm, objective)
     reference = copy.deepcopy(policy).requires_grad_(False).eval().to(ctx.device)
     policy.to(ctx.device)
-    state = RLState(policy, algorithm.anchors, log_columns(spec), spec.steps, len(spec.rewards)).to(ctx.device)
+    columns = log_columns(spec, algorithm)
+    state = RLState(policy, algorithm.anchors, columns, spec.steps, len(spec.rewards)).to(ctx.device)
     run = RLRun(ctx, spec, domain, policy, state, reference, algorithm, rewards, domain.batches(ctx, ctx.device), hook)
     cfg = TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.warmup_steps,
                       grad_clip=spec.grad_clip, ema_decay=spec.ema_decay, checkpoint_every=spec.checkpoint_every,

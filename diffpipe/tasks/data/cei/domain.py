@@ -54,9 +54,10 @@ from ...context import StageContext, StageOutput, resolve_device
 from ...domain import stage_field
 from ...nets.atom_transformer import AtomTransformer
 from ...nets.flowmap import network_fn
-from ...objectives import NetFn, make_scheduler
+from ...objectives import NetFn
 from ...registry import domain
 from ...sampling import CountingNet
+from ...schedulers import make_scheduler
 from ...search.run import SearchRun, make_search
 from .batches import ChunkedEventBatches
 from .build import build_cei_dataset, open_cei_store

@@ -28,6 +28,7 @@ from diffpipe.storage.formats import open_dataset, write_json
 
 from ...context import StageContext, StageOutput
 from ...nets.flowmap import network_fn
+from ...nets.unet2d import unet_block_types
 from ...objectives import NetFn
 from ...registry import domain
 from ...sampling import CountingNet, sample
@@ -89,13 +90,6 @@ def check_period(store: xr.Dataset, data: ClimateData, where: str) -> None:
     if years[0] > first or years[-1] < last:
         raise DataError(f"{where} scenario '{data.test_scenario}'", "does not cover the evaluation period",
                         expected=f"years {first}..{last}", found=f"{years[0]}..{years[-1]}")
-
-
-def unet_blocks(levels: int, attention: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Down and up block types: attention at the lowest resolution when asked."""
-    down = tuple("AttnDownBlock2D" if attention and i == levels - 1 else "DownBlock2D" for i in range(levels))
-    up = tuple("AttnUpBlock2D" if attention and i == 0 else "UpBlock2D" for i in range(levels))
-    return down, up
 
 
 def padded(size: int, factor: int) -> int:
@@ -162,7 +156,7 @@ class ClimateDomain:
         data: ClimateData = ctx.pipeline.data
         store = open_climate_store(self.store_path(ctx))
         factor = 2 ** (len(model.block_out_channels) - 1)
-        down, up = unet_blocks(len(model.block_out_channels), model.attention)
+        down, up = unet_block_types(len(model.block_out_channels), model.attention)
         variables = len(OUTPUT_VARIABLES)
         return UNet2DModel(
             sample_size=(padded(store.sizes["lat"], factor), padded(store.sizes["lon"], factor)),

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from diffpipe.schemas.rl import AWM
+from diffpipe.tasks.registry import implements
 
 from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
@@ -22,9 +23,11 @@ from .common import Rollout, noised, per_sample_mean, stratified_times, velocity
 TIME_WEIGHTS = {"none": lambda t: torch.ones_like(t), "t": lambda t: t, "t2": lambda t: t**2}
 
 
+@implements("algorithm", "awm")
 class AWMAlgorithm(ContinuousAlgorithm):
     """AWM losses on clean rollout samples."""
 
+    log_columns = ("kl", "ema_mse")
     anchors = ("ema",)
     spec: AWM
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from diffpipe.schemas import FlowMatching
-from diffpipe.tasks.objectives import FlowMatchingLoss, NetFn
+from diffpipe.tasks.objectives import NetFn
+from diffpipe.tasks.objectives.flow_matching import FlowMatchingLoss
 
 from .common import Rollout, group_advantages
 
@@ -50,6 +51,8 @@ class ContinuousAlgorithm(ABC):
     """The loss also takes a batch of real data."""
     uses_reference = False
     """The loss calls the reference model."""
+    log_columns: tuple[str, ...] = ()
+    """The algorithm's own columns of the per-step reward log."""
 
     def __init__(self, spec: Any, objective: FlowMatching):
         self.spec = spec

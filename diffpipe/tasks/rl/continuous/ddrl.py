@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from diffpipe.schemas.rl import DDRL
+from diffpipe.tasks.registry import implements
 
 from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
@@ -29,9 +30,11 @@ def ddrl_utilities(rewards: torch.Tensor, group_size: int, beta: float) -> torch
     return -torch.exp((log_mean_exp - scaled).clamp(max=MAX_EXPONENT)).reshape(rewards.shape)
 
 
+@implements("algorithm", "ddrl")
 class DDRLAlgorithm(ContinuousAlgorithm):
     """DDRL losses: reward term on rollouts, data term on real samples."""
 
+    log_columns = ("data_loss",)
     needs_data = True
     spec: DDRL
 

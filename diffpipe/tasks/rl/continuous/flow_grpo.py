@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from diffpipe.schemas.rl import FlowGRPO
+from diffpipe.tasks.registry import implements
 
 from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
@@ -29,9 +30,11 @@ def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantag
     return loss, ((ratio - 1.0).abs() > clip_range).float().mean()
 
 
+@implements("algorithm", "flow_grpo")
 class FlowGRPOAlgorithm(ContinuousAlgorithm):
     """Flow-GRPO losses on stored SDE trajectories."""
 
+    log_columns = ("clip_fraction", "kl")
     keeps_states = True
     spec: FlowGRPO
 

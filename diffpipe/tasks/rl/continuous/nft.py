@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from diffpipe.schemas.rl import DiffusionNFT
+from diffpipe.tasks.registry import implements
 
 from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
@@ -32,9 +33,11 @@ def x0_error(x0_pred: torch.Tensor, x0: torch.Tensor, adaptive: bool) -> torch.T
     return err
 
 
+@implements("algorithm", "diffusion_nft")
 class DiffusionNFTAlgorithm(ContinuousAlgorithm):
     """DiffusionNFT losses on clean rollout samples."""
 
+    log_columns = ("kl",)
     anchors = ("old",)
     samples_with = "old"
     spec: DiffusionNFT

@@ -70,30 +70,3 @@ def mean_field_plan(batch_size: int, length: int, prompt_length: int, p_mask_pro
     prompt_masks = torch.rand(1, batch_size, prompt_length, generator=generator) < p_mask_prompt
     masks = torch.ones(1, batch_size, length, dtype=torch.bool)
     return MaskPlan(masks, torch.ones(1, batch_size), prompt_masks)
-
-
-def coupled_plan(batch_size: int, length: int, prompt_length: int, t_min: float, t_max: float,
-                 p_mask_prompt: float, generator: torch.Generator | None) -> MaskPlan:
-    """DiffuCoder's passes: full mask (weight 1/2), m ~ Bernoulli(t) (1/(2t)), complement (1/(2(1-t))).
-
-    One t ~ U(t_min, t_max) per batch, as the reference draws one per micro-batch.
-    """
-    t = t_min + (t_max - t_min) * float(torch.rand(1, generator=generator))
-    partial = torch.rand(batch_size, length, generator=generator) < t
-    masks = torch.stack([torch.ones_like(partial), partial, ~partial])
-    weights = torch.tensor([0.5, 0.5 / t, 0.5 / (1 - t)]).view(3, 1).expand(3, batch_size).clone()
-    prompt_masks = torch.rand(1, batch_size, prompt_length, generator=generator) < p_mask_prompt
-    return MaskPlan(masks, weights, prompt_masks.expand(3, -1, -1))
-
-
-def wdce_plan(batch_size: int, length: int, num_replicates: int, t_min: float,
-              generator: torch.Generator | None) -> MaskPlan:
-    """DMPO's weighted denoising CE: antithetic pairs, ratio t_min + (1 - t_min) U, weight 1/(|m| R)."""
-    if num_replicates % 2:
-        raise ValueError(f"num_replicates must be even (antithetic pairs), got {num_replicates}")
-    ratios = t_min + (1 - t_min) * torch.rand(num_replicates // 2, batch_size, 1, generator=generator)
-    half = torch.rand(num_replicates // 2, batch_size, length, generator=generator) < ratios
-    masks = torch.cat([half, ~half])
-    counts = masks.sum(-1).float()
-    weights = torch.where(counts > 0, 1.0 / (counts.clamp(min=1) * num_replicates), 0.0)
-    return MaskPlan(masks, weights)

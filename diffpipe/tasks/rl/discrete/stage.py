@@ -37,10 +37,9 @@ from ...registry import get_domain
 from ...sample import load_checkpoint
 from ...training import TrainConfig, TrainResult, plot_against_budget, plot_losses, save_trained, train
 from ..rewards import RewardPlugin, resolve_reward
-from .algorithms import ALGORITHMS, Algorithm, Prepared
+from .base import DiscreteAlgorithm, Prepared
 from .core import Rollouts, zero_std_ratio
-from .options import CommonOptions
-from .update import count_forwards, make_options, rollout
+from .update import count_forwards, make_algorithm, rollout
 
 LOG_COLUMNS = ("samples", "wall_s", "reward", "accuracy", "zero_std_ratio", "sampling_forwards",
                "scoring_forwards", "grad_forwards", "clip_fraction", "kl", "abs_log_ratio", "positive_weight_ess")
@@ -72,11 +71,11 @@ class Batch:
 class DiscreteRun:
     """Per-step work: rollouts, verifier rewards, the algorithm's prepared batch, one inner iteration's loss."""
 
-    def __init__(self, spec: RLStage, policy: ModelMixin, reference: ModelMixin, algorithm: Algorithm,
-                 options: CommonOptions, reward_fn: Callable, prompts: torch.Tensor, completion_length: int,
-                 state: DiscreteState, hook: Hook | None = None):
+    def __init__(self, spec: RLStage, policy: ModelMixin, reference: ModelMixin, algorithm: DiscreteAlgorithm,
+                 reward_fn: Callable, prompts: torch.Tensor, completion_length: int, state: DiscreteState,
+                 hook: Hook | None = None):
         self.spec, self.policy, self.reference, self.algorithm = spec, policy, reference, algorithm
-        self.options, self.reward_fn, self.prompts, self.state = options, reward_fn, prompts, state
+        self.reward_fn, self.prompts, self.state = reward_fn, prompts, state
         self.completion_length, self.hook = completion_length, hook
         self.current: Batch | None = None
         self.clock: tuple[float, float] | None = None
@@ -89,7 +88,7 @@ class DiscreteRun:
         try:
             with count_forwards(self.policy, self.reference) as sampling:
                 rollouts = rollout(self.policy, self.prompts[index.to(self.prompts.device)], self.reward_fn,
-                                   self.options, self.completion_length, gen)
+                                   self.spec.algorithm, self.spec.group_size, self.completion_length, gen)
             with count_forwards(self.policy, self.reference) as scoring:
                 prepared = self.algorithm.prepare(self.policy, self.reference, rollouts, gen)
         finally:
@@ -105,7 +104,7 @@ class DiscreteRun:
             self.clock = (float(wall), time.perf_counter())
         if self.hook is not None:
             self.hook(step, self)
-        iteration = step % self.options.num_iterations
+        iteration = step % self.spec.algorithm.num_iterations
         if iteration == 0:
             self.current = self.collect(gen)
         with count_forwards(self.policy) as counts:
@@ -184,15 +183,14 @@ def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = Non
                         f"{spec.algorithm.algorithm} fine-tunes masked-diffusion LMs on reasoning data",
                         "an init stage trained with objective masked_diffusion on countdown or sudoku data",
                         f"'{spec.init}' ({objective.kind}) on {kind} data")
-    options = make_options(spec.algorithm.algorithm, **spec.algorithm.options(spec.group_size))
-    algorithm = ALGORITHMS[spec.algorithm.algorithm](options, policy.config.mask_token_id, EOS)
+    algorithm = make_algorithm(spec.algorithm, policy.config.mask_token_id, EOS)
     reference = copy.deepcopy(policy).requires_grad_(False).eval().to(ctx.device)
     policy.to(ctx.device)
     train_split = domain.batches(ctx, ctx.device)
     state = DiscreteState(spec.steps).to(ctx.device)
-    run = DiscreteRun(spec, policy, reference, algorithm, options, make_reward_fn(ctx, spec, domain),
+    run = DiscreteRun(spec, policy, reference, algorithm, make_reward_fn(ctx, spec, domain),
                       train_split.labels, train_split.x.shape[1], state, hook)
-    result, ema = train(ctx, policy, run.step_loss, train_config(spec, options.num_iterations),
+    result, ema = train(ctx, policy, run.step_loss, train_config(spec, spec.algorithm.num_iterations),
                         ctx.generator(offset=2), loss_state=state)
     return FineTuned(policy, state, ema, result, {**info, "objective": objective.model_dump(mode="json")})
 

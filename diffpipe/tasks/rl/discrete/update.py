@@ -1,19 +1,19 @@
-"""One RL update of a masked-diffusion LM: rollout, reward, prepare, mu gradient steps."""
+"""One RL update of a masked-diffusion LM outside a pipeline: rollout, reward, prepare, mu gradient steps."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 import torch
 
+from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
 from diffpipe.tasks.mdlm.sampler import sample_completions
+from diffpipe.tasks.registry import get_implementation
 
-from .algorithms import ALGORITHMS
+from .base import DiscreteAlgorithm
 from .core import RewardFn, Rollouts, zero_std_ratio
-from .options import OPTIONS, CommonOptions
 
 
 @contextmanager
@@ -32,53 +32,53 @@ def count_forwards(*models: torch.nn.Module) -> Iterator[dict[str, int]]:
             handle.remove()
 
 
-def make_options(algorithm: str, **overrides: object) -> CommonOptions:
-    """The algorithm's options with the reference defaults, some overridden by keyword."""
-    if algorithm not in OPTIONS:
-        raise ValueError(f"unknown RL algorithm {algorithm!r}; expected one of {sorted(OPTIONS)}")
-    return replace(OPTIONS[algorithm](), **overrides)
+def make_algorithm(spec: DiscreteAlgorithmBase, mask_token_id: int, eos_token_id: int) -> DiscreteAlgorithm:
+    """The registered algorithm of `spec.algorithm`, built from its schema object."""
+    return get_implementation("algorithm", spec.algorithm)(spec, mask_token_id, eos_token_id)
 
 
 @torch.no_grad()
-def rollout(model: torch.nn.Module, prompts: torch.Tensor, reward_fn: RewardFn, options: CommonOptions,
-            completion_length: int, generator: torch.Generator | None) -> Rollouts:
+def rollout(model: torch.nn.Module, prompts: torch.Tensor, reward_fn: RewardFn, spec: DiscreteAlgorithmBase,
+            group_size: int, completion_length: int, generator: torch.Generator | None) -> Rollouts:
     """Sample G completions per prompt with the block low-confidence sampler and score them."""
-    repeated = prompts.repeat_interleave(options.group_size, dim=0)
+    repeated = prompts.repeat_interleave(group_size, dim=0)
     completion = sample_completions(model, repeated, completion_length, model.config.mask_token_id,
-                                    steps=options.steps or completion_length,
-                                    block_length=options.block_length, temperature=options.temperature,
+                                    steps=spec.rollout_steps or completion_length,
+                                    block_length=spec.block_length, temperature=spec.temperature,
                                     generator=generator)
     rewards, correct = reward_fn(repeated, completion)
     rewards = rewards.to(device=prompts.device, dtype=torch.float32)
-    return Rollouts(repeated, completion, rewards, correct, options.group_size)
+    return Rollouts(repeated, completion, rewards, correct, group_size)
 
 
 def rl_update(model: torch.nn.Module, ref_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-              prompts: torch.Tensor, algorithm: str, options: CommonOptions | None,
-              generator: torch.Generator | None, *, reward_fn: RewardFn, completion_length: int,
-              eos_token_id: int) -> dict[str, float]:
-    """Rollout a batch of prompts, then `num_iterations` gradient steps of the algorithm; statistics."""
-    options = options or make_options(algorithm)
-    algo = ALGORITHMS[algorithm](options, model.config.mask_token_id, eos_token_id)
+              prompts: torch.Tensor, spec: DiscreteAlgorithmBase, generator: torch.Generator | None, *,
+              group_size: int, reward_fn: RewardFn, completion_length: int, eos_token_id: int,
+              max_grad_norm: float = 0.2) -> dict[str, float]:
+    """Rollout a batch of prompts, then `num_iterations` gradient steps of the algorithm; statistics.
+
+    `max_grad_norm` 0.2 is what d1, ESPO, DMPO and DiffuCoder clip to.
+    """
+    algo = make_algorithm(spec, model.config.mask_token_id, eos_token_id)
     ref_model.eval()
     started = time.perf_counter()
     with count_forwards(model, ref_model) as counts:
-        batch = rollout(model, prompts, reward_fn, options, completion_length, generator)
+        batch = rollout(model, prompts, reward_fn, spec, group_size, completion_length, generator)
         sampling_forwards = counts["no_grad"]
         prepared = algo.prepare(model, ref_model, batch, generator)
         rollout_seconds = time.perf_counter() - started
         losses, stats = [], {}
-        for iteration in range(options.num_iterations):
+        for iteration in range(spec.num_iterations):
             optimizer.zero_grad(set_to_none=True)
             loss, stats = algo.loss(model, batch, prepared, iteration)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             optimizer.step()
             losses.append(float(loss.detach()))
     rows = batch.completion.shape[0]
     return {
         "reward_mean": float(batch.rewards.mean()), "accuracy": float(batch.correct.float().mean()),
-        "zero_std_ratio": zero_std_ratio(batch.rewards, options.group_size),
+        "zero_std_ratio": zero_std_ratio(batch.rewards, group_size),
         "loss": sum(losses) / len(losses),
         "grad_norm": float(grad_norm), "rollouts": rows,
         "sampling_forwards_per_rollout": sampling_forwards / rows,

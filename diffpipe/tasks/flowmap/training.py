@@ -1,4 +1,4 @@
-"""What the midtrain and distill stages share: the frozen teacher, the student's start, the loop, publishing.
+"""The loop of the midtrain and distill stages: the frozen teacher, the student's start, the method's loss, publishing.
 
 Any continuous domain whose network `FlowMapNet` can wrap works: the teacher is called through the
 domain's `net` hook, batches and conditions come from its `batches` / `drop_condition` hooks, and a
@@ -8,7 +8,6 @@ sees the diffusers value 1000 t it was trained with.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -18,15 +17,15 @@ from diffusers.training_utils import EMAModel
 from diffpipe.schemas.distill import TwoTimeTraining
 from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
 
-from .context import StageContext, StageOutput
-from .domain import Domain
-from .flowmap import VelocityFn
-from .flowmap.teachers import velocity_teacher
-from .nets.flowmap import FlowMapNet
-from .pretrain import train_config
-from .registry import get_domain
-from .sample import load_checkpoint
-from .training import LossState, TrainResult, publish_losses, save_trained, train
+from ..context import StageContext, StageOutput
+from ..domain import Domain
+from ..nets.flowmap import FlowMapNet
+from ..pretrain import train_config
+from ..registry import get_domain, get_implementation
+from ..sample import load_checkpoint
+from ..training import TrainResult, publish_losses, save_trained, train
+from . import FlowMapLoss, VelocityFn
+from .teachers import velocity_teacher
 
 
 def stage_domain(ctx: StageContext) -> Domain:
@@ -59,15 +58,17 @@ def initial_student(ctx: StageContext, spec: TwoTimeTraining, init: ModelMixin |
     return model if isinstance(model, FlowMapNet) else FlowMapNet.from_teacher(model)
 
 
-def loss_options(loss_class: type, spec: TwoTimeTraining) -> dict[str, Any]:
-    """The keyword-only options of `loss_class` that the stage spec sets (same names in schema and loss)."""
-    params = inspect.signature(loss_class.__init__).parameters.values()
-    return {p.name: getattr(spec, p.name) for p in params
-            if p.kind is p.KEYWORD_ONLY and p.name in type(spec).model_fields}
+def method_loss(ctx: StageContext, spec: TwoTimeTraining, teacher: VelocityFn | None = None) -> FlowMapLoss:
+    """The registered loss of the spec's `method`, built from the spec and, if it needs one, the teacher's
+    velocity (`teacher`, else loaded from input `teacher`)."""
+    loss_class = get_implementation("method", spec.method)
+    if not loss_class.needs_teacher:
+        return loss_class(spec)
+    return loss_class(spec, teacher if teacher is not None else load_teacher(ctx)[1])
 
 
-def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, loss_fn: Any,
-                  loss_state: LossState | None = None) -> tuple[TrainResult, EMAModel | None]:
+def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet,
+                  loss_fn: FlowMapLoss) -> tuple[TrainResult, EMAModel | None]:
     """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout."""
     domain = stage_domain(ctx)
     batches = domain.batches(ctx, ctx.device)
@@ -78,7 +79,8 @@ def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet,
         drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
         return loss_fn(student, x0, domain.drop_condition(student.base, cond, drop), gen).mean()
 
-    return train(ctx, student, step_loss, train_config(spec), ctx.generator(offset=1), loss_state)
+    return train(ctx, student, step_loss, train_config(spec), ctx.generator(offset=1),
+                 loss_fn.loop_state(student))
 
 
 def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, ema: EMAModel | None,

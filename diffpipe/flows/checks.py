@@ -12,18 +12,25 @@ from diffpipe.errors import SpecError
 from diffpipe.schemas import PipelineSpec, SampleStage
 from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.schemas.search import CONTINUOUS
+from diffpipe.schemas.self_train import SelfTrainStage
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
+from diffpipe.tasks.registry import get_domain
 from diffpipe.tasks.rl.rewards import resolve_reward
+from diffpipe.tasks.self_train import supports_self_train
 
 
 def check_spec(spec: PipelineSpec) -> None:
     """Raise SpecError for what schema validation cannot see; also check the artifact root opens."""
     for i, stage in enumerate(spec.stages):
-        if isinstance(stage, SampleStage):
+        if isinstance(stage, SampleStage | SelfTrainStage):
             _check_scheduler(i, stage)
-            if stage.search is not None:
-                _check_search(spec, i, stage)
+        if isinstance(stage, SampleStage) and stage.search is not None:
+            _check_search(spec, i, stage)
+        if isinstance(stage, SelfTrainStage) and not supports_self_train(get_domain(spec.data.kind)):
+            raise SpecError(f"stages[{i}].selection", f"self_train selects and measures by the entropy of sample "
+                            f"sets, which {spec.data.kind} data cannot estimate", "data with entropy features "
+                            "(digits)", spec.data.kind)
         for j, term in enumerate(getattr(stage, "rewards", None) or []):
             resolve_reward(term.name, spec.data.kind, f"stages[{i}].rewards[{j}].name")
         if isinstance(stage, MidtrainStage):
@@ -31,7 +38,7 @@ def check_spec(spec: PipelineSpec) -> None:
     ArtifactStore(spec.storage.root)
 
 
-def _check_scheduler(i: int, stage: SampleStage) -> None:
+def _check_scheduler(i: int, stage: SampleStage | SelfTrainStage) -> None:
     name = stage.scheduler.name
     if name is None:
         return

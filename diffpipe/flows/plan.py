@@ -32,10 +32,20 @@ class Node:
 
 
 def nodes(spec: PipelineSpec) -> list[Node]:
-    """The data node followed by every stage, with its upstream node names."""
+    """The data node followed by every stage's nodes, with their upstream node names.
+
+    A stage run as several nodes (`StageBase.expand`, e.g. self_train generations) chains them through its
+    `chained_reference`; later stages that refer to it read its last node.
+    """
     out = [Node(DATA_NODE, spec.data.kind, None)]
+    last: dict[str, str] = {}
     for st in spec.stages:
-        out.append(Node(st.name, st.stage, st, {"data": DATA_NODE, **spec.upstream(st)}))
+        upstream = {"data": DATA_NODE, **{f: last.get(s, s) for f, s in spec.upstream(st).items()}}
+        for name, options in st.expand():
+            out.append(Node(name, st.stage, options, dict(upstream)))
+            if st.chained_reference:
+                upstream[st.chained_reference] = name
+        last[st.name] = out[-1].name
     return out
 
 

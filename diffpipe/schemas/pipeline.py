@@ -12,14 +12,16 @@ from .distill import ConsistencyDistill, DistillStage, MeanFlowTeacherDistill, M
 from .models import ModelSpec, UNet2DSpec
 from .rl import RLStage
 from .runtime import RuntimeSpec
+from .self_train import SelfTrainStage
 from .stages import EvaluateStage, PretrainStage, SampleStage, StageBase
 from .storage import StorageSpec
 
 # Adding a stage kind: write its class (a StageBase subclass with `stage: Literal[...]`) and add it here.
 STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage, RLStage, MidtrainStage,
-                                                MeanFlowTraining, MeanFlowTeacherDistill, ConsistencyDistill)
-StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage | RLStage | MidtrainStage | DistillStage,
-                      Field(discriminator="stage")]
+                                                MeanFlowTraining, MeanFlowTeacherDistill, ConsistencyDistill,
+                                                SelfTrainStage)
+StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage | RLStage | MidtrainStage | DistillStage
+                      | SelfTrainStage, Field(discriminator="stage")]
 
 DEFAULTED_REFERENCES = {"model", "samples", "teacher"}
 """Reference fields that, left empty, point at the latest earlier stage of a fitting kind."""

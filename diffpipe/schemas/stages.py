@@ -26,9 +26,16 @@ class StageBase(Strict):
     builds_model: ClassVar[bool] = False
     """Whether the stage builds a network from the pipeline's `model` spec (then it is part of its key)."""
 
+    chained_reference: ClassVar[str | None] = None
+    """For a stage run as several nodes: the reference each node after the first reads from the node before."""
+
     def reference_problem(self, field: str, target: StageBase) -> str | None:
         """Why `target` cannot fill reference `field` although its output kind fits (None: it can)."""
         return None
+
+    def expand(self) -> list[tuple[str, StageBase]]:
+        """The cached nodes this stage runs as, (node name, options of that node); most stages are one."""
+        return [(self.name, self)]
 
 
 class SchedulerSpec(Strict):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import torch
 from diffusers import ModelMixin
+from diffusers.training_utils import EMAModel
 
 from diffpipe.schemas import PretrainStage
 from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
 
 from .context import StageContext, StageOutput
+from .domain import BatchSource
 from .objectives import make_loss
 from .registry import get_domain, stage
 from .schedulers import make_scheduler
-from .training import TrainConfig, publish_losses, save_trained, train
+from .training import TrainConfig, TrainResult, publish_losses, save_trained, train
 
 
 def initial_model(ctx: StageContext, init: str | None) -> ModelMixin:
@@ -32,14 +34,11 @@ def train_config(spec: PretrainStage) -> TrainConfig:
                        log_every=spec.log_every)
 
 
-@stage("pretrain")
-def run_pretrain(ctx: StageContext) -> StageOutput:
-    """Train, publish `model/` (diffusers layout), `scheduler/`, the loss curve and training metrics."""
-    spec: PretrainStage = ctx.pipeline.stage(ctx.node)
+def fit(ctx: StageContext, spec: PretrainStage,
+        batches: BatchSource) -> tuple[ModelMixin, TrainResult, EMAModel | None]:
+    """Train the domain's network (from `spec.init` or fresh seeded weights) on `batches` with `spec`'s options."""
     domain = get_domain(ctx.pipeline.data.kind)
-    device = ctx.device
-    batches = domain.batches(ctx, device)
-    model = initial_model(ctx, spec.init).to(device)
+    model = initial_model(ctx, spec.init).to(ctx.device)
     net, loss_fn = domain.net(model), make_loss(spec.objective)
 
     def step_loss(gen: torch.Generator) -> torch.Tensor:
@@ -48,6 +47,12 @@ def run_pretrain(ctx: StageContext) -> StageOutput:
         return loss_fn(net, x0, domain.drop_condition(model, cond, drop), gen).mean()
 
     result, ema = train(ctx, model, step_loss, train_config(spec), ctx.generator(offset=1))
+    return model, result, ema
+
+
+def publish_checkpoint(ctx: StageContext, spec: PretrainStage, model: ModelMixin, ema: EMAModel | None,
+                       result: TrainResult) -> StageOutput:
+    """Write `model/` (diffusers layout), `scheduler/`, `training.json` and the loss curve; training metrics."""
     out = ctx.workdir
     save_trained(model.cpu(), ema, out)
     scheduler = make_scheduler(spec.objective, None, {})
@@ -59,7 +64,16 @@ def run_pretrain(ctx: StageContext) -> StageOutput:
     tail = result.losses[-max(1, spec.steps // 10):]
     metrics = {"final_loss": sum(tail) / len(tail), "steps": spec.steps, **result.metrics(spec.steps),
                "parameters": sum(p.numel() for p in model.parameters())}
-    write_json(out / "metrics.json", metrics)
     curve = publish_losses(result.losses, out, f"{ctx.node}: {spec.objective.kind}")
     summary = f"Trained `{type(model).__name__}` for {spec.steps} steps with {spec.objective.kind}."
     return StageOutput("checkpoint", metrics, summary, {"loss curve": curve})
+
+
+@stage("pretrain")
+def run_pretrain(ctx: StageContext) -> StageOutput:
+    """Train, publish `model/` (diffusers layout), `scheduler/`, the loss curve and training metrics."""
+    spec: PretrainStage = ctx.pipeline.stage(ctx.node)
+    model, result, ema = fit(ctx, spec, get_domain(ctx.pipeline.data.kind).batches(ctx, ctx.device))
+    output = publish_checkpoint(ctx, spec, model, ema, result)
+    write_json(ctx.workdir / "metrics.json", output.metrics)
+    return output

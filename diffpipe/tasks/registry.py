@@ -34,6 +34,7 @@ STAGE_MODULES = {
     "midtrain": "diffpipe.tasks.midtrain",
     "distill": "diffpipe.tasks.distill",
     "rl": "diffpipe.tasks.rl.stage",
+    "self_train": "diffpipe.tasks.self_train",
 }
 """Stage kind -> the module that implements it."""
 

@@ -100,6 +100,10 @@ class DigitsDomain(ImageDomain):
         summary = f"digits: {len(x_tr)} train / {len(x_te)} test images"
         return StageOutput("dataset", metrics, summary, {"examples": grid})
 
+    def entropy_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of the self_train stage's entropy and nearest-neighbour measures: the 64 pixels, flattened."""
+        return x.flatten(1).float()
+
     def classifier(self, path: Path) -> DigitsClassifier:
         """The frozen classifier stored with the data."""
         clf = DigitsClassifier()

@@ -10,6 +10,7 @@ from .base import Strict
 from .cei import CoulombExplosionData
 from .climate import ClimateData
 from .reasoning import CountdownData, SudokuData
+from .rna import RNADesignData
 
 
 class DigitsData(Strict):
@@ -34,5 +35,5 @@ class DigitsData(Strict):
         return 10 if self.class_conditional else None
 
 
-DataSpec = Annotated[DigitsData | ClimateData | CoulombExplosionData | CountdownData | SudokuData,
+DataSpec = Annotated[DigitsData | ClimateData | CoulombExplosionData | CountdownData | SudokuData | RNADesignData,
                      Field(discriminator="kind")]

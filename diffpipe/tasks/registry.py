@@ -44,6 +44,7 @@ DOMAIN_MODULES = {
     "climate": "diffpipe.tasks.data.climate.domain",
     "countdown": "diffpipe.tasks.data.reasoning_domain",
     "sudoku": "diffpipe.tasks.data.reasoning_domain",
+    "rna_design": "diffpipe.tasks.data.rna",
 }
 """Data kind -> the module that implements its domain."""
 

@@ -41,6 +41,7 @@ from ..rl.rewards import reward
 from .reasoning import (
     MASK,
     VOCAB,
+    CharVocab,
     build_countdown,
     build_sudoku,
     check_reasoning_dataset,
@@ -57,13 +58,6 @@ def stage_path(ctx: StageContext, field: str) -> str:
     """`stages[i].field` of the running stage (for error messages)."""
     index = next(i for i, s in enumerate(ctx.pipeline.stages) if s.name == ctx.node)
     return f"stages[{index}].{field}"
-
-
-def load_split(path: Path, split: str) -> xr.Dataset:
-    """One split of a reasoning data artifact, checked."""
-    ds = open_dataset(path / f"{split}.zarr").load()
-    check_reasoning_dataset(ds, f"{path.name}/{split}.zarr")
-    return ds
 
 
 def token_tensors(ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,16 +83,35 @@ def countdown_closeness_reward(samples: torch.Tensor, conditions: torch.Tensor, 
     return torch.from_numpy(closeness_completions(conditions.cpu().numpy(), samples.cpu().numpy())).float()
 
 
-def score(task: str, prompts: np.ndarray, completions: np.ndarray) -> dict[str, float]:
-    """Held-out accuracy (exactly correct) and mean reward of completions."""
-    rewards, correct = score_completions(task, prompts, completions)
-    return {"accuracy": float(correct.mean()), "reward": float(rewards.mean())}
-
-
 class ReasoningDomain(ABC):
-    """Shared behaviour of the verifiable reasoning tasks; subclasses name the task and build the splits."""
+    """Shared behaviour of the verifiable token tasks; subclasses name the task and build the splits.
+
+    A task with its own vocabulary or verifier (the RNA design task) overrides `vocab`, `check_split`
+    and `score_completions`.
+    """
 
     task: str
+    vocab: CharVocab = VOCAB
+    """Token vocabulary (pad, mask and end are ids 0, 1, 2 in every vocabulary)."""
+
+    def check_split(self, ds: xr.Dataset, where: str) -> None:
+        """Raise DataError unless `ds` holds this task's in-vocabulary prompt and completion arrays."""
+        check_reasoning_dataset(ds, where)
+
+    def score_completions(self, prompts: np.ndarray, completions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rewards and exact correctness of completions (token arrays) for their prompts."""
+        return score_completions(self.task, prompts, completions)
+
+    def score(self, prompts: np.ndarray, completions: np.ndarray) -> dict[str, float]:
+        """Held-out accuracy (exactly correct) and mean reward of completions."""
+        rewards, correct = self.score_completions(prompts, completions)
+        return {"accuracy": float(correct.mean()), "reward": float(rewards.mean())}
+
+    def load_split(self, path: Path, split: str) -> xr.Dataset:
+        """One split of the data artifact, checked."""
+        ds = open_dataset(path / f"{split}.zarr").load()
+        self.check_split(ds, f"{path.name}/{split}.zarr")
+        return ds
 
     @abstractmethod
     def splits(self, ctx: StageContext) -> dict[str, xr.Dataset]:
@@ -109,14 +122,14 @@ class ReasoningDomain(ABC):
         t0 = time.perf_counter()
         splits = self.splits(ctx)
         for split, ds in splits.items():
-            check_reasoning_dataset(ds, f"{self.task} {split} split")
+            self.check_split(ds, f"{self.task} {split} split")
             write_dataset(ds, ctx.workdir / f"{split}.zarr")
         train = splits["train"]
         metrics = {"task": self.task, "num_train": int(train.sizes["problem"]),
                    "num_test": int(splits["test"].sizes["problem"]),
                    "prompt_length": int(train.sizes["prompt_pos"]),
-                   "completion_length": int(train.sizes["completion_pos"]), "vocab_size": VOCAB.size,
-                   "examples": [f"{VOCAB.decode(p)} -> {VOCAB.decode(c)}" for p, c in
+                   "completion_length": int(train.sizes["completion_pos"]), "vocab_size": self.vocab.size,
+                   "examples": [f"{self.vocab.decode(p)} -> {self.vocab.decode(c)}" for p, c in
                                 zip(train["prompt"].values[:3], train["completion"].values[:3], strict=True)],
                    "build_wall_s": time.perf_counter() - t0}
         write_json(ctx.workdir / "metrics.json", metrics)
@@ -135,7 +148,7 @@ class ReasoningDomain(ABC):
             raise SpecError("model.arch", f"{self.task} data needs the masked-diffusion transformer", "mdlm",
                             repr(model.arch))
         prompt_len, completion_len = self.lengths(ctx)
-        return MaskedDiffusionTransformer(VOCAB.size, prompt_len + completion_len, MASK,
+        return MaskedDiffusionTransformer(self.vocab.size, prompt_len + completion_len, MASK,
                                           **model.model_dump(exclude={"arch"}))
 
     def net(self, model: ModelMixin) -> ModelMixin:
@@ -144,7 +157,7 @@ class ReasoningDomain(ABC):
 
     def batches(self, ctx: StageContext, device: torch.device) -> TensorBatches:
         """Training batches: (completions, prompts) drawn with replacement."""
-        prompts, completions = token_tensors(load_split(ctx.input_path("data"), "train"))
+        prompts, completions = token_tensors(self.load_split(ctx.input_path("data"), "train"))
         return TensorBatches(completions.to(device), prompts.to(device))
 
     def drop_condition(self, model: ModelMixin, cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
@@ -153,7 +166,7 @@ class ReasoningDomain(ABC):
 
     def reward(self, prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact verifier: rewards (d1 scheme) and correctness of completions."""
-        rewards, correct = score_completions(self.task, prompts.cpu().numpy(), completions.cpu().numpy())
+        rewards, correct = self.score_completions(prompts.cpu().numpy(), completions.cpu().numpy())
         return torch.from_numpy(rewards).float(), torch.from_numpy(correct)
 
     def sampler_settings(self, ctx: StageContext, spec: SampleStage, scheduler: SchedulerMixin,
@@ -177,7 +190,7 @@ class ReasoningDomain(ABC):
     def sample(self, ctx: StageContext, spec: SampleStage, model: ModelMixin, objective: Objective,
                scheduler: SchedulerMixin, info: dict[str, Any]) -> StageOutput:
         """Greedy block-sampled completions of the first `num_samples` held-out prompts, as zarr."""
-        test = load_split(ctx.input_path("data"), "test")
+        test = self.load_split(ctx.input_path("data"), "test")
         prompts, _ = token_tensors(test)
         prompts = prompts[: spec.num_samples]
         steps, block_length = self.sampler_settings(ctx, spec, scheduler, test.sizes["completion_pos"])
@@ -196,7 +209,7 @@ class ReasoningDomain(ABC):
         metrics = {"num_samples": len(prompts), "scheduler": type(scheduler).__name__, "steps": steps,
                    "block_length": block_length, "nfe_per_sample": steps, "sampling_wall_s": wall,
                    "samples_per_s": len(prompts) / wall,
-                   "examples": [f"{VOCAB.decode(p)} -> {VOCAB.decode(c)}" for p, c in
+                   "examples": [f"{self.vocab.decode(p)} -> {self.vocab.decode(c)}" for p, c in
                                 zip(prompts[:PREVIEW_ROWS].tolist(), completions[:PREVIEW_ROWS].tolist(),
                                     strict=True)]}
         summary = (f"{len(prompts)} held-out {self.task} completions, {steps} steps in blocks of {block_length} "
@@ -213,9 +226,9 @@ class ReasoningDomain(ABC):
             raise DataError(f"{ctx.input_path('samples').name}/{SAMPLES_FILE}", "samples of another task",
                             self.task, repr(samples.attrs.get("task")))
         prompts, completions = token_tensors(samples)
-        test = load_split(ctx.input_path("data"), "test")
-        metrics = {"model": score(self.task, prompts.numpy(), completions.numpy()),
-                   "data_floor": score(self.task, test["prompt"].values[: len(prompts)],
+        test = self.load_split(ctx.input_path("data"), "test")
+        metrics = {"model": self.score(prompts.numpy(), completions.numpy()),
+                   "data_floor": self.score(test["prompt"].values[: len(prompts)],
                                        test["completion"].values[: len(prompts)]),
                    "num_samples": len(prompts),
                    "not_applicable": sorted(set(spec.metrics) - {"domain"})}

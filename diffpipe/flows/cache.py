@@ -37,6 +37,7 @@ DOMAIN_LIBRARIES = {
     "digits": ("scikit-learn",),
     "coulomb_explosion": ("ase", "scipy"),
     "climate": ("fair", "xarray", "scipy"),
+    "rna_design": ("viennarna",),
 }
 """Data kind -> the further libraries its data, networks and metrics compute with."""
 

@@ -76,8 +76,9 @@ def draw(ctx: StageContext, spec: SelfTrainStage, domain: ImageDomain, checkpoin
     request = SampleStage(name="candidates", scheduler=spec.scheduler, num_samples=n, seed=seed,
                           guidance_scale=spec.guidance_scale)
     with tempfile.TemporaryDirectory(prefix="diffpipe-self-train-") as tmp:
-        domain.sample(dataclasses.replace(ctx, workdir=Path(tmp)), request, model.to(ctx.device), objective,
-                      scheduler, info)
+        # as the stage itself (not the generation node), so the domain's sampler finds its spec fields
+        inner = dataclasses.replace(ctx, workdir=Path(tmp), node=spec.name)
+        domain.sample(inner, request, model.to(ctx.device), objective, scheduler, info)
         ds = open_dataset(Path(tmp) / SAMPLES_FILE).load()
     labels = torch.from_numpy(ds["label"].values) if "label" in ds else None
     return torch.from_numpy(ds["x"].values).float(), labels

@@ -101,6 +101,7 @@ REWARD_MODULES = {
     "global_mean_response": "diffpipe.tasks.rl.rewards",
     "exact_verifier": "diffpipe.tasks.data.reasoning_domain",
     "countdown_closeness": "diffpipe.tasks.data.reasoning_domain",
+    "rna_fold": "diffpipe.tasks.data.rna",
 }
 """Reward plugin name -> the module that registers it."""
 

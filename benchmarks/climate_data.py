@@ -3,18 +3,26 @@
 Run: `python benchmarks/climate_data.py [--nlat 32 --nlon 48 --members 2]`; writes
 benchmarks/results/climate_data.json. MB are uncompressed float32 bytes written (outputs + maps).
 
-`loader` is the raw random-batch read from zarr vs in-memory tensors. `training_loader` measures the batch
-sources the climate domain trains with against the same in-memory baseline: `CachedBatches` (the training
-split read once into memory; its one-time read is reported separately), `StreamingBatches` alone (zarr
-reads in a background thread), and a training loop (a small UNet step) fed by the streamer vs by the
-cache, where prefetching hides the reads behind the compute.
+`loader` is the raw random-batch read from zarr (`ClimateSamples`, one request per batch) vs in-memory
+tensors. `stream` measures the two batch sources the climate domain trains with, at the full 96 x 144 grid
+and the training batch (32): `ChunkStream` (whole-chunk reads into a shuffle buffer, background reader
+threads) with a memory budget of a third of the training split, against `CachedBatches` (the split in
+memory): samples/s of each, alternately three times; the peak RSS growth of a fresh process streaming two
+epochs (the store is 3x the budget); and the same stream from a moto S3 server on loopback (real s3fs).
+`--stream-only` measures just `stream` and merges it into the JSON. One torch thread; a shared 2-core
+machine makes every rate noisy (the load average is recorded).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -33,7 +41,8 @@ from diffpipe.tasks.data.climate import (
     open_climate_store,
     scenario_view,
 )
-from diffpipe.tasks.data.climate.batches import CachedBatches, StreamingBatches, condition_channels, static_channels
+from diffpipe.tasks.data.climate.batches import CachedBatches, static_channels, training_megabytes
+from diffpipe.tasks.data.climate.stream import ChunkStream
 
 RESULTS = Path(__file__).parent / "results" / "climate_data.json"
 
@@ -100,77 +109,127 @@ def loader_rates(store: Path, batch: int, batches: int) -> dict[str, float]:
 
 
 TRAIN_SCENARIOS = ["historical", "ssp126", "ssp370", "ssp585"]
+STREAM_SCENARIOS = ("historical", "ssp126", "ssp245", "ssp370")
+STREAM_TRAIN = ["historical", "ssp126", "ssp370"]
 
 
-def _rate(source, batch: int, batches: int, step=None) -> float:
-    """Samples/s of `batches` calls of `source.next` (each followed by `step(x, forcing)` when given)."""
+def environment() -> dict[str, object]:
+    """Commit, library versions, device, threads and date of a measurement."""
+    import platform
+
+    import xarray
+    import zarr
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return {"commit": commit.stdout.strip(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "torch": torch.__version__, "zarr": zarr.__version__, "xarray": xarray.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "device": "cpu",
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
+
+
+def _rate(source, batch: int, batches: int) -> float:
+    """Samples/s of `batches` calls of `source.next` after one warm-up call (first window, allocations)."""
     gen = torch.Generator().manual_seed(0)
-    source.next(gen, batch)  # warm-up: first prefetch, allocations
+    source.next(gen, batch)
     start = time.perf_counter()
     for _ in range(batches):
-        x, forcing = source.next(gen, batch)
-        if step is not None:
-            step(x, forcing)
+        source.next(gen, batch)
     return batch * batches / (time.perf_counter() - start)
 
 
-def _unet_step(nlat: int, nlon: int):
-    """One optimiser step of a small UNet (the quick profile's backbone) on a batch."""
-    from diffusers import UNet2DModel
-
-    from diffpipe.tasks.data.climate.domain import call_climate_unet
-
-    torch.manual_seed(0)
-    model = UNet2DModel(sample_size=(nlat, nlon), in_channels=4 + condition_channels(1), out_channels=4,
-                        block_out_channels=(32, 64, 64), layers_per_block=1, norm_num_groups=8,
-                        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
-                        class_embed_type="timestep")
-    opt = torch.optim.AdamW(model.parameters())
-
-    def step(x: torch.Tensor, forcing) -> None:
-        loss = call_climate_unet(model, x, torch.full((x.shape[0],), 500.0), forcing).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def training_loader_rates(store: Path, batch: int, batches: int) -> dict[str, float]:
-    """The climate domain's batch sources against in-memory tensors (see the module docstring)."""
-    torch.set_num_threads(1)
-    ds = open_climate_store(store)
+def stream_source(uri: str, budget_mb: float, batch: int, storage_options: dict | None = None) -> ChunkStream:
+    """The training loader the climate domain builds for a split larger than `budget_mb`."""
+    samples = ClimateSamples(uri, STREAM_TRAIN, storage_options=storage_options)
+    ds = open_climate_store(uri, storage_options=storage_options)
     static = static_channels(ds["lat"].values, ds["lon"].values)
-    samples = ClimateSamples(store, TRAIN_SCENARIOS)
-    memory = samples[list(range(len(samples)))]
-    gen = torch.Generator().manual_seed(0)
-    many = 50 * batches  # in-memory batches take microseconds: time many of them
-    start = time.perf_counter()
-    for _ in range(many):
-        ix = torch.randint(0, len(samples), (batch,), generator=gen)
-        {k: v[ix] for k, v in memory.items()}
-    memory_rate = batch * many / (time.perf_counter() - start)
-    start = time.perf_counter()
-    cached = CachedBatches(samples, static, torch.device("cpu"))
-    fill_s = time.perf_counter() - start
-    cached_rate = _rate(cached, batch, many)
-    streaming_rate = _rate(StreamingBatches(samples, static, torch.device("cpu"), 0, prefetch=4), batch, batches)
-    step = _unet_step(ds.sizes["lat"], ds.sizes["lon"])
-    loop_cached = _rate(cached, batch, batches // 4, step)
-    loop_streaming = _rate(StreamingBatches(samples, static, torch.device("cpu"), 0, prefetch=4), batch,
-                           batches // 4, step)
-    return {
-        "memory_samples_per_s": memory_rate,
-        "cached_samples_per_s": cached_rate,
-        "cached_over_memory": cached_rate / memory_rate,
-        "cache_fill_s": fill_s,
-        "streaming_samples_per_s": streaming_rate,
-        "streaming_over_memory": streaming_rate / memory_rate,
-        "train_loop_samples_per_s_cached": loop_cached,
-        "train_loop_samples_per_s_streaming": loop_streaming,
-        "train_loop_streaming_over_cached": loop_streaming / loop_cached,
-        "batch": batch,
-    }
+    return ChunkStream(samples, static, torch.device("cpu"), seed=0, batch=batch, budget_mb=budget_mb)
+
+
+def memory_source(store: Path) -> CachedBatches:
+    """The in-memory cache the climate domain builds for a split within the budget."""
+    samples = ClimateSamples(store, STREAM_TRAIN)
+    ds = open_climate_store(store)
+    return CachedBatches(samples, static_channels(ds["lat"].values, ds["lon"].values), torch.device("cpu"))
+
+
+def stream_rates(uri: str, memory: CachedBatches, budget_mb: float, batch: int, batches: int,
+                 storage_options: dict | None = None) -> dict[str, float]:
+    """Samples/s of the zarr stream and of the in-memory cache, measured alternately three times."""
+    repeats = []
+    for _ in range(3):
+        stream = stream_source(uri, budget_mb, batch, storage_options)
+        zarr_rate = _rate(stream, batch, batches)
+        stream.close()
+        memory_rate = _rate(memory, batch, batches)
+        repeats.append({"zarr_samples_per_s": zarr_rate, "memory_samples_per_s": memory_rate,
+                        "zarr_over_memory": zarr_rate / memory_rate})
+    ratios = sorted(r["zarr_over_memory"] for r in repeats)
+    return {"repeats": repeats, "median_zarr_over_memory": ratios[1], "window_reads": stream.shape.window,
+            "read_records": stream.shape.read_records, "slot_mb": stream.shape.slot_bytes / 1e6}
+
+
+def rss_probe(store: str, budget_mb: float, batch: int, epochs: int) -> dict[str, float]:
+    """Peak RSS growth (MB) of streaming `epochs` epochs in this process (run in a fresh subprocess)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    stream = stream_source(store, budget_mb, batch)
+    records = int(stream.training.sum())
+    gen = torch.Generator()
+    for _ in range(epochs * records // batch):
+        stream.next(gen, batch)
+    stream.close()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    return {"rss_before_mb": before, "rss_peak_mb": after, "rss_growth_mb": after - before,
+            "records_streamed": epochs * records}
+
+
+def s3_copy(store: Path) -> tuple[object, str, dict]:
+    """A moto S3 server on 127.0.0.1 holding a copy of `store`: (server, URI, storage options)."""
+    import socket
+
+    import s3fs
+    from moto.server import ThreadedMotoServer
+
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}"}
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **options)
+    fs.mkdir("climate")
+    fs.put(str(store), "climate/store.zarr", recursive=True)
+    return server, "s3://climate/store.zarr", options
+
+
+def stream_benchmark(nlat: int, nlon: int, members: int, batch: int, batches: int, s3: bool) -> dict[str, object]:
+    """The streaming loader vs the in-memory cache at the full grid, peak RSS on a store 3x the budget, S3."""
+    torch.set_num_threads(1)
+    options = ClimateBuildOptions(nlat=nlat, nlon=nlon, members=members, scenarios=STREAM_SCENARIOS, dask_workers=0)
+    work = Path(tempfile.mkdtemp(prefix="climate_stream_"))
+    try:
+        store = build_climate_store(work / "store.zarr", options)
+        samples = ClimateSamples(store, STREAM_TRAIN)
+        split_mb = training_megabytes(samples, nlat * nlon)
+        budget = split_mb / 3
+        memory = memory_source(store)
+        result: dict[str, object] = {"grid": [nlat, nlon], "members": members, "batch": batch, "batches": batches,
+                                     "training_split_mb": split_mb, "memory_budget_mb": budget,
+                                     "local": stream_rates(str(store), memory, budget, batch, batches)}
+        del memory
+        probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(store), "--budget", str(budget),
+                                "--batch", str(batch)], capture_output=True, text=True, check=True)
+        result["rss"] = json.loads(probe.stdout) | {"memory_budget_mb": budget, "training_split_mb": split_mb}
+        if s3:
+            server, uri, storage = s3_copy(store)
+            try:
+                memory = memory_source(store)
+                result["s3_moto_loopback"] = stream_rates(uri, memory, budget, batch, max(4, batches // 4), storage)
+            finally:
+                server.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
 
 
 def main() -> None:
@@ -181,10 +240,26 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=2)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--batches", type=int, default=40)
-    parser.add_argument("--loader-only", type=Path, default=None, help="measure only the training loader on this store")
+    parser.add_argument("--stream-only", action="store_true", help="measure only the streaming loader")
+    parser.add_argument("--stream-grid", type=int, nargs=2, default=(96, 144))
+    parser.add_argument("--stream-members", type=int, default=3)
+    parser.add_argument("--stream-batches", type=int, default=200)
+    parser.add_argument("--no-s3", action="store_true", help="skip the loopback S3 (moto) measurement")
+    parser.add_argument("--rss-probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--budget", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.loader_only is not None:
-        print(json.dumps(training_loader_rates(args.loader_only, args.batch, args.batches), indent=2))
+    if args.rss_probe is not None:
+        torch.set_num_threads(1)
+        print(json.dumps(rss_probe(args.rss_probe, args.budget, args.batch, epochs=2)))
+        return
+    stream = stream_benchmark(*args.stream_grid, args.stream_members, args.batch, args.stream_batches,
+                              not args.no_s3)
+    if args.stream_only:
+        previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        previous.pop("training_loader", None)
+        result = previous | {"stream": stream, "stream_environment": environment()}
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(stream, indent=2))
         return
     options = ClimateBuildOptions(nlat=args.nlat, nlon=args.nlon, members=args.members)
     work = Path(tempfile.mkdtemp(prefix="climate_bench_"))
@@ -207,7 +282,8 @@ def main() -> None:
             "ingest_mb_per_s": {str(w): megabytes / s for w, s in ingest.items()},
             "ingest_2_over_1": ingest[1] / ingest[2],
             "loader": loader_rates(work / "built1.zarr", args.batch, args.batches) | {"batch": args.batch},
-            "training_loader": training_loader_rates(work / "built1.zarr", args.batch, args.batches),
+            "stream": stream,
+            "environment": environment(),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -10,6 +10,7 @@ import diffusers
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import PipelineSpec, SampleStage
+from diffpipe.schemas.climate import ClimateBuilderSource, SPFSpec, check_pyramid
 from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.schemas.search import CONTINUOUS
 from diffpipe.schemas.self_train import SelfTrainStage
@@ -35,6 +36,10 @@ def check_spec(spec: PipelineSpec) -> None:
             resolve_reward(term.name, spec.data.kind, f"stages[{i}].rewards[{j}].name")
         if isinstance(stage, MidtrainStage):
             _check_trajectory_solver(i, stage)
+    if isinstance(spec.model, SPFSpec):
+        source = getattr(spec.data, "source", None)
+        grid = (source.nlat, source.nlon) if isinstance(source, ClimateBuilderSource) else None
+        check_pyramid(spec.model.levels, grid)
     ArtifactStore(spec.storage.root)
 
 

@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from diffpipe.errors import SpecError
+
 from .base import Strict
 
 BUILDER_SCENARIOS = ("historical", "hist-GHG", "hist-aer", "ssp126", "ssp245", "ssp370", "ssp585", "ssp534-over")
@@ -39,6 +41,8 @@ class ClimateBuilderSource(Strict):
     """Scenarios the normalisation statistics come from (None: the pipeline's `train_scenarios`)."""
     seed: int = 0
     """Seed of every random stream (global and local internal variability)."""
+    chunk_records: int = Field(default=16, ge=1)
+    """Records (member-years) per zarr chunk of the store: what one streaming read fetches."""
     ecs_K: float = Field(default=3.0, gt=0.0)
     """Equilibrium climate sensitivity of the FaIR 2 energy balance model (K)."""
     tcr_K: float = Field(default=1.8, gt=0.0)
@@ -107,10 +111,23 @@ class ClimateBenchFiles(Strict):
     """Scenarios the normalisation statistics come from (None: the pipeline's `train_scenarios`)."""
     storage_options: dict[str, Any] = Field(default_factory=dict)
     """fsspec storage options of the URI (credentials, endpoint, ...)."""
+    chunk_records: int = Field(default=16, ge=1)
+    """Records (member-years) per zarr chunk of the store: what one streaming read fetches."""
 
     def available(self) -> tuple[str, ...] | None:
         """Scenarios this source will hold (None: known only once the files are listed)."""
         return self.scenarios
+
+
+class ClimateStream(Strict):
+    """The streaming reader: chunk-aligned reads into a shuffle buffer, background threads ahead of training."""
+
+    read_records: int | None = Field(default=None, ge=1)
+    """Records per read, a multiple of the store's records per chunk (None: one chunk)."""
+    prefetch_reads: int = Field(default=4, ge=1)
+    """Reads in flight ahead of the shuffle buffer."""
+    workers: int = Field(default=2, ge=1)
+    """Background reader threads."""
 
 
 ClimateSource = Annotated[ClimateBuilderSource | ClimateBenchFiles, Field(discriminator="kind")]
@@ -132,11 +149,11 @@ class ClimateData(Strict):
     """Years of forcing given to the network (this year and the ones before), as channels."""
     year_embedding: bool = True
     """Give the network the calendar year through the UNet's class embedding (sinusoidal, year - 1850)."""
-    memory_cache_mb: float = Field(default=2048.0, ge=0.0)
-    """Training split up to this size (MB, float32) is read once into memory; larger ones stream from zarr
-    with background prefetching."""
-    prefetch_batches: int = Field(default=4, ge=1)
-    """Batches read ahead by the background reader when streaming from zarr."""
+    memory_budget_mb: float = Field(default=2048.0, gt=0.0)
+    """Memory for training data (MB): a training split up to this size (float32) is read once into memory;
+    a larger one streams from zarr through a shuffle buffer of this size."""
+    stream: ClimateStream = Field(default_factory=lambda: ClimateStream())
+    """How a training split larger than `memory_budget_mb` is streamed from the store."""
 
     @model_validator(mode="after")
     def _check_split(self) -> ClimateData:
@@ -150,3 +167,59 @@ class ClimateData(Strict):
             if missing:
                 raise ValueError(f"scenarios {missing} are not in source.scenarios {list(available)}")
         return self
+
+
+class PyramidLevel(Strict):
+    """One level of the space-time pyramid: fields averaged over `period_years` on a grid coarsened `space_factor`x."""
+
+    space_factor: int = Field(ge=1)
+    """Coarsening of lat and lon (the store's grid divided by it; 1: the store's grid)."""
+    period_years: int = Field(ge=1)
+    """Years each field averages (10: decadal, 1: yearly), in calendar blocks (1850-1859, 1860-1869, ...)."""
+
+
+DEFAULT_LEVELS = (PyramidLevel(space_factor=4, period_years=10), PyramidLevel(space_factor=1, period_years=1))
+
+
+class SPFSpec(Strict):
+    """Spatiotemporal Pyramid Flow: one conditional UNet shared by every level of a space-time pyramid.
+
+    Level 0 is the coarsest (longest period, coarsest grid); each finer level is conditioned on the
+    forcing averaged over its period and on the coarser level's field of the block containing it, so
+    every period of a scenario is sampled at once per level (no autoregression in time). The last level
+    is yearly on the store's grid (what evaluation scores).
+    """
+
+    arch: Literal["spf"] = "spf"
+    levels: tuple[PyramidLevel, ...] = DEFAULT_LEVELS
+    """Levels from coarse to fine; each level's period and space factor are multiples of the next level's."""
+    block_out_channels: tuple[int, ...] = (32, 64)
+    """UNet channels per resolution level (one down/up block each)."""
+    layers_per_block: int = Field(default=1, ge=1)
+    """ResNet layers per block."""
+    attention: bool = True
+    """Self-attention in the lowest-resolution blocks."""
+    norm_num_groups: int = Field(default=8, ge=1)
+    """Groups of every GroupNorm (must divide every channel count)."""
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout inside the ResNet blocks."""
+
+
+def check_pyramid(levels: tuple[PyramidLevel, ...], grid: tuple[int, int] | None) -> None:
+    """SpecError naming the first level that does not divide its coarser level's period or space factor,
+    or the grid (when known); the finest level must be yearly on the store's grid."""
+    last = len(levels) - 1
+    if not levels or (levels[-1].space_factor, levels[-1].period_years) != (1, 1):
+        found = "no levels" if not levels else str(levels[-1].model_dump())
+        raise SpecError(f"model.levels[{max(last, 0)}]", "the finest level must be yearly on the store's grid",
+                        "{space_factor: 1, period_years: 1}", found)
+    for k in range(last):
+        for name in ("period_years", "space_factor"):
+            coarse, fine = getattr(levels[k], name), getattr(levels[k + 1], name)
+            if coarse % fine:
+                raise SpecError(f"model.levels[{k + 1}].{name}", f"does not divide the coarser level's {name}",
+                                f"a divisor of {coarse} (model.levels[{k}].{name})", str(fine))
+    for k, level in enumerate(levels):
+        if grid is not None and (grid[0] % level.space_factor or grid[1] % level.space_factor):
+            raise SpecError(f"model.levels[{k}].space_factor", "does not divide the grid",
+                            f"a common divisor of {grid[0]} x {grid[1]}", str(level.space_factor))

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .base import Strict
 from .cei import AtomTransformerSpec
+from .climate import SPFSpec
 from .reasoning import MDLMSpec
 
 
@@ -41,4 +42,4 @@ class DiTSpec(Strict):
     """Side of the square patches (must divide the image side)."""
 
 
-ModelSpec = Annotated[UNet2DSpec | DiTSpec | AtomTransformerSpec | MDLMSpec, Field(discriminator="arch")]
+ModelSpec = Annotated[UNet2DSpec | DiTSpec | AtomTransformerSpec | MDLMSpec | SPFSpec, Field(discriminator="arch")]

@@ -80,8 +80,8 @@ def test_global_mean_of_fields_follows_fair(store: Path) -> None:
 def test_layout_and_contents(store: Path) -> None:
     ds = open_climate_store(store)
     assert ds.attrs["scenarios"] == ["historical", "hist-aer", "ssp245"]
-    assert ds["outputs"].encoding["chunks"] == (1, 4, 6, 8)
-    assert ds["forcing_maps"].encoding["chunks"] == (1, 2, 6, 8)
+    assert ds["outputs"].encoding["chunks"] == (16, 4, 6, 8)
+    assert ds["forcing_maps"].encoding["chunks"] == (16, 2, 6, 8)
     assert ds.sizes["record"] == 2 * (165 + 165 + 86)
     hist, aer, ssp = (scenario_view(ds, s) for s in ds.attrs["scenarios"])
     assert hist["tas"].dims == ("member", "time", "lat", "lon") and ssp["time"].values[[0, -1]].tolist() == [

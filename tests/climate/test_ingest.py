@@ -17,7 +17,7 @@ from diffpipe.tasks.data.climate import ingest_climatebench, open_climate_store,
 def _assert_round_trip(store: Path, folder: Path) -> None:
     ds = open_climate_store(store)
     assert ds.attrs["scenarios"] == list(SCENARIO_YEARS)
-    assert ds["outputs"].encoding["chunks"] == (1, 4, ds.sizes["lat"], ds.sizes["lon"])
+    assert ds["outputs"].encoding["chunks"] == (16, 4, ds.sizes["lat"], ds.sizes["lon"])
     for name in SCENARIO_YEARS:
         view = scenario_view(ds, name)
         inputs, outputs = (xr.open_dataset(folder / f"{k}_{name}.nc") for k in ("inputs", "outputs"))

@@ -1,14 +1,11 @@
-"""Training batches for the climate emulator: forcing as network channels, an in-memory cache, a prefetcher.
+"""Training batches for the climate emulator: forcing as network channels, and the in-memory cache.
 
 A batch is (normalised target fields, `Forcing`). `CachedBatches` reads the training split once into
-(device) memory when it is small; `StreamingBatches` reads every batch from zarr in a background thread,
-`prefetch` batches ahead, so memory stays bounded by the queue whatever the store size.
+(device) memory when it fits the memory budget; larger splits stream from zarr (`stream.ChunkStream`).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,12 +79,18 @@ def training_megabytes(samples: ClimateSamples, grid_cells: int) -> float:
     return len(samples) * channels * grid_cells * 4 / 1e6
 
 
+def read_split(samples: ClimateSamples, positions: list[int] | None = None) -> dict[str, torch.Tensor]:
+    """Every sample (or those at `positions`) of `samples` in memory, read `READ_BLOCK` records per zarr call."""
+    positions = list(range(len(samples))) if positions is None else positions
+    parts = [samples[positions[i:i + READ_BLOCK]] for i in range(0, len(positions), READ_BLOCK)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
 class CachedBatches:
     """The whole training split in (device) memory; batches drawn with replacement from `gen`."""
 
     def __init__(self, samples: ClimateSamples, static: torch.Tensor, device: torch.device):
-        parts = [samples[list(range(i, min(i + READ_BLOCK, len(samples))))] for i in range(0, len(samples), READ_BLOCK)]
-        whole = {k: torch.cat([p[k] for p in parts]).to(device) for k in ("target", "maps", "scalars", "year")}
+        whole = {k: v.to(device) for k, v in read_split(samples).items() if k in ("target", "maps", "scalars", "year")}
         self.target, self.forcing = to_batch(whole, static.to(device))
 
     def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
@@ -96,43 +99,3 @@ class CachedBatches:
         if self.target.device.type != "cpu":
             idx = idx.to(self.target.device)
         return self.target[idx], self.forcing[idx]
-
-
-class StreamingBatches:
-    """Batches read from zarr by a background thread, `prefetch` steps ahead of training.
-
-    Batch k's records come from a generator seeded by (seed, k), not from the training loop's
-    generator, so they can be read before they are asked for; `start_step` (the step training resumes
-    from) keeps a resumed run on the same batch sequence as an uninterrupted one.
-    """
-
-    def __init__(self, samples: ClimateSamples, static: torch.Tensor, device: torch.device, seed: int,
-                 prefetch: int, start_step: int = 0):
-        self.samples, self.static, self.device = samples, static, device
-        self.seed, self.prefetch, self.step = seed, prefetch, start_step
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="climate-prefetch")
-        self.queue: deque[tuple[int, int, Future]] = deque()
-
-    def indices(self, step: int, n: int) -> list[int]:
-        """Record positions of batch `step` (a pure function of the seed and the step)."""
-        return np.random.default_rng([self.seed, step]).integers(0, len(self.samples), n).tolist()
-
-    def _read(self, step: int, n: int) -> tuple[torch.Tensor, Forcing]:
-        return to_batch(self.samples[self.indices(step, n)], self.static)
-
-    def _fill(self, n: int) -> None:
-        if self.queue and (self.queue[0][0] != self.step or self.queue[0][1] != n):
-            self.queue.clear()
-        next_step = self.queue[-1][0] + 1 if self.queue else self.step
-        while len(self.queue) < self.prefetch:
-            self.queue.append((next_step, n, self.pool.submit(self._read, next_step, n)))
-            next_step += 1
-
-    def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
-        """The next batch in the sequence (`gen` is not used: see the class docstring)."""
-        self._fill(n)
-        _, _, future = self.queue.popleft()
-        target, forcing = future.result()
-        self.step += 1
-        self._fill(n)
-        return target.to(self.device, non_blocking=True), forcing.to(self.device)

@@ -1,8 +1,9 @@
 """Offline builder: the climate store (ingest's layout) from real forcing, FaIR 2 and our lat-lon layer.
 
 One Dask task per (scenario, member) computes that member's whole time series (the AR(1) state is
-sequential in time) and writes its one-chunk-per-year records; memory per task is one member's
-series (about 36 MB for 165 years at 96 x 144), whatever the number of scenarios and members.
+sequential in time); the store's `chunk_records`-record chunks are cut from those series, one write task
+per chunk. Memory per task is one or two members' series (about 36 MB each for 165 years at 96 x 144),
+whatever the number of scenarios and members.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from .layout import (
     MAP_FORCERS,
     OUTPUT_VARIABLES,
     TEST_SCENARIO,
+    ScenarioData,
     create_store,
     plan_layout,
-    scenario_writes,
     staged_store,
+    store_writes,
     template,
     write_statistics,
 )
@@ -69,6 +71,7 @@ class ClimateBuildOptions:
     )
     # and the overshoot scenario)
     seed: int = 0  # seed of every random stream (global and local variability)
+    chunk_records: int = 16  # records (member-years) per zarr chunk of the store: one streaming read
     ecs_K: float = 3.0  # equilibrium climate sensitivity of the FaIR 2 energy balance model (K)
     tcr_K: float = 1.8  # transient climate response (K)
     global_noise_forcing_W_m2: float = 0.5  # FaIR stochastic forcing std sigma_eta (W m-2)
@@ -117,12 +120,12 @@ def validate_options(options: ClimateBuildOptions) -> None:
                 expected=", ".join(known),
                 found=name,
             )
-    if options.nlat < 3 or options.nlon < 4 or options.members < 1:
+    if options.nlat < 3 or options.nlon < 4 or options.members < 1 or options.chunk_records < 1:
         raise DataError(
-            "climate builder options nlat/nlon/members",
-            "grid or ensemble too small",
-            expected="nlat >= 3, nlon >= 4, members >= 1",
-            found=f"{options.nlat} x {options.nlon}, {options.members} members",
+            "climate builder options nlat/nlon/members/chunk_records",
+            "grid, ensemble or chunks too small",
+            expected="nlat >= 3, nlon >= 4, members >= 1, chunk_records >= 1",
+            found=f"{options.nlat} x {options.nlon}, {options.members} members, {options.chunk_records} per chunk",
         )
 
 
@@ -289,8 +292,8 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None) 
     shape = (len(OUTPUT_VARIABLES), options.nlat, options.nlon)
     map_shape = (len(MAP_FORCERS), options.nlat, options.nlon)
     with dask_client(options.dask_address, options.dask_workers), staged_store(dest) as tmp:
-        create_store(tmp, template(plans, *_grid(options), _store_attrs(options)))
-        writes = []
+        create_store(tmp, template(plans, *_grid(options), _store_attrs(options), options.chunk_records))
+        scenarios = []
         for plan in plans:
             outputs = [
                 da.from_delayed(
@@ -301,7 +304,7 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None) 
             maps = da.from_delayed(
                 dask.delayed(scenario_maps)(options, plan.name), (plan.steps, *map_shape), dtype=np.float32
             )
-            writes += scenario_writes(tmp, plan, outputs, maps, pathway(plan.name).scalar_inputs())
-        dask.compute(*writes)
+            scenarios.append(ScenarioData(outputs, maps, pathway(plan.name).scalar_inputs()))
+        dask.compute(*store_writes(tmp, scenarios))
         write_statistics(tmp, options.resolved_stats_scenarios())
     return Path(dest)

@@ -23,7 +23,7 @@ from diffusers import ModelMixin, SchedulerMixin, UNet2DModel
 
 from diffpipe.errors import DataError, SpecError
 from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, SampleStage, UNet2DSpec
-from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData
+from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData, SPFSpec, check_pyramid
 from diffpipe.storage.formats import open_dataset, write_json
 
 from ...context import StageContext, StageOutput
@@ -33,11 +33,12 @@ from ...objectives import NetFn
 from ...registry import domain
 from ...sampling import CountingNet, sample
 from ...search.run import make_search
+from . import pyramid
 from .batches import (
     CachedBatches,
     Forcing,
-    StreamingBatches,
     condition_channels,
+    read_split,
     static_channels,
     to_batch,
     training_megabytes,
@@ -47,6 +48,8 @@ from .evaluation import figures, pattern_scaling_forecast, score_all, scores_tab
 from .ingest import find_scenarios, ingest_climatebench
 from .layout import OUTPUT_VARIABLES, READ_BLOCK, cf_attributes, open_climate_store, scenario_view
 from .loader import ClimateSamples
+from .pyramid import PyramidBatches, write_level
+from .stream import ChunkStream
 
 STORE = "climate.zarr"
 SAMPLES_FILE = "samples.zarr"
@@ -134,7 +137,7 @@ class ClimateDomain:
             with dask_client(ctx.runtime.dask_address, ctx.runtime.dask_workers):
                 ingest_climatebench(source.uri, dest, scenarios=source.scenarios,
                                     stats_scenarios=source.stats_scenarios or data.train_scenarios,
-                                    storage_options=source.storage_options)
+                                    storage_options=source.storage_options, chunk_records=source.chunk_records)
             where = source.uri
         else:
             build_climate_store(dest, builder_options(data, ctx))
@@ -150,17 +153,26 @@ class ClimateDomain:
         return StageOutput("dataset", metrics, summary)
 
     def build_model(self, model: ModelSpec, ctx: StageContext) -> ModelMixin:
-        """A UNet2DModel taking the noisy fields plus condition channels, with a year embedding."""
-        if not isinstance(model, UNet2DSpec):
-            raise SpecError("model.arch", "the climate emulator is a UNet over lat x lon", "unet2d", f"'{model.arch}'")
+        """A UNet2DModel taking the noisy fields plus condition channels, with a year embedding.
+
+        `arch: spf` builds the pyramid's shared UNet (`pyramid.py`); `arch: unet2d` the single-level one.
+        """
+        if not isinstance(model, UNet2DSpec | SPFSpec):
+            raise SpecError("model.arch", "the climate emulator is a UNet over lat x lon", "unet2d or spf",
+                            f"'{model.arch}'")
         data: ClimateData = ctx.pipeline.data
         store = open_climate_store(self.store_path(ctx))
         factor = 2 ** (len(model.block_out_channels) - 1)
         down, up = unet_block_types(len(model.block_out_channels), model.attention)
         variables = len(OUTPUT_VARIABLES)
+        if isinstance(model, SPFSpec):
+            check_pyramid(model.levels, (store.sizes["lat"], store.sizes["lon"]))
+            conditions = pyramid.condition_channels(len(model.levels))
+        else:
+            conditions = condition_channels(data.history_years)
         return UNet2DModel(
             sample_size=(padded(store.sizes["lat"], factor), padded(store.sizes["lon"], factor)),
-            in_channels=variables + condition_channels(data.history_years), out_channels=variables,
+            in_channels=variables + conditions, out_channels=variables,
             block_out_channels=model.block_out_channels, layers_per_block=model.layers_per_block,
             down_block_types=down, up_block_types=up, norm_num_groups=model.norm_num_groups, dropout=model.dropout,
             class_embed_type="timestep" if data.year_embedding else None,
@@ -183,19 +195,29 @@ class ClimateDomain:
         store = open_climate_store(self.store_path(ctx))
         return static_channels(store["lat"].values, store["lon"].values)
 
-    def batches(self, ctx: StageContext, device: torch.device) -> CachedBatches | StreamingBatches:
-        """Training scenarios: cached in memory up to `memory_cache_mb`, else streamed from zarr with prefetch."""
+    def batches(self, ctx: StageContext, device: torch.device) -> CachedBatches | ChunkStream | PyramidBatches:
+        """Training scenarios: cached in memory up to `memory_budget_mb`, else streamed from zarr in whole chunks;
+        the pyramid's level blocks (`arch: spf`) are built from the split in memory."""
         data: ClimateData = ctx.pipeline.data
-        dropout = getattr(ctx.pipeline.stage(ctx.node), "cond_dropout", 0.0)
+        spec = ctx.pipeline.stage(ctx.node)
+        dropout = getattr(spec, "cond_dropout", 0.0)
         if dropout:
             raise SpecError(stage_path(ctx, "cond_dropout"), "the climate emulator is always conditioned on "
                             "its forcing (no classifier-free guidance)", "0", str(dropout))
         samples, static = self.samples(ctx, list(data.train_scenarios)), self.static(ctx)
-        if training_megabytes(samples, static[0].numel()) <= data.memory_cache_mb:
+        megabytes = training_megabytes(samples, static[0].numel())
+        if isinstance(ctx.pipeline.model, SPFSpec):
+            if megabytes > data.memory_budget_mb:
+                raise SpecError("data.memory_budget_mb", "the pyramid builds its level blocks from the training "
+                                "split in memory", f"at least {megabytes:.4g} MB", f"{data.memory_budget_mb:g}")
+            return PyramidBatches(ctx.pipeline.model.levels, read_split(samples), static, device)
+        if megabytes <= data.memory_budget_mb:
             return CachedBatches(samples, static, device)
         resumed = ctx.store.run_dir(ctx.key).steps()
-        return StreamingBatches(samples, static, device, seed=ctx.runtime.seed, prefetch=data.prefetch_batches,
-                                start_step=resumed[-1] if resumed else 0)
+        return ChunkStream(samples, static, device, seed=ctx.runtime.seed, batch=getattr(spec, "batch_size", 32),
+                           read_records=data.stream.read_records, prefetch=data.stream.prefetch_reads,
+                           workers=data.stream.workers, budget_mb=data.memory_budget_mb,
+                           start_step=resumed[-1] if resumed else 0)
 
     def drop_condition(self, model: ModelMixin, cond: Forcing, drop: torch.Tensor) -> Forcing:
         """Forcing is never dropped: `batches` refuses a non-zero `cond_dropout`, so `drop` is all False."""
@@ -217,6 +239,8 @@ class ClimateDomain:
         """`num_samples` members (1 for regression) for every year of the held-out scenario, as zarr
         (time, member, lat, lon) in physical units, written year block by year block."""
         self.check_sampling(ctx, spec)
+        if isinstance(ctx.pipeline.model, SPFSpec):
+            return self.sample_pyramid(ctx, spec, model, objective, scheduler)
         data: ClimateData = ctx.pipeline.data
         test = self.samples(ctx, [data.test_scenario])
         first_member = np.flatnonzero(test.record_member[test.records] == 0).tolist()
@@ -240,8 +264,51 @@ class ClimateDomain:
         total = members * len(first_member)
         metrics = {"members": members, "years": len(first_member), "scheduler": name, "steps": spec.scheduler.steps,
                    "nfe_per_sample": net.calls // max(1, -(-len(first_member) // block)), "sampling_wall_s": wall,
-                   "samples_per_s": total / wall, **net.costs(total), **(search.metrics() if search else {})}
+                   "sampling_s_per_simulated_year": wall / len(first_member), "samples_per_s": total / wall,
+                   **net.costs(total), **(search.metrics() if search else {})}
         summary = f"{members} member(s) x {len(first_member)} years of {data.test_scenario} with `{name}`."
+        return StageOutput("samples", metrics, summary)
+
+    @torch.no_grad()
+    def sample_pyramid(self, ctx: StageContext, spec: SampleStage, model: ModelMixin, objective: Objective,
+                       scheduler: SchedulerMixin | None) -> StageOutput:
+        """Every level of the pyramid for the held-out scenario, coarse to fine, each level one batched solve
+        over all its blocks and members; the yearly level is `samples.zarr`, coarser ones `level_<k>.zarr`."""
+        data: ClimateData = ctx.pipeline.data
+        if getattr(spec, "search", None) is not None:
+            raise SpecError(stage_path(ctx, "search"), "the pyramid samples its levels without inference-time search",
+                            "null", spec.search.method)
+        levels = ctx.pipeline.model.levels
+        test = self.samples(ctx, [data.test_scenario])
+        first_member = np.flatnonzero(test.record_member[test.records] == 0).tolist()
+        blocks = PyramidBatches(levels, read_split(test, first_member), self.static(ctx), torch.device("cpu"))
+        members = spec.num_samples if scheduler is not None else 1
+        net, gen, device = CountingNet(self.net(model)), ctx.generator(offset=1000 + spec.seed), ctx.device
+
+        def draw(shape: tuple[int, ...], cond: pyramid.PyramidForcing) -> torch.Tensor:
+            with ctx.autocast():
+                x = sample(net, objective, scheduler, spec.scheduler.steps, shape, cond.to(device), gen, device)
+            return x.float().cpu()
+
+        t0 = time.perf_counter()
+        fields = pyramid.sample_levels(draw, blocks, members, spec.batch_size)
+        wall = time.perf_counter() - t0
+        store = open_climate_store(self.store_path(ctx))
+        years = blocks.blocks[-1].year.numpy().round().astype(np.int64)
+        path = ctx.workdir / SAMPLES_FILE
+        self.create_samples(ctx, path, years, members)
+        self.write_block(path, test.denormalise(fields[-1]).numpy(), slice(0, len(years)))
+        for k, (level, b) in enumerate(zip(levels[:-1], blocks.blocks[:-1], strict=True)):
+            write_level(ctx.workdir / f"level_{k}.zarr", test.denormalise(fields[k]).numpy(), b.year.numpy(),
+                        store, level, cf_attributes(store))
+        name = type(scheduler).__name__ if scheduler is not None else "direct (regression)"
+        metrics = {"members": members, "years": len(years), "scheduler": name, "steps": spec.scheduler.steps,
+                   "levels": [lv.model_dump() for lv in levels],
+                   "blocks_per_level": [len(b.year) for b in blocks.blocks], "network_calls": net.calls,
+                   "sampling_wall_s": wall, "sampling_s_per_simulated_year": wall / len(years),
+                   "samples_per_s": members * len(years) / wall, **net.costs(members * len(years))}
+        summary = (f"{members} member(s) x {len(years)} years of {data.test_scenario} from a {len(levels)}-level "
+                   f"pyramid with `{name}` ({wall:.3g} s).")
         return StageOutput("samples", metrics, summary)
 
     def create_samples(self, ctx: StageContext, path: Path, years: np.ndarray, members: int) -> None:

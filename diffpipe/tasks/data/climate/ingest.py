@@ -20,15 +20,17 @@ from fsspec.implementations.local import LocalFileSystem
 from diffpipe.errors import DataError
 
 from .layout import (
+    CHUNK_RECORDS,
     GLOBAL_FORCERS,
     KNOWN_SCENARIOS,
     MAP_FORCERS,
     OUTPUT_VARIABLES,
     TEST_SCENARIO,
+    ScenarioData,
     create_store,
     plan_layout,
-    scenario_writes,
     staged_store,
+    store_writes,
     template,
     write_statistics,
 )
@@ -323,11 +325,13 @@ def ingest_climatebench(
     known_scenarios: Sequence[str] = KNOWN_SCENARIOS,
     storage_options: dict[str, Any] | None = None,
     scheduler: str | None = None,
+    chunk_records: int = CHUNK_RECORDS,
 ) -> Path:
     """Validate ClimateBench netCDF files under a directory or fsspec URI; write one climate store at `dest`.
 
     Everything is checked before anything is written; the store appears at `dest` only when complete.
     `stats_scenarios` default: every scenario except ssp245. `scheduler` is passed to `dask.compute`.
+    `chunk_records`: records (member-years) per zarr chunk of the store.
     """
     source = str(source)
     fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
@@ -343,17 +347,13 @@ def ingest_climatebench(
         )
         lat, lon = _grid_axis(opened[0].outputs, "lat"), _grid_axis(opened[0].outputs, "lon")
         with staged_store(dest) as tmp:
-            create_store(tmp, template(plans, lat, lon, _store_attrs(opened, source)))
-            writes = []
-            for plan, s in zip(plans, opened, strict=True):
-                writes += scenario_writes(
-                    tmp,
-                    plan,
-                    _member_fields(s.outputs),
-                    _maps(s.inputs),
-                    np.stack([s.inputs[n].values for n in GLOBAL_FORCERS], axis=-1),
-                )
-            dask.compute(*writes, scheduler=scheduler)
+            create_store(tmp, template(plans, lat, lon, _store_attrs(opened, source), chunk_records))
+            scenarios = [
+                ScenarioData(_member_fields(s.outputs), _maps(s.inputs),
+                             np.stack([s.inputs[n].values for n in GLOBAL_FORCERS], axis=-1))
+                for s in opened
+            ]
+            dask.compute(*store_writes(tmp, scenarios), scheduler=scheduler)
             write_statistics(tmp, stats)
     return Path(dest)
 

@@ -1,7 +1,8 @@
-"""Training samples from a climate store: a (scenario, member, year) target is one zarr chunk read.
+"""Training samples from a climate store (a local path or any fsspec URI, such as `s3://`).
 
 Index with a list of record positions to read a whole batch in one zarr call (chunks fetched
-concurrently); `batch_loader` wires that into a torch DataLoader with a BatchSampler.
+concurrently); `batch_loader` wires that into a torch DataLoader with a BatchSampler. The streaming
+reader (`stream.ChunkStream`) reads whole chunks through `read_chunk` instead.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +27,10 @@ class ClimateSamples(Dataset):
     are stacked as channels: maps (history * 2, lat, lon), scalars (history * 2,).
     """
 
-    def __init__(self, path: Path | str, scenarios: Sequence[str] | None = None, history: int = 1):
-        ds = open_climate_store(path)
-        self.path, self.history = str(path), history
+    def __init__(self, path: Path | str, scenarios: Sequence[str] | None = None, history: int = 1,
+                 storage_options: dict[str, Any] | None = None):
+        ds = open_climate_store(path, storage_options=storage_options)
+        self.path, self.history, self.storage_options = str(path), history, storage_options or {}
         self.scenarios = list(scenarios or ds.attrs["scenarios"])
         codes = [scenario_code(ds, s) for s in self.scenarios]
         self.records = np.flatnonzero(np.isin(ds["record_scenario"].values, codes))
@@ -48,16 +51,18 @@ class ClimateSamples(Dataset):
         self._arrays: tuple[zarr.Array, zarr.Array] | None = None
         self._pid = -1
 
-    def _zarr(self) -> tuple[zarr.Array, zarr.Array]:
+    def arrays(self) -> tuple[zarr.Array, zarr.Array]:
+        """The store's `outputs` and `forcing_maps` zarr arrays (opened once per process)."""
         if self._arrays is None or self._pid != os.getpid():  # reopen after fork (zarr's I/O thread)
-            group = zarr.open_group(self.path, mode="r")
+            group = zarr.open_group(self.path, mode="r", storage_options=self.storage_options or None)
             self._arrays, self._pid = (group["outputs"], group["forcing_maps"]), os.getpid()
         return self._arrays
 
     def __len__(self) -> int:
         return int(self.records.size)
 
-    def _history_steps(self, steps: np.ndarray) -> np.ndarray:
+    def history_steps(self, steps: np.ndarray) -> np.ndarray:
+        """(n, history) forcing steps of each step: this year and the ones before, clamped at its scenario's start."""
         back = steps[:, None] - np.arange(self.history - 1, -1, -1)[None, :]
         return np.maximum(back, self.first_step[steps][:, None])
 
@@ -65,11 +70,11 @@ class ClimateSamples(Dataset):
         """One sample (int) or a batch (list of positions) as a dict of tensors."""
         single = np.isscalar(index)
         rec = self.records[np.atleast_1d(np.asarray(index))]
-        outputs, maps = self._zarr()
+        outputs, maps = self.arrays()
         order = np.argsort(rec)
         target = np.empty((rec.size, *outputs.shape[1:]), np.float32)
         target[order] = outputs.get_orthogonal_selection((rec[order],))
-        steps = self._history_steps(self.record_step[rec])
+        steps = self.history_steps(self.record_step[rec])
         uniq, inverse = np.unique(steps, return_inverse=True)
         fields = maps.get_orthogonal_selection((uniq,))[inverse.reshape(steps.shape)]
         fields = (fields - self.map_mean[:, None, None]) / self.map_std[:, None, None]

@@ -1,0 +1,147 @@
+"""Spatiotemporal Pyramid Flow: level blocks by hand, the coarse-to-fine sampling bookkeeping, bad pyramids,
+and one tiny SPF pipeline through the real flow (train, sample every level, evaluate)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from diffpipe.errors import SpecError
+from diffpipe.flows.checks import check_spec
+from diffpipe.flows.pipeline import execute
+from diffpipe.flows.plan import status
+from diffpipe.flows.spec_loading import validate_spec
+from diffpipe.schemas.climate import PyramidLevel, check_pyramid
+from diffpipe.storage import ArtifactStore
+from diffpipe.tasks.data.climate import pyramid
+
+LEVELS = (PyramidLevel(space_factor=2, period_years=10), PyramidLevel(space_factor=1, period_years=1))
+
+
+def split(years: np.ndarray, members: int = 2) -> dict[str, torch.Tensor]:
+    """A split of records (member-major) on a 4 x 6 grid with known values."""
+    n = len(years) * members
+    rng = np.random.default_rng(0)
+    return {
+        "target": torch.from_numpy(rng.normal(size=(n, 4, 4, 6)).astype(np.float32)),
+        "maps": torch.from_numpy(rng.normal(size=(n, 2, 4, 6)).astype(np.float32)),
+        "scalars": torch.from_numpy(rng.normal(size=(n, 2)).astype(np.float32)),
+        "year": torch.from_numpy(np.tile(years, members)),
+        "member": torch.from_numpy(np.repeat(np.arange(members), len(years))),
+        "scenario": torch.zeros(n, dtype=torch.int64),
+    }
+
+
+def test_level_blocks_are_block_means_pooled() -> None:
+    data = split(np.arange(2015, 2031))  # decades 2010s (5 years), 2020s (10), 2030 (1)
+    blocks = pyramid.level_blocks(LEVELS, data, torch.zeros(3, 4, 6))
+    decadal, yearly = blocks
+    assert decadal.target.shape == (6, 4, 2, 3) and yearly.target.shape == (32, 4, 4, 6)
+    member1_2020s = (data["member"] == 1) & (data["year"] // 10 == 202)
+    by_hand = torch.nn.functional.avg_pool2d(data["target"][member1_2020s].double().mean(0), 2).float()
+    block = decadal.block_of_record[member1_2020s.numpy()][0]
+    torch.testing.assert_close(decadal.target[block], by_hand)
+    assert float(decadal.year[block]) == pytest.approx(2024.5)
+    torch.testing.assert_close(yearly.target, data["target"])
+    parent = pyramid.parents(blocks)[1]
+    assert (parent[yearly.block_of_record] == decadal.block_of_record).all()
+
+
+def test_sampling_conditions_each_member_on_its_own_coarser_sample() -> None:
+    years = np.arange(2015, 2031)
+    blocks = pyramid.PyramidBatches(LEVELS, split(years, members=1), torch.zeros(3, 4, 6), torch.device("cpu"))
+    seen = []
+
+    def draw(shape: tuple[int, ...], cond: pyramid.PyramidForcing) -> torch.Tensor:
+        assert cond.channels().shape == (shape[0], pyramid.condition_channels(2), *shape[2:])
+        seen.append(cond)
+        return torch.arange(shape[0], dtype=torch.float32)[:, None, None, None].expand(shape) + 100 * len(seen)
+
+    fields = pyramid.sample_levels(draw, blocks, members=3, batch_size=1000)
+    assert [f.shape for f in fields] == [(3, 3, 4, 2, 3), (16, 3, 4, 4, 6)]
+    coarse = seen[1].coarse.reshape(16, 3, 4, 4, 6)  # rows are (year, member)
+    decade = blocks.parents[1]
+    for year in (0, 4, 5, 15):
+        for member in range(3):
+            expected = fields[0][decade[year], member].repeat_interleave(2, -2).repeat_interleave(2, -1)
+            torch.testing.assert_close(coarse[year, member], expected)
+
+
+def test_training_batches_condition_on_the_true_coarser_field() -> None:
+    data = split(np.arange(2015, 2031))
+    batches = pyramid.PyramidBatches(LEVELS, data, torch.zeros(3, 4, 6), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    levels = set()
+    for _ in range(20):
+        x0, cond = batches.next(gen, 5)
+        levels.add(cond.level)
+        if cond.level == 1:
+            assert x0.shape == (5, 4, 4, 6) and cond.coarse.abs().sum() > 0
+        else:
+            assert x0.shape == (5, 4, 2, 3) and cond.coarse.abs().sum() == 0
+    assert levels == {0, 1}
+
+
+@pytest.mark.parametrize(("levels", "grid", "where"), [
+    (((2, 10), (1, 4), (1, 1)), None, "model.levels[1].period_years"),
+    (((3, 10), (2, 1), (1, 1)), None, "model.levels[1].space_factor"),
+    (((4, 10), (1, 1)), (6, 8), "model.levels[0].space_factor"),
+    (((4, 10), (2, 1)), None, "model.levels[1]"),
+])
+def test_bad_pyramids_name_the_field(levels: tuple, grid: tuple[int, int] | None, where: str) -> None:
+    spec = tuple(PyramidLevel(space_factor=f, period_years=p) for f, p in levels)
+    with pytest.raises(SpecError) as err:
+        check_pyramid(spec, grid)
+    assert err.value.where == where and err.value.exit_code == 2
+
+
+def spf_spec(root: Path) -> dict:
+    """A tiny SPF pipeline on an 8 x 12 builder grid: decadal at 4 x 6, yearly at 8 x 12."""
+    train = {"steps": 10, "batch_size": 8, "checkpoint_every": 5, "log_every": 5, "cond_dropout": 0.0, "lr": 2e-3}
+    return {
+        "name": "climate-spf-test",
+        "data": {"kind": "climate", "source": {"kind": "builder", "nlat": 8, "nlon": 12, "members": 2,
+                                               "scenarios": ["historical", "ssp126", "ssp245"]},
+                 "train_scenarios": ["historical", "ssp126"]},
+        "model": {"arch": "spf", "levels": [{"space_factor": 2, "period_years": 10},
+                                            {"space_factor": 1, "period_years": 1}],
+                  "block_out_channels": [8, 16], "norm_num_groups": 4, "attention": False},
+        "stages": [
+            {"name": "spf", "stage": "pretrain", "objective": {"kind": "flow_matching"}, **train},
+            {"name": "ens", "stage": "sample", "model": "spf", "num_samples": 2,
+             "scheduler": {"name": "FlowMatchEulerDiscreteScheduler", "steps": 2}},
+            {"name": "eval", "stage": "evaluate", "samples": "ens", "metrics": ["domain"]},
+        ],
+        "runtime": {"device": "cpu", "seed": 0, "dask_workers": 1},
+        "storage": {"root": str(root)},
+    }
+
+
+def test_spf_pipeline_samples_every_level(tmp_path: Path, prefect_api) -> None:
+    from prefect import flow
+
+    raw = spf_spec(tmp_path / "artifacts")
+    spec = validate_spec(copy.deepcopy(raw))
+    check_spec(spec)
+    nodes = {e["name"]: e for e in flow(name="climate-spf-test")(execute)(spec)}
+    assert all(e["state"] == "executed" for e in nodes.values())
+    metrics = nodes["ens"]["metrics"]
+    assert metrics["blocks_per_level"] == [10, 86] and metrics["sampling_s_per_simulated_year"] > 0
+    store = ArtifactStore(raw["storage"]["root"])
+    refs = {r.name: r.ref for r in status(spec, store)}
+    folder = store.local_path(refs["ens"])
+    yearly = xr.open_zarr(folder / "samples.zarr", consolidated=False)
+    decadal = xr.open_zarr(folder / "level_0.zarr", consolidated=False)
+    assert yearly["tas"].shape == (86, 2, 8, 12) and decadal["tas"].shape == (10, 2, 4, 6)
+    assert decadal["period"].values[0] == pytest.approx(2017.0)  # 2015-2019 of the 2010s block
+    assert np.isfinite(nodes["eval"]["metrics"]["model"]["tas"]["crps"])
+
+    bad = copy.deepcopy(raw)
+    bad["model"]["levels"][0]["space_factor"] = 3
+    with pytest.raises(SpecError, match=r"model.levels\[0\].space_factor"):
+        check_spec(validate_spec(bad))

@@ -38,6 +38,7 @@ DOMAIN_LIBRARIES = {
     "coulomb_explosion": ("ase", "scipy"),
     "climate": ("fair", "xarray", "scipy"),
     "rna_design": ("viennarna",),
+    "energy": ("scipy", "xarray"),
 }
 """Data kind -> the further libraries its data, networks and metrics compute with."""
 

@@ -11,6 +11,7 @@ from .cei import CoulombExplosionData
 from .climate import ClimateData
 from .reasoning import CountdownData, SudokuData
 from .rna import RNADesignData
+from .targets import EnergyData
 
 
 class DigitsData(Strict):
@@ -35,5 +36,6 @@ class DigitsData(Strict):
         return 10 if self.class_conditional else None
 
 
-DataSpec = Annotated[DigitsData | ClimateData | CoulombExplosionData | CountdownData | SudokuData | RNADesignData,
+DataSpec = Annotated[DigitsData | ClimateData | CoulombExplosionData | CountdownData | SudokuData | RNADesignData
+                     | EnergyData,
                      Field(discriminator="kind")]

@@ -10,6 +10,7 @@ from .base import Strict
 from .cei import AtomTransformerSpec
 from .climate import SPFSpec
 from .reasoning import MDLMSpec
+from .samplers import TimeMLPSpec
 
 
 class UNet2DSpec(Strict):
@@ -42,4 +43,5 @@ class DiTSpec(Strict):
     """Side of the square patches (must divide the image side)."""
 
 
-ModelSpec = Annotated[UNet2DSpec | DiTSpec | AtomTransformerSpec | MDLMSpec | SPFSpec, Field(discriminator="arch")]
+ModelSpec = Annotated[UNet2DSpec | DiTSpec | AtomTransformerSpec | MDLMSpec | SPFSpec | TimeMLPSpec,
+                      Field(discriminator="arch")]

@@ -12,6 +12,7 @@ from .distill import ConsistencyDistill, DistillStage, MeanFlowTeacherDistill, M
 from .models import ModelSpec, UNet2DSpec
 from .rl import RLStage
 from .runtime import RuntimeSpec
+from .samplers import SAMPLER_CLASSES, NeuralSamplerStage
 from .self_train import SelfTrainStage
 from .stages import EvaluateStage, PretrainStage, SampleStage, StageBase
 from .storage import StorageSpec
@@ -19,9 +20,9 @@ from .storage import StorageSpec
 # Adding a stage kind: write its class (a StageBase subclass with `stage: Literal[...]`) and add it here.
 STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage, RLStage, MidtrainStage,
                                                 MeanFlowTraining, MeanFlowTeacherDistill, ConsistencyDistill,
-                                                SelfTrainStage)
+                                                SelfTrainStage, *SAMPLER_CLASSES)
 StageSpec = Annotated[PretrainStage | SampleStage | EvaluateStage | RLStage | MidtrainStage | DistillStage
-                      | SelfTrainStage, Field(discriminator="stage")]
+                      | SelfTrainStage | NeuralSamplerStage, Field(discriminator="stage")]
 
 DEFAULTED_REFERENCES = {"model", "samples", "teacher"}
 """Reference fields that, left empty, point at the latest earlier stage of a fitting kind."""
@@ -66,7 +67,16 @@ class PipelineSpec(Strict):
                 self._resolve_reference(i, stage, field, kinds, seen)
             seen[stage.name] = i
         self._check_schedulers()
+        self._check_data_fit()
         return self
+
+    def _check_data_fit(self) -> None:
+        for i, stage in enumerate(self.stages):
+            fit = getattr(stage, "fit_problem", None)
+            problem = fit(self.data, self.model) if fit else None
+            if problem:
+                field, what, expected, found = problem
+                raise CrossReferenceError(f"stages[{i}].{field}", what, expected, found)
 
     def _resolve_reference(
         self, i: int, stage: StageBase, field: str, kinds: frozenset[str], seen: dict[str, int]

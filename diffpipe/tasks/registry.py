@@ -35,6 +35,7 @@ STAGE_MODULES = {
     "distill": "diffpipe.tasks.distill",
     "rl": "diffpipe.tasks.rl.stage",
     "self_train": "diffpipe.tasks.self_train",
+    "neural_sampler": "diffpipe.tasks.samplers.stage",
 }
 """Stage kind -> the module that implements it."""
 
@@ -45,6 +46,7 @@ DOMAIN_MODULES = {
     "countdown": "diffpipe.tasks.data.reasoning_domain",
     "sudoku": "diffpipe.tasks.data.reasoning_domain",
     "rna_design": "diffpipe.tasks.data.rna",
+    "energy": "diffpipe.tasks.data.energy",
 }
 """Data kind -> the module that implements its domain."""
 
@@ -62,6 +64,7 @@ ARCH_MODULES = {
     "dit": "diffpipe.tasks.nets.dit",
     "atom_transformer": "diffpipe.tasks.nets.atom_transformer",
     "mdlm": "diffpipe.tasks.nets.mdlm",
+    "time_mlp": "diffpipe.tasks.nets.time_mlp",
 }
 """Model arch -> the module holding its network class."""
 
@@ -84,8 +87,13 @@ METHOD_MODULES = {
     "meanflow": "diffpipe.tasks.flowmap.meanflow",
     "meanflow_distill": "diffpipe.tasks.flowmap.meanflow_distill",
     "consistency": "diffpipe.tasks.flowmap.consistency",
+    "pdns": "diffpipe.tasks.samplers.pdns",
+    "mdns": "diffpipe.tasks.samplers.mdns",
+    "naas": "diffpipe.tasks.samplers.naas",
+    "pis": "diffpipe.tasks.samplers.pis",
+    "adjoint": "diffpipe.tasks.samplers.adjoint",
 }
-"""midtrain / distill method -> the module holding its loss."""
+"""midtrain / distill method -> the module holding its loss; neural_sampler method -> its trainer."""
 
 SEARCH_MODULES = {
     "best_of_n": "diffpipe.tasks.search.best_of_n",

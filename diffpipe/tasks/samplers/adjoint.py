@@ -1,0 +1,66 @@
+"""Adjoint Sampling baseline (Havens et al. 2025): on-policy buffer, regression on the terminal adjoint.
+
+Reference: X_0 = 0, f = 0, geometric VE diffusion g_t. The network is score-like: the control is
+g_t net(t, x). With no drift and no state cost the lean adjoint is constant in time, so the regression
+target of net(t, X_t) is grad r(X_1) = grad log pi~(X_1) + X_1 / V (V = int g^2; the energy gradient is
+clipped), with X_t drawn from the Brownian bridge between 0 and a buffer sample X_1:
+X_t = s X_1 + sqrt(V s (1 - s)) z, s = int_0^t g^2 / V. No importance weights in the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffpipe.schemas.samplers import AdjointSampler
+
+from ..registry import implements
+from .common import CountingTarget, SamplerState
+from .sde import DiracBrownian, log_weights, rollout, ve_schedule
+
+
+@implements("method", "adjoint")
+class AdjointSampling(SamplerState):
+    """Refill a FIFO buffer of terminal samples and their adjoints every `resample_every` steps."""
+
+    def __init__(self, spec: AdjointSampler, target: CountingTarget, model: torch.nn.Module, device: torch.device):
+        super().__init__(target)
+        self.spec, self.model, self.device = spec, model, device
+        self.ref = DiracBrownian(target.dim, spec.sde_steps, ve_schedule(spec.sigma_min, spec.sigma_max))
+        self.variance = self.ref.terminal_variance()
+
+    def control(self, model: torch.nn.Module):
+        """u(t, x) = g_t net(t, x)."""
+        def u(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return self.ref.diffusion(float(t[0])) * model(t, x)  # one time per rollout step
+
+        return u
+
+    def refill(self, gen: torch.Generator) -> None:
+        """Roll out the current model and push (X_1, grad r(X_1)) into the FIFO buffer."""
+        with torch.no_grad():
+            x = rollout(self.control(self.model), self.ref, self.spec.batch_size, gen, self.device).x
+        adjoint = self.target.score(x, self.spec.adjoint_clip) + x / self.variance
+        old_x, old_a = self.tensors.get("x"), self.tensors.get("adjoint")
+        if old_x is not None:
+            x, adjoint = torch.cat([old_x.to(x), x]), torch.cat([old_a.to(adjoint), adjoint])
+        self.tensors["x"] = x[-self.spec.buffer_size:].detach().cpu()
+        self.tensors["adjoint"] = adjoint[-self.spec.buffer_size:].detach().cpu()
+
+    def step_loss(self, gen: torch.Generator) -> torch.Tensor:
+        """Bridge regression of net(t, X_t) on the buffer's adjoints."""
+        if self.tick(self.spec.resample_every):
+            self.refill(gen)
+        buf_x, buf_a = self.tensors["x"], self.tensors["adjoint"]
+        idx = torch.randint(0, len(buf_x), (self.spec.samples_per_step,), generator=gen)
+        x1, a1 = buf_x[idx], buf_a[idx]
+        t = torch.rand(len(idx), generator=gen) * (1 - self.ref.dt)
+        s = (self.ref.cumulative(t) / self.variance).float()[:, None]
+        xt = s * x1 + (self.variance * s * (1 - s)).sqrt() * torch.randn(x1.shape, generator=gen)
+        pred = self.model(t.to(self.device), xt.to(self.device))
+        return (pred - a1.to(self.device)).square().sum(-1).mean()
+
+    def sample(self, model: torch.nn.Module, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and post-hoc log importance weights (Girsanov) from `model`."""
+        with torch.no_grad():
+            run = rollout(self.control(model), self.ref, n, gen, self.device)
+            return run.x, log_weights(self.target, self.ref, run)

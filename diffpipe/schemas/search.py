@@ -1,8 +1,9 @@
 """Inference-time search and guidance of the `sample` stage: a union on `method`, one class per method.
 
-Each method spends more network evaluations (NFE) per sample to raise a reward. The continuous methods
-run on flow-matching checkpoints (digits, CEI, climate). The implementation of each method is one
-module named in `diffpipe.tasks.registry.SEARCH_MODULES`.
+Each method spends more network evaluations (NFE) per sample to raise a reward or to follow a better
+model. Continuous methods run on flow-matching checkpoints (digits, CEI, climate); masked methods on
+masked-diffusion language models (Countdown, Sudoku); best-of-N on both. The implementation of each
+method is one module named in `diffpipe.tasks.registry.SEARCH_MODULES`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ RewardName = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Registered reward 
 
 CONTINUOUS = frozenset({"digits", "coulomb_explosion", "climate"})
 """Data kinds whose checkpoints are flow-matching models of real-valued samples."""
+MASKED = frozenset({"countdown", "sudoku"})
+"""Data kinds whose checkpoints are masked-diffusion token models."""
 
 
 class SearchBase(Strict):
@@ -34,12 +37,15 @@ class BestOfN(SearchBase):
     """Best-of-N: N independent trajectories per condition, keep the one with the highest reward."""
 
     method: Literal["best_of_n"] = "best_of_n"
+    data_kinds: ClassVar[frozenset[str]] = CONTINUOUS | MASKED
     reward: str = RewardName
     """Reward plugin that picks the winner."""
     particles: int = Field(default=8, ge=1)
     """N trajectories per condition (NFE per sample: N x steps)."""
     noise_level: float = Field(default=0.0, ge=0.0)
-    """SDE noise a of each trajectory (0: the Euler ODE from N noises)."""
+    """Continuous data: SDE noise a of each trajectory (0: the Euler ODE from N noises)."""
+    temperature: float = Field(default=1.0, gt=0.0)
+    """Masked models: temperature of the token draws (the N completions must differ)."""
 
 
 class FKSteering(SearchBase):
@@ -101,5 +107,62 @@ class TreeSearch(SearchBase):
         return self.rollouts * steps + 2
 
 
-SearchMethod = Annotated[BestOfN | FKSteering | TreeSearch, Field(discriminator="method")]
+class ParticleGibbs(SearchBase):
+    """Particle Gibbs for masked diffusion (PG-DDM): conditional SMC over whole denoising trajectories.
+
+    Each iteration runs SMC with `particles` trajectories, one of which is the reference kept from the
+    previous iteration; weights are the reward of each particle's one-step completion; the next reference
+    is drawn from the final weights. Budget: particles x iterations x steps network evaluations.
+    """
+
+    method: Literal["particle_gibbs"] = "particle_gibbs"
+    data_kinds: ClassVar[frozenset[str]] = MASKED
+    reward: str = RewardName
+    """Reward plugin of the potentials (`exact_verifier`, `countdown_closeness`)."""
+    particles: int = Field(default=4, ge=2)
+    """Particles per prompt."""
+    iterations: int = Field(default=2, ge=1)
+    """Gibbs iterations (conditional SMC sweeps)."""
+    strength: float = Field(default=5.0, gt=0.0)
+    """1 / beta: inverse temperature of the reward-weighted posterior."""
+    temperature: float = Field(default=1.0, gt=0.0)
+    """Sampling temperature of the token draws (the trajectories must be stochastic)."""
+
+
+class RewardFreeGuidance(SearchBase):
+    """RFG: guided logits (1 + w) l_policy - w l_reference of an RL'd checkpoint and its reference."""
+
+    method: Literal["rfg"] = "rfg"
+    data_kinds: ClassVar[frozenset[str]] = MASKED
+    reference: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    """Earlier checkpoint stage of the reference model (the sample stage's `model` is the policy)."""
+    weight: float = Field(default=1.0, ge=0.0)
+    """w (0: the policy alone)."""
+
+    def state_copies(self, steps: int) -> int:
+        """Two models' logits per step."""
+        return 2
+
+
+class DiscreteCFG(SearchBase):
+    """Classifier-free guidance of a prompt-conditioned masked model, column-normalised over clean tokens.
+
+    Guided logits l_u + (1 + w_t)(l_c - l_u) with l_u from the prompt masked out; the guided distribution
+    is normalised over clean tokens only, so the unmasking schedule of the base sampler is kept.
+    """
+
+    method: Literal["discrete_cfg"] = "discrete_cfg"
+    data_kinds: ClassVar[frozenset[str]] = MASKED
+    weight: float = Field(default=1.0, ge=0.0)
+    """w_max."""
+    schedule: Literal["constant", "smooth"] = "smooth"
+    """`constant` w_t = w; `smooth` w_t = w sin^2(pi/2 progress): weak early (heavily masked), strong late."""
+
+    def state_copies(self, steps: int) -> int:
+        """Conditional and unconditional logits per step."""
+        return 2
+
+
+SearchMethod = Annotated[BestOfN | FKSteering | TreeSearch | ParticleGibbs | RewardFreeGuidance | DiscreteCFG,
+                         Field(discriminator="method")]
 """Inference-time methods of the sample stage: a union on `method`."""

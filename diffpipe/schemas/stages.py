@@ -109,7 +109,13 @@ class SampleStage(StageBase):
     """Inference-time search or guidance (a union on `method`; None: plain sampling)."""
 
     output_kind: ClassVar[ArtifactKind] = "samples"
-    references: ClassVar[dict[str, frozenset[str]]] = {"model": frozenset({"checkpoint"})}
+    references: ClassVar[dict[str, frozenset[str]]] = {"model": frozenset({"checkpoint"}),
+                                                       "reference": frozenset({"checkpoint"})}
+
+    @property
+    def reference(self) -> str | None:
+        """The second checkpoint stage the search reads (RFG's reference model), else None."""
+        return getattr(self.search, "reference", None)
 
 
 class EvaluateStage(StageBase):

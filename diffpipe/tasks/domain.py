@@ -138,7 +138,7 @@ class ImageDomain:
         device = ctx.device
         labels = self.requested_labels(spec, info.get("num_classes"))
         net = CountingNet(guided(self.net(model), null_label(model), spec.guidance_scale))
-        search = make_search(spec, ctx.pipeline.data.kind, ctx.input_path("data"), stage_field(ctx, "search"))
+        search = make_search(ctx, spec)
         gen, chunks, t0 = ctx.generator(offset=1000 + spec.seed), [], time.perf_counter()
         for start in range(0, spec.num_samples, spec.batch_size):
             n = min(spec.batch_size, spec.num_samples - start)
@@ -209,12 +209,6 @@ class ImageDomain:
         from .data.images import save_grid
 
         return save_grid(x, path, labels, title=title)
-
-
-def stage_field(ctx: StageContext, field: str) -> str:
-    """Spec path of a field of the running stage, e.g. `stages[1].search`."""
-    names = [s.name for s in ctx.pipeline.stages]
-    return f"stages[{names.index(ctx.node)}].{field}"
 
 
 def metrics_table(metrics: dict[str, Any]) -> str:

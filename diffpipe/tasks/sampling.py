@@ -22,7 +22,11 @@ if TYPE_CHECKING:
 
 @dataclass
 class CountingNet:
-    """Wraps a network function; counts batched calls, rows evaluated, and the FLOPs of its first call."""
+    """Wraps a network function; counts batched calls, rows evaluated, and the FLOPs of its first call.
+
+    The first argument of a call is the batch (noisy samples for `net(x, t, cond)`, token ids for a
+    token model's `model(ids)`); its first dimension is the number of evaluations.
+    """
 
     net: NetFn
     calls: int = 0
@@ -31,13 +35,13 @@ class CountingNet:
     flops_per_row: float | None = None
     """FLOPs of one evaluation, from torch's FlopCounterMode on the first call (matmuls and convolutions)."""
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: Any) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *rest: Any) -> torch.Tensor:
         self.calls += 1
         self.rows += x.shape[0]
         if self.flops_per_row is not None:
-            return self.net(x, t, labels)
+            return self.net(x, *rest)
         with FlopCounterMode(display=False) as counter:
-            out = self.net(x, t, labels)
+            out = self.net(x, *rest)
         self.flops_per_row = counter.get_total_flops() / x.shape[0]
         return out
 

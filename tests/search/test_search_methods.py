@@ -97,6 +97,8 @@ SEARCH_STAGE = {"name": "search", "stage": "sample", "model": "pretrain", "num_s
     ("search", "where"),
     [
         ({"method": "beam_search", "reward": "ink"}, "stages[2].search"),
+        ({"method": "particle_gibbs", "reward": "ink"}, "stages[2].search.method"),
+        ({"method": "rfg", "reference": "pretrain"}, "stages[2].search.method"),
         ({"method": "best_of_n", "reward": "nosuch"}, "stages[2].search.reward"),
         ({"method": "best_of_n", "reward": "exact_verifier"}, "stages[2].search.reward"),
         ({"method": "tree_search", "reward": "ink", "rollouts": 10**9}, "stages[2].search.rollouts"),

@@ -5,14 +5,16 @@ Data. `build` writes `train.zarr` and `test.zarr` (prompt and completion token i
 numbers and target, or puzzle and solution); train and test never share a problem.
 
 Training. The network maps token ids to logits (`net(model)` is the model itself); a batch is
-(completions, prompts) and the `masked_diffusion` objective masks completions only. There is no
-classifier-free guidance: `drop_condition` is the identity and `cond_dropout` has no effect.
+(completions, prompts) and the `masked_diffusion` objective masks completions only. With `cond_dropout`
+> 0 a share of the prompts is replaced by mask tokens (prompt dropout), which discrete classifier-free
+guidance (`search: {method: discrete_cfg}`) needs for its unconditional branch.
 
 Sampling. The first `num_samples` held-out prompts are completed with low-confidence remasking in
 semi-autoregressive blocks (diffusers' `BlockRefinementScheduler`; `scheduler.steps` decoding steps in
-all, `scheduler.options.block_length` tokens per block), greedily. Evaluation scores the completions
-with the exact verifiers: accuracy (exactly correct) and the d1 reward (Countdown: 1 / 0.1 / 0; Sudoku:
-share of blanks filled correctly), beside the reference completions' scores as a floor.
+all, `scheduler.options.block_length` tokens per block), greedily, or by the stage's `search` method.
+Evaluation scores the completions with the exact verifiers: accuracy (exactly correct) and the d1 reward
+(Countdown: 1 / 0.1 / 0; Sudoku: share of blanks filled correctly), beside the reference completions'
+scores as a floor.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from ..mdlm import block_schedule, sample_completions
 from ..nets.mdlm import MaskedDiffusionTransformer
 from ..registry import domain
 from ..rl.rewards import reward
+from ..sampling import CountingNet
+from ..search.run import make_search
 from .reasoning import (
     MASK,
     VOCAB,
@@ -161,8 +165,8 @@ class ReasoningDomain(ABC):
         return TensorBatches(completions.to(device), prompts.to(device))
 
     def drop_condition(self, model: ModelMixin, cond: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
-        """No guidance for token models: the prompts are kept."""
-        return cond
+        """Prompts of the dropped rows replaced by mask tokens (what discrete classifier-free guidance reads)."""
+        return torch.where(drop.to(cond.device)[:, None], torch.full_like(cond, MASK), cond)
 
     def reward(self, prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact verifier: rewards (d1 scheme) and correctness of completions."""
@@ -194,12 +198,14 @@ class ReasoningDomain(ABC):
         prompts, _ = token_tensors(test)
         prompts = prompts[: spec.num_samples]
         steps, block_length = self.sampler_settings(ctx, spec, scheduler, test.sizes["completion_pos"])
-        chunks, t0 = [], time.perf_counter()
+        net, search, length = CountingNet(model), make_search(ctx, spec), test.sizes["completion_pos"]
+        chunks, gen, t0 = [], ctx.generator(offset=1000 + spec.seed), time.perf_counter()
         for start in range(0, len(prompts), spec.batch_size):
             batch = prompts[start:start + spec.batch_size].to(ctx.device)
             with ctx.autocast():
-                chunks.append(sample_completions(model, batch, test.sizes["completion_pos"], MASK, steps=steps,
-                                                 block_length=block_length).cpu())
+                out = search.complete(net, batch, length, steps, block_length, MASK, gen) if search else \
+                    sample_completions(net, batch, length, MASK, steps=steps, block_length=block_length)
+            chunks.append(out.cpu())
         wall = time.perf_counter() - t0
         completions = torch.cat(chunks)
         ds = xr.Dataset({"prompt": (("sample", "prompt_pos"), prompts.numpy()),
@@ -208,7 +214,8 @@ class ReasoningDomain(ABC):
         write_dataset(ds, ctx.workdir / SAMPLES_FILE)
         metrics = {"num_samples": len(prompts), "scheduler": type(scheduler).__name__, "steps": steps,
                    "block_length": block_length, "nfe_per_sample": steps, "sampling_wall_s": wall,
-                   "samples_per_s": len(prompts) / wall,
+                   "samples_per_s": len(prompts) / wall, **net.costs(len(prompts)),
+                   **(search.metrics() if search else {}),
                    "examples": [f"{self.vocab.decode(p)} -> {self.vocab.decode(c)}" for p, c in
                                 zip(prompts[:PREVIEW_ROWS].tolist(), completions[:PREVIEW_ROWS].tolist(),
                                     strict=True)]}

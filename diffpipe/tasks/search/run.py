@@ -1,4 +1,4 @@
-"""A sample stage's search, bound to its reward and data: the domains' samplers call `draw` per batch."""
+"""A sample stage's search, bound to its reward, data and models: the domains' samplers call it per batch."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ import torch
 
 from diffpipe.schemas import SampleStage
 
+from ..context import StageContext
 from ..objectives import NetFn
 from ..registry import get_search
-from ..rl.rewards import resolve_reward
+from ..rl.rewards import RewardPlugin, resolve_reward
+from ..sample import load_checkpoint
+from ..sampling import CountingNet
+from .masked import Logits, MaskedProblem
 from .particles import ContinuousProblem, SearchResult
 
 
@@ -22,22 +26,36 @@ class SearchRun:
     """The stage's search method with its reward; accumulates rewards, NFE and wall time over batches."""
 
     spec: Any
-    reward: Any
+    reward: RewardPlugin | None
     data_path: Path
-    where: str
+    reference: Logits | None = None
     results: list[SearchResult] = field(default_factory=list)
     wall_s: float = 0.0
 
     def draw(self, net: NetFn, steps: int, shape: tuple[int, ...], cond: Any, gen: torch.Generator,
              device: torch.device) -> torch.Tensor:
-        """One batch of `shape[0]` samples for conditions `cond`, drawn by the search method."""
-        reward = None if self.reward is None else (lambda x, c: self.reward.fn(x, c, self.data_path).float())
-        problem = ContinuousProblem(net, shape, cond, steps, reward, gen, device)
+        """One batch of `shape[0]` continuous samples for conditions `cond`, drawn by the search method."""
+        return self.solve(ContinuousProblem(net, shape, cond, steps, self.reward_of(), gen, device))
+
+    def complete(self, model: Logits, prompts: torch.Tensor, length: int, steps: int, block_length: int,
+                 mask_token_id: int, gen: torch.Generator) -> torch.Tensor:
+        """Completions (N, length) of a batch of prompts, drawn by the search method."""
+        return self.solve(MaskedProblem(model, prompts, length, steps, block_length, mask_token_id,
+                                        self.reward_of(), gen, self.reference))
+
+    def solve(self, problem: ContinuousProblem | MaskedProblem) -> torch.Tensor:
+        """Run the method on one batch and keep its result for the metrics."""
         started = time.perf_counter()
         result = get_search(self.spec.method)(self.spec, problem)
         self.wall_s += time.perf_counter() - started
         self.results.append(result)
         return result.x
+
+    def reward_of(self) -> Any:
+        """(samples, conditions) -> rewards with the data folder bound (None without a reward)."""
+        if self.reward is None:
+            return None
+        return lambda x, c: self.reward.fn(x, c, self.data_path).float()
 
     def metrics(self) -> dict[str, Any]:
         """Method, NFE per output sample and the reward of the returned samples, as stage metrics."""
@@ -52,10 +70,21 @@ class SearchRun:
         return out
 
 
-def make_search(spec: SampleStage, data_kind: str, data_path: Path, where: str) -> SearchRun | None:
-    """The bound search of a sample stage (None when it samples plainly); `where` names the stage's field."""
+def stage_field(ctx: StageContext, name: str) -> str:
+    """Spec path of a field of the running stage, e.g. `stages[1].search`."""
+    names = [s.name for s in ctx.pipeline.stages]
+    return f"stages[{names.index(ctx.node)}].{name}"
+
+
+def make_search(ctx: StageContext, spec: SampleStage) -> SearchRun | None:
+    """The bound search of a sample stage (None when it samples plainly), with RFG's reference model loaded."""
     if spec.search is None:
         return None
     name = getattr(spec.search, "reward", None)
-    reward = None if name is None else resolve_reward(name, data_kind, f"{where}.reward")
-    return SearchRun(spec.search, reward, data_path, where)
+    reward = None if name is None else resolve_reward(name, ctx.pipeline.data.kind,
+                                                      stage_field(ctx, "search.reward"))
+    reference = None
+    if "reference" in ctx.inputs:
+        model, _, _ = load_checkpoint(ctx.input_path("reference"), spec.weights)
+        reference = CountingNet(model.to(ctx.device))
+    return SearchRun(spec.search, reward, ctx.input_path("data"), reference)

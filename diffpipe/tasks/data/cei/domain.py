@@ -51,7 +51,6 @@ from diffpipe.schemas.cei import AtomTransformerSpec, CoulombExplosionData
 from diffpipe.storage.formats import read_json, write_dataset, write_json
 
 from ...context import StageContext, StageOutput, resolve_device
-from ...domain import stage_field
 from ...nets.atom_transformer import AtomTransformer
 from ...nets.flowmap import network_fn
 from ...objectives import NetFn
@@ -170,7 +169,7 @@ class CeiDomain:
         chosen = balanced_events(test, spec.num_samples)
         events = test.isel(event=chosen).load().assign(event_index=("event", chosen))
         started, net = time.perf_counter(), CountingNet(self.net(model.to(ctx.device)))
-        search = make_search(spec, ctx.pipeline.data.kind, data, stage_field(ctx, "search"))
+        search = make_search(ctx, spec)
         ds, nfe = self.draw(events, net, objective, scheduler, spec, ctx.pipeline.data, self.settings(data),
                             ctx.runtime, ctx.autocast, search)
         wall = time.perf_counter() - started

@@ -249,7 +249,7 @@ class ClimateDomain:
         path = ctx.workdir / SAMPLES_FILE
         self.create_samples(ctx, path, years.year.numpy(), members)
         net, gen, device = CountingNet(self.net(model)), ctx.generator(offset=1000 + spec.seed), ctx.device
-        search = make_search(spec, data.kind, ctx.input_path("data"), stage_path(ctx, "search"))
+        search = make_search(ctx, spec)
         block, t0 = max(1, spec.batch_size // members), time.perf_counter()
         for start in range(0, len(first_member), block):
             cond = years[slice(start, start + block)]

@@ -65,6 +65,7 @@ ARCH_MODULES = {
     "atom_transformer": "diffpipe.tasks.nets.atom_transformer",
     "mdlm": "diffpipe.tasks.nets.mdlm",
     "time_mlp": "diffpipe.tasks.nets.time_mlp",
+    "spf": "diffpipe.tasks.nets.spf",
 }
 """Model arch -> the module holding its network class."""
 

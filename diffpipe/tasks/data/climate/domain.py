@@ -23,11 +23,12 @@ from diffusers import ModelMixin, SchedulerMixin, UNet2DModel
 
 from diffpipe.errors import DataError, SpecError
 from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, SampleStage, UNet2DSpec
-from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData, SPFSpec, check_pyramid
+from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData, SPFSpec
 from diffpipe.storage.formats import open_dataset, write_json
 
 from ...context import StageContext, StageOutput
 from ...nets.flowmap import network_fn
+from ...nets.spf import build_spf_unet
 from ...nets.unet2d import unet_block_types
 from ...objectives import NetFn
 from ...registry import domain
@@ -162,17 +163,16 @@ class ClimateDomain:
                             f"'{model.arch}'")
         data: ClimateData = ctx.pipeline.data
         store = open_climate_store(self.store_path(ctx))
-        factor = 2 ** (len(model.block_out_channels) - 1)
-        down, up = unet_block_types(len(model.block_out_channels), model.attention)
+        grid = (store.sizes["lat"], store.sizes["lon"])
         variables = len(OUTPUT_VARIABLES)
         if isinstance(model, SPFSpec):
-            check_pyramid(model.levels, (store.sizes["lat"], store.sizes["lon"]))
-            conditions = pyramid.condition_channels(len(model.levels))
-        else:
-            conditions = condition_channels(data.history_years)
+            return build_spf_unet(model, grid, variables + pyramid.condition_channels(len(model.levels)), variables,
+                                  data.year_embedding)
+        factor = 2 ** (len(model.block_out_channels) - 1)
+        down, up = unet_block_types(len(model.block_out_channels), model.attention)
         return UNet2DModel(
-            sample_size=(padded(store.sizes["lat"], factor), padded(store.sizes["lon"], factor)),
-            in_channels=variables + conditions, out_channels=variables,
+            sample_size=(padded(grid[0], factor), padded(grid[1], factor)),
+            in_channels=variables + condition_channels(data.history_years), out_channels=variables,
             block_out_channels=model.block_out_channels, layers_per_block=model.layers_per_block,
             down_block_types=down, up_block_types=up, norm_num_groups=model.norm_num_groups, dropout=model.dropout,
             class_embed_type="timestep" if data.year_embedding else None,

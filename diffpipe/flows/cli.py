@@ -63,7 +63,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     With every stage cached and no Prefect server configured, Prefect's temporary API is not started: the run
     only reads the store. Against a server (or with `--record`) the flow runs and its cached tasks are logged.
     """
+    if args.nproc_per_node is not None:
+        args.set.append(f"runtime.distributed.nproc_per_node={args.nproc_per_node}")
     spec = _spec(args, library_checks=False)
+    if spec.runtime.distributed.node_rank > 0:
+        from .follow import follow
+
+        return follow(spec)
     from .plan import status
 
     store = _store(spec)
@@ -208,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             c.add_argument("--record", action="store_true",
                            help="run the Prefect flow (and log it) even when every stage is cached")
+            c.add_argument("--nproc-per-node", type=int, metavar="N",
+                           help="processes per machine for training stages (runtime.distributed.nproc_per_node)")
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
     add_evaluate_command(sub)

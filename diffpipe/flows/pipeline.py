@@ -23,7 +23,8 @@ from diffpipe.errors import DiffpipeError, StageError
 from diffpipe.schemas import ArtifactRef, PipelineSpec
 from diffpipe.storage import ArtifactStore, env_info
 from diffpipe.tasks.context import StageContext, StageOutput
-from diffpipe.tasks.registry import get_domain, get_stage
+from diffpipe.tasks.launch import stage_function
+from diffpipe.tasks.registry import get_domain
 
 from .plan import Node, node_key, nodes
 from .signals import stage_stops_at_step
@@ -62,7 +63,7 @@ def _run_node(node: str, kind: str, key: str, pipeline: dict[str, Any], upstream
 
 
 def _compute(ctx: StageContext, kind: str) -> StageOutput:
-    fn = get_domain(kind).build if ctx.node == "data" else get_stage(kind)
+    fn = get_domain(kind).build if ctx.node == "data" else stage_function(kind, ctx.runtime)
     try:
         return fn(ctx)
     except DiffpipeError:

@@ -3,6 +3,11 @@
 Resumption is exact: model, EMA, optimizer, the step's random generator and the loss history are
 saved every `checkpoint_every` steps, so a run killed at any point and restarted reaches the same
 final weights as an uninterrupted run with the same seed (on the same device and thread count).
+
+Across processes (a stage started by tasks/launch.py) every rank runs this same loop: the step runs
+through DistributedDataParallel or on an FSDP2-sharded model (tasks/distributed.py), gradients are
+clipped by their global norm, the logged loss is the mean over ranks, and rank 0 alone writes the
+checkpoints, which hold whole (unsharded) state dicts so that a run may resume at another world size.
 """
 
 from __future__ import annotations
@@ -40,10 +45,30 @@ from diffpipe.storage.formats import (  # noqa: E402
 )
 
 from .context import StageContext  # noqa: E402
+from .distributed import (  # noqa: E402
+    Wrapped,
+    any_rank,
+    clip_grad_norm,
+    full_model_state,
+    full_optimizer_state,
+    full_tensors,
+    is_main,
+    like_parameters,
+    load_full_model_state,
+    load_full_optimizer_state,
+    mean_over_ranks,
+    sum_over_ranks,
+    world_size,
+)
 from .stopping import stop_requested  # noqa: E402
 
 StepLoss = Callable[[torch.Generator], torch.Tensor]
-"""Computes the mean loss of one fresh batch; all randomness comes from the given generator."""
+"""Computes the mean loss of one fresh batch; all randomness comes from the given generator.
+
+Across processes every rank calls it with the same generator state: it draws the global batch and
+computes the mean over this rank's rows (`distributed.local_rows`; losses that do not slice compute
+the whole batch on every rank, which is correct but not faster).
+"""
 
 
 class LossState(Protocol):
@@ -87,7 +112,8 @@ class TrainResult:
 
     def timing(self) -> dict[str, float | int | None]:
         """Resume point, wall time and speed, as stage metrics."""
-        return {"resumed_from_step": self.resumed_from, "steps_per_s": self.steps_per_s, "train_wall_s": self.wall_s}
+        return {"resumed_from_step": self.resumed_from, "steps_per_s": self.steps_per_s, "train_wall_s": self.wall_s,
+                "processes": world_size()}
 
     def metrics(self, steps: int) -> dict[str, float | int | None]:
         """Timing and FLOPs of a run of `steps` identical steps, as stage metrics."""
@@ -104,19 +130,23 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     """Run (or resume) the loop; returns the loss history and the EMA of the weights.
 
     `loss_state` is saved with every checkpoint and restored on resume (after the model weights).
+    Across processes `model` is trained in place (FSDP2 shards it) and is a plain module holding the
+    whole trained weights again when this returns, on every rank.
     """
     device = ctx.device
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    wrapped = Wrapped(model, step_loss, device)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
-    ema = EMAModel(model.parameters(), decay=cfg.ema_decay, foreach=True) if cfg.ema_decay else None
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True) if cfg.ema_decay else None
     run = ctx.store.run_dir(ctx.key)
     result = TrainResult()
     start = _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state)
     bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        if stop_requested():  # SIGTERM / SIGINT: keep the steps done so far, then stop
+        if any_rank(stop_requested()):  # SIGTERM / SIGINT (on any rank): keep the steps done so far, then stop
             if step > start:
                 _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state)
             raise Interrupted(f"{ctx.node}: stopped at step {step}/{cfg.steps}; checkpoint saved, rerun to resume")
@@ -124,20 +154,21 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
         with FlopCounterMode(display=False) if counting else nullcontext() as counter:  # step 0 only: the
             # counter's dispatch changes backward rounding, so a resumed run must count nothing to stay exact
             with ctx.autocast():
-                loss = step_loss(gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+                loss = wrapped.loss(gen)
+            mean_loss = mean_over_ranks(loss.detach())
+            if not torch.isfinite(mean_loss):
+                raise FloatingPointError(f"loss became {mean_loss.item()} at step {step}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
         if counting:
-            result.flops_per_step = counter.get_total_flops()
+            result.flops_per_step = sum_over_ranks(counter.get_total_flops())
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            clip_grad_norm(params, cfg.grad_clip)
         opt.step()
         sched.step()
         if ema is not None:
-            ema.step(model.parameters())
-        result.losses.append(loss.item())
+            ema.step(params)
+        result.losses.append(mean_loss.item())
         bar.update(1)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
@@ -149,19 +180,27 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     bar.close()
     result.wall_s = time.perf_counter() - t0
     result.steps_per_s = (cfg.steps - start) / result.wall_s if result.wall_s > 0 else math.nan
+    if ema is not None:
+        ema.shadow_params = full_tensors(ema.shadow_params)
+    wrapped.unwrap()
     model.eval()
     return result, ema
 
 
 def _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state) -> None:
+    """Rank 0 writes whole state dicts; under FSDP2 every rank takes part in gathering them."""
+    weights, optimizer = full_model_state(model), full_optimizer_state(model, opt)
+    shadow = None if ema is None else full_tensors(ema.shadow_params)
+    if not is_main():
+        return
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        save_tensors(model.state_dict(), d / "model.safetensors")
-        if ema is not None:
-            save_tensors({str(i): p for i, p in enumerate(ema.shadow_params)}, d / "ema.safetensors")
+        save_tensors(weights, d / "model.safetensors")
+        if shadow is not None:
+            save_tensors({str(i): p for i, p in enumerate(shadow)}, d / "ema.safetensors")
         if loss_state is not None:
             save_tensors(loss_state.state_dict(), d / "loss_state.safetensors")
-        torch.save({"optimizer": opt.state_dict(), "lr_scheduler": sched.state_dict(),
+        torch.save({"optimizer": optimizer, "lr_scheduler": sched.state_dict(),
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state()}, d / "state.pt")
         write_json(d / "progress.json", {"step": step, "losses": result.losses,
                                          "flops_per_step": result.flops_per_step})
@@ -169,20 +208,22 @@ def _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state) -> N
 
 
 def _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state) -> int:
+    """Every rank loads the newest checkpoint (whole tensors, sharded again under FSDP2)."""
     steps = run.steps()
     if not steps:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         d = run.load(steps[-1], Path(tmp))
-        model.load_state_dict(load_tensors(d / "model.safetensors"))
+        load_full_model_state(model, load_tensors(d / "model.safetensors"))
         if loss_state is not None:
             loss_state.load_state_dict(load_tensors(d / "loss_state.safetensors"))
         if ema is not None:
             shadow = load_tensors(d / "ema.safetensors")
-            ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(ema.shadow_params)]
+            ema.shadow_params = like_parameters([shadow[str(i)] for i in range(len(ema.shadow_params))],
+                                                ema.shadow_params)
             ema.optimization_step = steps[-1]
         state = torch.load(d / "state.pt", weights_only=True)
-        opt.load_state_dict(state["optimizer"])
+        load_full_optimizer_state(model, opt, state["optimizer"])
         sched.load_state_dict(state["lr_scheduler"])
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])

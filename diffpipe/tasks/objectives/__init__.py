@@ -5,6 +5,10 @@ diffusers convention of the objective's schedulers (flow matching: 1000 t; DDPM:
 except EDM, whose log-sigma noise input is mapped to the flow-matching value 1000 sigma / (1 + sigma) so
 every network sees one embedding range. Losses are per sample (EDM style); each loss class takes its
 objective's schema object.
+
+Each loss draws its noise for the whole batch it is given, then keeps this rank's rows
+(`distributed.local_rows`; all of them in one process), so every example's noise is the same at any
+world size.
 """
 
 from __future__ import annotations

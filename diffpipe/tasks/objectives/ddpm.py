@@ -6,6 +6,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from diffpipe.schemas import DDPM
+from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
 from . import NetFn, per_sample_mean
@@ -27,6 +28,7 @@ class DDPMLoss:
         n = x0.shape[0]
         t = torch.randint(0, self.spec.num_train_timesteps, (n,), generator=gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x0, t, eps, labels = local_rows(x0, t, eps, labels)
         xt = self.scheduler.add_noise(x0, eps, t)
         target = eps if self.spec.prediction == "epsilon" else self.scheduler.get_velocity(x0, eps, t)
         loss = per_sample_mean((net(xt, t, labels).float() - target) ** 2)

@@ -9,6 +9,7 @@ from diffusers import EDMEulerScheduler
 
 from diffpipe.schemas import EDM
 from diffpipe.tasks import timeconv
+from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
 from . import NetFn, bcast, per_sample_mean
@@ -27,6 +28,7 @@ class EDMLoss:
         n, sd = x0.shape[0], self.spec.sigma_data
         sigma = (self.spec.p_mean + self.spec.p_std * torch.randn(n, generator=gen)).exp().to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x0, sigma, eps, labels = local_rows(x0, sigma, eps, labels)
         x_sigma = x0 + bcast(sigma, x0) * eps
         denoised = edm_denoise(net, self.precond, x_sigma, sigma, labels)
         weight = (sigma**2 + sd**2) / (sigma * sd) ** 2

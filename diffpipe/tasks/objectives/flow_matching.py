@@ -6,6 +6,7 @@ import torch
 
 from diffpipe.schemas import FlowMatching
 from diffpipe.tasks import timeconv
+from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
 from . import NetFn, bcast, per_sample_mean
@@ -28,6 +29,7 @@ class FlowMatchingLoss:
         """Per-sample squared velocity error at a fresh (t, eps) draw."""
         t = self.sample_t(x0.shape[0], gen).to(x0.device)
         eps = torch.randn(x0.shape, generator=gen).to(x0.device)
+        x0, t, eps, labels = local_rows(x0, t, eps, labels)
         xt = (1 - bcast(t, x0)) * x0 + bcast(t, x0) * eps
         pred = net(xt, timeconv.diffusers_timestep_from_t(t), labels)
         return per_sample_mean((pred.float() - (eps - x0)) ** 2)

@@ -1,0 +1,197 @@
+"""Start a training stage across processes with torch's elastic launcher (torchrun), as a child of the stage.
+
+The stage's process writes a payload (spec, node, key, upstream artifacts, staging folder) and starts
+`python -m diffpipe.tasks.launch PAYLOAD`, which runs `torch.distributed.run` (torchrun's own parser
+and agent) with `-m diffpipe.tasks.rank_worker PAYLOAD` as every rank's program. Rank 0 leaves the
+stage's outputs in the staging folder and its `StageOutput` in the payload folder; the stage's
+process then publishes as for any stage. A failed rank ends the stage with a message naming it.
+
+On the CPU "devices" are the CPU cores this process may run on (`os.sched_getaffinity`): each rank
+is one process with one thread unless `runtime.num_threads` says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections import deque
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from diffpipe.errors import InputError, StageError
+from diffpipe.schemas import PipelineSpec, RuntimeSpec
+
+from .context import StageContext, StageOutput, resolve_device
+from .distributed import STRATEGY_ENV
+from .registry import get_stage
+
+if TYPE_CHECKING:
+    from .registry import StageFn
+
+TRAINING_STAGES = frozenset({"pretrain", "midtrain", "distill", "rl"})
+"""Stage kinds that run the shared training loop, and so may run across processes."""
+
+PAYLOAD_FILE, OUTPUT_FILE, FAILURE_FILE = "payload.json", "output.json", "failure.json"
+LOG_PREFIX = "diffpipe-log: "
+"""Rank 0 prints its log lines with this prefix; the stage's process passes them to its logger."""
+
+
+def distributes(kind: str, runtime: RuntimeSpec) -> bool:
+    """Whether stages of `kind` run across processes under `runtime`."""
+    return kind in TRAINING_STAGES and runtime.distributed.world_size > 1
+
+
+def stage_function(kind: str, runtime: RuntimeSpec) -> StageFn:
+    """The function that runs a stage of `kind`: the stage itself, or its launch across processes."""
+    return partial(launch, kind=kind) if distributes(kind, runtime) else get_stage(kind)
+
+
+def launch(ctx: StageContext, kind: str) -> StageOutput:
+    """Run the stage on every rank; rank 0's outputs land in `ctx.workdir`."""
+    check_launch(ctx.pipeline, ctx.node, kind)
+    with tempfile.TemporaryDirectory(prefix=f"diffpipe-{ctx.node}-ranks-") as tmp:
+        payload = Path(tmp)
+        run_launcher(payload, ctx.pipeline, ctx.node, kind, ctx.key, ctx.inputs, ctx.workdir, ctx.log)
+        out = json.loads((payload / OUTPUT_FILE).read_text())
+    return StageOutput(out["kind"], out["metrics"], out["summary"], {k: Path(v) for k, v in out["images"].items()})
+
+
+def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
+    """Bad settings are input errors before any process starts: too many processes, FSDP2 on rl, uneven batches."""
+    dist = spec.runtime.distributed
+    device = resolve_device(spec.runtime)
+    available = torch.cuda.device_count() if device.type == "cuda" else len(os.sched_getaffinity(0))
+    what = "GPUs" if device.type == "cuda" else "usable CPU cores"
+    if dist.nproc_per_node > available:
+        raise InputError("runtime.distributed.nproc_per_node", f"more processes than {what} on this machine",
+                         f"at most {available}", str(dist.nproc_per_node))
+    index = next(i for i, s in enumerate(spec.stages) if s.name == node)
+    if kind == "rl" and dist.strategy == "fsdp":
+        raise InputError("runtime.distributed.strategy", f"stage '{node}' (rl) keeps frozen copies of the policy "
+                         "that are refreshed from its weights, which FSDP2 would shard", "ddp", "fsdp")
+    batch = getattr(spec.stages[index], "batch_size", None)
+    if batch is not None and batch % dist.world_size:
+        raise InputError(f"stages[{index}].batch_size", f"the global batch must split evenly over "
+                         f"{dist.world_size} processes", f"a multiple of {dist.world_size}", str(batch))
+
+
+def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: str, inputs: dict[str, Any],
+                 workdir: Path, log: Any) -> None:
+    """Start the launcher child, pass rank 0's log lines on, and turn a failure into a one-line error."""
+    doc = {"pipeline": spec.model_dump(mode="json"), "node": node, "kind": kind, "key": key,
+           "inputs": {n: r.model_dump(mode="json") for n, r in inputs.items()}, "workdir": str(workdir)}
+    (payload / PAYLOAD_FILE).write_text(json.dumps(doc))
+    threads = spec.runtime.num_threads or 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), STRATEGY_ENV: spec.runtime.distributed.strategy,
+           "PYTHONUNBUFFERED": "1"}
+    tail: deque[str] = deque(maxlen=30)
+    proc = subprocess.Popen([sys.executable, "-m", "diffpipe.tasks.launch", str(payload)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith(LOG_PREFIX):
+                log(line[len(LOG_PREFIX):].rstrip())
+            else:
+                tail.append(line.rstrip())
+        code = proc.wait()
+    finally:
+        _stop(proc)
+    if code != 0:
+        raise failure_error(payload, spec, node, kind, "\n".join(tail))
+
+
+def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail: str) -> Exception:
+    """The error a failed launch ends the stage with, from what the launcher and the ranks left behind."""
+    dist = spec.runtime.distributed
+    path = payload / FAILURE_FILE
+    if not path.exists():
+        return StageError(f"stage '{node}' ({kind}): the launcher failed: {tail.splitlines()[-1] if tail else '?'}")
+    failure = json.loads(path.read_text())
+    if "rendezvous" in failure:
+        return InputError("runtime.distributed.rdzv_endpoint", f"the rendezvous could not be completed within "
+                          f"{dist.rdzv_timeout_s} s ({failure['rendezvous']})", "every node's launcher joining",
+                          repr(dist.rdzv_endpoint))
+    error = failure.get("error")
+    if error and error.get("input"):
+        return InputError(**error["input"])
+    where = f"rank {failure['rank']} of {dist.world_size} (node {failure['node']}, local rank {failure['local_rank']})"
+    code = failure["exitcode"]
+    if code < 0:
+        cause = f"was killed by signal {-code} ({signal.Signals(-code).name})"
+    else:
+        cause = f"failed: {error['message']}" if error else f"exited with code {code}"
+    return StageError(f"stage '{node}' ({kind}): {where} {cause}; rerun to resume from the newest checkpoint")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End the launcher if it still runs (the stage's process was interrupted); its agent stops the ranks."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def torchrun_args(spec: PipelineSpec, key: str, payload: Path) -> list[str]:
+    """torchrun's command line for this stage: one agent per node, no restarts, a bounded rendezvous."""
+    dist = spec.runtime.distributed
+    args = ["--nnodes", str(dist.nnodes), "--nproc-per-node", str(dist.nproc_per_node),
+            "--node-rank", str(dist.node_rank), "--max-restarts", "0", "--monitor-interval", "0.2"]
+    if dist.rdzv_endpoint is None:
+        args.append("--standalone")
+    else:
+        timeout = dist.rdzv_timeout_s
+        args += ["--rdzv-backend", "c10d", "--rdzv-endpoint", dist.rdzv_endpoint, "--rdzv-id", key[:32],
+                 "--rdzv-conf", f"join_timeout={timeout},read_timeout={timeout}"]
+    return [*args, "-m", "diffpipe.tasks.rank_worker", str(payload)]
+
+
+def set_parent_death_signal() -> None:
+    """Linux: this process gets SIGKILL when its parent dies, so no rank outlives a killed stage."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def main(payload: Path) -> int:
+    """The launcher child: torchrun's agent for this node; a failure is written to `failure.json`."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+    from torch.distributed.run import parse_args, run
+
+    set_parent_death_signal()
+    doc = json.loads((payload / PAYLOAD_FILE).read_text())
+    spec = PipelineSpec.model_validate(doc["pipeline"])
+    try:
+        run(parse_args(torchrun_args(spec, doc["key"], payload)))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        per_node = spec.runtime.distributed.nproc_per_node
+        error = payload / f"error-{rank}.json"
+        _write(payload / FAILURE_FILE, {"rank": rank, "node": rank // per_node, "local_rank": failure.local_rank,
+                                        "exitcode": failure.exitcode,
+                                        "error": json.loads(error.read_text()) if error.exists() else None})
+        return 1
+    except RendezvousError as e:
+        _write(payload / FAILURE_FILE, {"rendezvous": f"{e.__class__.__name__}: {e}"})
+        return 1
+    return 0
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    path.write_text(json.dumps(doc))
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1])))

@@ -76,6 +76,10 @@ def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
     if kind == "rl" and dist.strategy == "fsdp":
         raise InputError("runtime.distributed.strategy", f"stage '{node}' (rl) keeps frozen copies of the policy "
                          "that are refreshed from its weights, which FSDP2 would shard", "ddp", "fsdp")
+    groups = getattr(spec.stages[index], "groups_per_step", None)
+    if kind == "rl" and groups % dist.world_size:
+        raise InputError(f"stages[{index}].groups_per_step", f"each of the {dist.world_size} processes rolls out "
+                         "whole groups", f"a multiple of {dist.world_size}", str(groups))
     batch = getattr(spec.stages[index], "batch_size", None)
     if batch is not None and batch % dist.world_size:
         raise InputError(f"stages[{index}].batch_size", f"the global batch must split evenly over "

@@ -3,7 +3,9 @@
 Each optimizer step of the shared resumable loop (tasks/training.py) calls `RLRun.step_loss`: every
 `updates_per_rollout` steps it samples `groups_per_step` conditions from the domain's training batches,
 `group_size` rollouts for each, scores them with the reward plugins and turns the rewards into
-advantages; then it returns the algorithm's loss on this step's slice of the rollout batch. Everything
+advantages; then it returns the algorithm's loss on this step's slice of the rollout batch. Across
+processes each rank rolls out and scores its own whole groups of the batch; the samples and rewards
+are gathered so that advantages are normalised over whole groups and every rank computes the loss. Everything
 the loop must checkpoint for an exact resume (the algorithm's frozen copies, MARBLE's weights, the
 step counter and the reward log) lives in `RLState`, passed to the loop as its `loss_state`.
 """
@@ -32,6 +34,7 @@ from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 
 from ..conditions import repeat_conditions, select_conditions
 from ..context import StageContext, StageOutput
+from ..distributed import all_gather_rows, local_slice
 from ..domain import BatchSource, Domain
 from ..registry import get_domain, stage
 from ..sample import load_checkpoint
@@ -104,10 +107,11 @@ class RLRun:
             self.nets.anchors[self.algorithm.samples_with]
         shape = (self.batch_size, *x_real.shape[1:])
         self.policy.eval()  # rollouts without dropout; the loss runs in training mode
-        out = rollout(sampler, cond, shape, self.grid, self.algorithm.noise_level, gen, device,
-                      keep_states=self.algorithm.keeps_states)
+        part = rollout(sampler, cond, shape, self.grid, self.algorithm.noise_level, gen, device,
+                       keep_states=self.algorithm.keeps_states, rows=local_slice(self.batch_size))
         self.policy.train()
-        rewards = torch.stack([r.fn(out.x0, cond, self.data_path).float().to(device) for r in self.rewards])
+        own = torch.stack([r.fn(part.x0, part.cond, self.data_path).float().to(device) for r in self.rewards])
+        out, rewards = whole_batch(part, cond), all_gather_rows(own, dim=1)
         combined = rewards if self.spec.combine == "marble" else (self.weights.to(device) @ rewards)[None]
         adv = self.algorithm.advantages(combined, self.spec.group_size, self.spec.global_std)
         return Collected(out, rewards, adv)
@@ -174,6 +178,13 @@ class RLRun:
         for name, value in row.items():
             if name in cols:
                 log[step, cols.index(name)] = value
+
+
+def whole_batch(part: Rollout, cond: Any) -> Rollout:
+    """The rollout batch from every rank's rows, in rank order (`part` itself in one process)."""
+    states = None if part.states is None else all_gather_rows(part.states, dim=1)
+    log_probs = None if part.log_probs is None else all_gather_rows(part.log_probs, dim=1)
+    return Rollout(all_gather_rows(part.x0), cond, part.grid, states, log_probs)
 
 
 def log_columns(spec: RLStage, algorithm: ContinuousAlgorithm) -> list[str]:

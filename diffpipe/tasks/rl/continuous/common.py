@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from diffpipe.tasks.conditions import select_conditions
 from diffpipe.tasks.objectives import NetFn
 from diffpipe.tasks.timeconv import diffusers_timestep_from_t
 
@@ -92,16 +93,24 @@ class Rollout:
 
 @torch.no_grad()
 def rollout(net: NetFn, cond: Any, shape: tuple[int, ...], grid: torch.Tensor, noise_level: float,
-            gen: torch.Generator, device: torch.device, keep_states: bool = False) -> Rollout:
-    """Integrate the SDE (noise_level 0: the Euler ODE) from noise to data, storing what trajectory methods need."""
-    x = torch.randn(shape, generator=gen).to(device)
+            gen: torch.Generator, device: torch.device, keep_states: bool = False,
+            rows: slice | None = None) -> Rollout:
+    """Integrate the SDE (noise_level 0: the Euler ODE) from noise to data, storing what trajectory methods need.
+
+    `rows` computes only those rows of the batch (one rank's share; the Rollout then holds them alone).
+    The noise is drawn for the whole batch, so every row's noise is the same whichever rows are computed.
+    """
+    rows = rows or slice(0, shape[0])
+    cond = select_conditions(cond, torch.arange(shape[0])[rows])
+    x = torch.randn(shape, generator=gen)[rows].to(device)
+    n = x.shape[0]
     states, log_probs = [x], []
     t_second = float(grid[1])
     for t, t_next in zip(grid[:-1], grid[1:], strict=True):
-        tt, tn = t.expand(shape[0]).to(device), t_next.expand(shape[0]).to(device)
+        tt, tn = t.expand(n).to(device), t_next.expand(n).to(device)
         step = sde_step(x, velocity(net, x, tt, cond), tt, tn, t_second, noise_level)
         if noise_level > 0:
-            x = step.mean + step.std * torch.randn(shape, generator=gen).to(device)
+            x = step.mean + step.std * torch.randn(shape, generator=gen)[rows].to(device)
             log_probs.append(gaussian_log_prob(x, step.mean, step.std))
         else:
             x = step.mean

@@ -1,0 +1,247 @@
+"""Training stages across real torchrun processes (gloo on the CPU) against the same stage in one process.
+
+Tolerance of "the same weights": both runs see the same examples and noise (every step's loss agrees
+to float32 rounding, checked), but a rank's forward and backward run on half the batch and the two
+halves' gradients are summed by the all-reduce, so gradients differ from one process in the order
+of float sums (~1e-7 relative). Adam divides by sqrt(v), which lifts such differences for parameters
+whose gradient is near zero; after 40 steps at lr 2e-3 the weights differ by ~1e-4 (measured), far
+below the ~lr * steps = 0.08 a parameter moves, so the check is `atol=WEIGHT_ATOL`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from tiny_specs import tiny_digits_spec
+
+from diffpipe.errors import InputError, StageError
+from diffpipe.flows.plan import node_key, nodes
+from diffpipe.flows.spec_loading import validate_spec
+from diffpipe.storage import ArtifactStore
+from diffpipe.storage.formats import read_json
+from diffpipe.tasks.context import StageContext
+from diffpipe.tasks.launch import launch, stage_function
+from diffpipe.tasks.registry import get_domain
+
+WEIGHT_ATOL = 1e-3
+LOSS_RTOL = 1e-5
+STEPS, EVERY = 40, 8
+RL = {"name": "rl", "stage": "rl", "init": "pretrain", "group_size": 4, "groups_per_step": 2, "steps": 4,
+      "checkpoint_every": 2, "log_every": 2, "lr": 1e-4, "algorithm": {"algorithm": "flow_grpo", "sampler_steps": 4},
+      "rewards": [{"name": "classifier_logprob"}]}
+
+
+def spec_dict(root: Path, **distributed) -> dict:
+    """Tiny digits data -> pretrain (STEPS steps) -> rl, with `runtime.distributed` set."""
+    raw = tiny_digits_spec(root)
+    raw["stages"] = [raw["stages"][0], copy.deepcopy(RL)]
+    raw["stages"][0].update({"steps": STEPS, "checkpoint_every": EVERY, "log_every": EVERY})
+    raw["runtime"]["distributed"] = distributed
+    return raw
+
+
+class Built:
+    """The data artifact (built once) and a way to run a stage on it in one process or across processes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.spec = validate_spec(spec_dict(root))
+        self.store = ArtifactStore(self.spec.storage.root)
+        data = nodes(self.spec)[0]
+        key, _ = node_key(self.spec, data, {})
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = StageContext(self.spec, "data", key, {}, self.store, Path(tmp), progress=False)
+            out = get_domain(data.kind).build(ctx)
+            self.refs = {"data": self.store.publish(Path(tmp), out.kind, {"node": "data"})}
+
+    def run(self, stage: str, key: str, logs: list[str] | None = None, **distributed) -> dict:
+        """Run `stage` under cache key `key`; its published files' weights, losses and metrics."""
+        spec = validate_spec(spec_dict(self.root, **distributed))
+        node = next(n for n in nodes(spec) if n.name == stage)
+        inputs = {name: self.refs[src] for name, src in node.upstream.items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = StageContext(spec, stage, key, inputs, self.store, Path(tmp), progress=False,
+                               log=(logs.append if logs is not None else print))
+            out = stage_function(node.kind, spec.runtime)(ctx)
+            result = {"weights": load_file(Path(tmp, "model", "diffusion_pytorch_model.safetensors")),
+                      "online": load_file(Path(tmp, "model_online", "diffusion_pytorch_model.safetensors")),
+                      "metrics": out.metrics, "files": sorted(p.name for p in Path(tmp).iterdir())}
+            if stage == "pretrain":
+                result["losses"] = read_json(Path(tmp, "losses.json"))["losses"]
+                self.refs.setdefault("pretrain", self.store.publish(Path(tmp), out.kind, {"node": stage}))
+            else:
+                result["rewards"] = read_json(Path(tmp, "reward_log.json"))["reward"]
+        return result
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Data built once; `one` holds the one-process pretrain run every distributed run is compared with."""
+    b = Built(tmp_path_factory.mktemp("distributed") / "artifacts")
+    b.one = b.run("pretrain", "one-process")
+    return b
+
+
+def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = WEIGHT_ATOL) -> None:
+    """Same tensors, each within `atol`."""
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_ranks_match_one_process(built: Built, strategy: str) -> None:
+    two = built.run("pretrain", f"two-{strategy}", nproc_per_node=2, strategy=strategy)
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(built.one["losses"]), rtol=LOSS_RTOL, atol=0)
+    assert_weights_close(two["weights"], built.one["weights"])
+    assert_weights_close(two["online"], built.one["online"])
+    assert two["metrics"]["processes"] == 2 and built.one["metrics"]["processes"] == 1
+    assert two["metrics"]["flops_per_step"] == built.one["metrics"]["flops_per_step"]  # the ranks' halves add up
+    assert two["files"] == built.one["files"]
+    if strategy == "ddp":
+        built.two = two
+
+
+def rank_process(rank: int) -> psutil.Process | None:
+    """The worker process of global rank `rank` among this test's descendants."""
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.environ().get("RANK") == str(rank) and "diffpipe.tasks.rank_worker" in p.cmdline():
+                return p
+        except psutil.Error:
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_killed_rank_ends_the_stage_and_the_rerun_resumes(built: Built) -> None:
+    if not hasattr(built, "two"):
+        built.two = built.run("pretrain", "two-ddp-again", nproc_per_node=2)
+    failure: list[BaseException] = []
+
+    def killed_run() -> None:
+        try:
+            built.run("pretrain", "killed", nproc_per_node=2)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            failure.append(e)
+
+    thread = threading.Thread(target=killed_run)
+    thread.start()
+    run = built.store.run_dir("killed")
+    deadline = time.monotonic() + 120
+    while not [s for s in run.steps() if s >= 2 * EVERY]:
+        assert thread.is_alive(), f"the run ended before it could be killed: {failure}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    victim = rank_process(1)
+    assert victim is not None
+    victim.kill()
+    thread.join(timeout=120)
+    assert len(failure) == 1 and isinstance(failure[0], StageError), failure
+    message = str(failure[0])
+    assert "rank 1 of 2" in message and "signal 9 (SIGKILL)" in message, message
+    killed_at = max(run.steps())
+    assert 0 < killed_at < STEPS
+    assert rank_process(0) is None and rank_process(1) is None  # no rank outlives the stage
+
+    logs: list[str] = []
+    resumed = built.run("pretrain", "killed", logs=logs, nproc_per_node=2)
+    assert f"pretrain: resumed from the checkpoint at step {killed_at}" in logs
+    for folder in ("weights", "online"):
+        assert_weights_close(resumed[folder], built.two[folder], atol=0)  # same world size: exactly the same
+    assert resumed["losses"] == built.two["losses"]
+
+    # the same checkpoints resumed in one process (another world size): full state dicts, same run
+    other = built.store.run_dir("killed-one")
+    shutil.copytree(run.path, other.path)
+    one = built.run("pretrain", "killed-one")
+    assert_weights_close(one["weights"], built.one["weights"])
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback(tmp_path: Path, built: Built) -> None:
+    """Two `diffpipe run` launchers (nnodes 2) meet at a c10d rendezvous on 127.0.0.1; node 0 publishes."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    raw = spec_dict(tmp_path / "artifacts", nnodes=2, nproc_per_node=1, rdzv_endpoint=endpoint, rdzv_timeout_s=120)
+    raw["stages"] = raw["stages"][:1]
+    path = tmp_path / "two_nodes.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
+    env.pop("PREFECT_API_URL", None)
+    cli = [sys.executable, "-m", "diffpipe.flows.cli", "run", str(path)]
+    node0 = subprocess.Popen([*cli, "--json"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    node1 = subprocess.Popen([*cli, "--set", "runtime.distributed.node_rank=1"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out0, err0 = node0.communicate(timeout=400)
+    out1, _ = node1.communicate(timeout=120)
+    assert node0.returncode == 0, err0[-3000:]
+    assert node1.returncode == 0, out1[-3000:]
+    assert "every distributed stage is published" in out1
+    stages = {s["name"]: s for s in json.loads(out0)["stages"]}
+    assert stages["pretrain"]["metrics"]["processes"] == 2
+    (weights,) = (tmp_path / "artifacts").glob("objects/*/*/model/*.safetensors")
+    assert_weights_close(load_file(weights), built.one["weights"])
+
+
+def test_rl_stage_at_two_ranks(built: Built) -> None:
+    """Rollouts split over two ranks, rewards gathered: the same reward log and weights as one process."""
+    one = built.run("rl", "rl-one")
+    two = built.run("rl", "rl-two", nproc_per_node=2)
+    assert two["metrics"]["processes"] == 2
+    assert [r is None for r in two["rewards"]] == [r is None for r in one["rewards"]]
+    torch.testing.assert_close(torch.tensor([r for r in two["rewards"] if r is not None]),
+                               torch.tensor([r for r in one["rewards"] if r is not None]), rtol=1e-4, atol=1e-5)
+    assert_weights_close(two["weights"], one["weights"])
+
+
+def test_bad_distributed_settings_name_the_field(built: Built) -> None:
+    many = validate_spec(spec_dict(built.root, nproc_per_node=4096))
+    with pytest.raises(InputError, match=r"runtime\.distributed\.nproc_per_node: more processes than usable CPU"):
+        launch(StageContext(many, "pretrain", "k", {}, built.store, built.root), "pretrain")
+    fsdp_rl = validate_spec(spec_dict(built.root, nproc_per_node=2, strategy="fsdp"))
+    with pytest.raises(InputError, match=r"runtime\.distributed\.strategy"):
+        launch(StageContext(fsdp_rl, "rl", "k", {}, built.store, built.root), "rl")
+    uneven = spec_dict(built.root, nproc_per_node=2)
+    uneven["stages"][0]["batch_size"] = 33
+    with pytest.raises(InputError, match=r"stages\[0\]\.batch_size: the global batch must split evenly"):
+        launch(StageContext(validate_spec(uneven), "pretrain", "k", {}, built.store, built.root), "pretrain")
+    with pytest.raises(Exception, match="node_rank must be below nnodes"):
+        validate_spec(spec_dict(built.root, nnodes=2, node_rank=2, rdzv_endpoint="127.0.0.1:1"))
+
+
+def test_unreachable_rendezvous_is_bounded_and_publishes_nothing(built: Built, tmp_path: Path) -> None:
+    """Node 1 of 2 with no node 0: the rendezvous gives up after rdzv_timeout_s with a message naming it."""
+    spec = validate_spec(spec_dict(built.root, nnodes=2, node_rank=0, rdzv_endpoint=f"127.0.0.1:{free_port()}",
+                                   rdzv_timeout_s=3))
+    node = next(n for n in nodes(spec) if n.name == "pretrain")
+    inputs = {"data": built.refs["data"]}
+    workdir = tmp_path / "staging"
+    workdir.mkdir()
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=r"runtime\.distributed\.rdzv_endpoint: the rendezvous could not be completed"):
+        launch(StageContext(spec, node.name, "unreached", inputs, built.store, workdir, progress=False), "pretrain")
+    assert time.monotonic() - t0 < 60
+    assert list(workdir.iterdir()) == [] and not built.store.run_dir("unreached").steps()

@@ -245,3 +245,34 @@ def test_unreachable_rendezvous_is_bounded_and_publishes_nothing(built: Built, t
         launch(StageContext(spec, node.name, "unreached", inputs, built.store, workdir, progress=False), "pretrain")
     assert time.monotonic() - t0 < 60
     assert list(workdir.iterdir()) == [] and not built.store.run_dir("unreached").steps()
+
+
+def test_fsdp_refuses_mixed_dtypes_before_sharding() -> None:
+    """A model FSDP2 cannot shard is refused with a reason (the worker reports it against the strategy field)."""
+    import torch.distributed as dist
+    from torch import nn
+
+    from diffpipe.tasks.distributed import FsdpRefused, shard
+
+    dist.init_process_group("gloo", rank=0, world_size=1, store=dist.HashStore())
+    try:
+        mixed = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2).double())
+        with pytest.raises(FsdpRefused, match="one dtype; Sequential has torch.float32, torch.float64"):
+            shard(mixed)
+        plain = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+        shard(plain)
+        assert type(plain).__name__.startswith("FSDP")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cli_nproc_per_node_beyond_the_cores_exits_2_before_running(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from diffpipe.flows.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_dict(tmp_path / "artifacts")))
+    assert main(["run", str(path), "--nproc-per-node", "4096"]) == 2
+    err = capsys.readouterr().err
+    assert "runtime.distributed.nproc_per_node: more processes than usable CPU cores on this machine" in err
+    assert "found 4096" in err and not (tmp_path / "artifacts" / "objects").exists()

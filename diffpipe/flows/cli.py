@@ -80,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("every stage is cached: nothing to run (--record logs a Prefect flow run anyway)", file=sys.stderr)
     else:
         _library_checks(spec)
+        _launch_checks(spec)
         store.check_writable()
         summary = _run_flow(args)
     if args.json:
@@ -89,6 +90,15 @@ def cmd_run(args: argparse.Namespace) -> int:
                      [[s["name"], s["stage"], s["state"], s["artifact"]["sha256"][:12], _headline(s["metrics"])]
                       for s in summary])
     return 0
+
+
+def _launch_checks(spec: PipelineSpec) -> None:
+    """Distributed settings of every training stage that runs across processes, before anything runs."""
+    from diffpipe.tasks.launch import check_launch, distributes
+
+    for stage in spec.stages:
+        if distributes(stage.stage, spec.runtime):
+            check_launch(spec, stage.name, stage.stage)
 
 
 def _prefect_server_configured() -> bool:

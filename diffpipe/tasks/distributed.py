@@ -59,6 +59,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def collective_device() -> torch.device:
+    """Where tensors for the group's collectives live: this rank's GPU under nccl, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
 def check_divisible(n: int, what: str) -> None:
     """Fail unless a global batch of `n` rows splits evenly over the ranks."""
     if n % world_size():
@@ -94,7 +99,7 @@ def sum_over_ranks(value: int) -> int:
     """An integer summed over the ranks (FLOPs of one step)."""
     if not active():
         return value
-    out = torch.tensor(value, dtype=torch.float64)
+    out = torch.tensor(value, dtype=torch.float64, device=collective_device())
     dist.all_reduce(out)
     return int(out.item())
 
@@ -103,7 +108,7 @@ def any_rank(flag: bool) -> bool:
     """Whether `flag` holds on any rank (every rank gets the same answer: a stop request is obeyed together)."""
     if not active():
         return flag
-    out = torch.tensor(float(flag))
+    out = torch.tensor(float(flag), device=collective_device())
     dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return bool(out.item())
 
@@ -163,6 +168,9 @@ def strategy() -> str:
 
 def shard(model: nn.Module) -> None:
     """FSDP2: each block of the model's module lists, then the root (so blocks are gathered one at a time)."""
+    dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    if len(dtypes) > 1:  # fully_shard would only fail at the first forward
+        raise FsdpRefused(f"FSDP2 shards parameters of one dtype; {type(model).__name__} has {', '.join(dtypes)}")
     try:
         for child in model.children():
             if isinstance(child, nn.ModuleList):

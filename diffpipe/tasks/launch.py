@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections import deque
 from functools import partial
 from pathlib import Path
@@ -25,12 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffpipe.errors import InputError, StageError
+from diffpipe.errors import InputError, Interrupted, StageError
 from diffpipe.schemas import PipelineSpec, RuntimeSpec
 
 from .context import StageContext, StageOutput, resolve_device
 from .distributed import STRATEGY_ENV
 from .registry import get_stage
+from .stopping import stop_requested
 
 if TYPE_CHECKING:
     from .registry import StageFn
@@ -98,6 +101,7 @@ def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: s
     tail: deque[str] = deque(maxlen=30)
     proc = subprocess.Popen([sys.executable, "-m", "diffpipe.tasks.launch", str(payload)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    threading.Thread(target=_pass_stop_on, args=(proc,), daemon=True).start()
     try:
         for line in proc.stdout:
             if line.startswith(LOG_PREFIX):
@@ -111,11 +115,22 @@ def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: s
         raise failure_error(payload, spec, node, kind, "\n".join(tail))
 
 
+def _pass_stop_on(proc: subprocess.Popen) -> None:
+    """A stop request of this run (SIGTERM / SIGINT) goes to the launcher, whose agent passes it to every rank."""
+    while proc.poll() is None:
+        if stop_requested():
+            proc.send_signal(signal.SIGTERM)
+            return
+        time.sleep(0.2)
+
+
 def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail: str) -> Exception:
     """The error a failed launch ends the stage with, from what the launcher and the ranks left behind."""
     dist = spec.runtime.distributed
     path = payload / FAILURE_FILE
     if not path.exists():
+        if stop_requested():
+            return Interrupted(f"{node}: stopped; rerun to resume from the newest checkpoint")
         return StageError(f"stage '{node}' ({kind}): the launcher failed: {tail.splitlines()[-1] if tail else '?'}")
     failure = json.loads(path.read_text())
     if "rendezvous" in failure:
@@ -125,6 +140,8 @@ def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail:
     error = failure.get("error")
     if error and error.get("input"):
         return InputError(**error["input"])
+    if stop_requested():
+        return Interrupted(error["message"] if error else f"{node}: stopped; rerun to resume")
     where = f"rank {failure['rank']} of {dist.world_size} (node {failure['node']}, local rank {failure['local_rank']})"
     code = failure["exitcode"]
     if code < 0:

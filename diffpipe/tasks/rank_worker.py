@@ -3,13 +3,16 @@
 Each rank rebuilds the stage's context from the payload (spec, node, key, upstream artifacts), joins
 the process group and runs the same stage function, hence the same `train()` loop. Rank 0 works in
 the stage's staging folder and logs; the other ranks write into a private folder that is thrown
-away. A failure is written to `error-<rank>.json` for the launcher's report, then re-raised.
+away. A failure is written to `error-<rank>.json` for the launcher's report, then re-raised. SIGTERM
+or SIGINT (passed on by torchrun's agent) asks the loop to stop: the ranks agree on the step, save a
+checkpoint and end with `Interrupted`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 from datetime import timedelta
@@ -19,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
-from diffpipe.errors import InputError
+from diffpipe.errors import DiffpipeError, InputError
 from diffpipe.schemas import ArtifactRef, PipelineSpec
 from diffpipe.storage import ArtifactStore
 
@@ -27,6 +30,7 @@ from .context import StageContext, StageOutput, resolve_device
 from .distributed import FsdpRefused
 from .launch import LOG_PREFIX, OUTPUT_FILE, PAYLOAD_FILE, set_parent_death_signal
 from .registry import get_stage
+from .stopping import request_stop
 
 
 def log_line(message: str) -> None:
@@ -76,12 +80,14 @@ def run_rank(payload: Path) -> StageOutput:
 def main(payload: Path) -> None:
     """Join the group, run the stage, leave the group; failures are recorded for the launcher."""
     set_parent_death_signal()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the agent passes a stop on: checkpoint at the next step
+        signal.signal(sig, lambda *_: request_stop())
     doc = json.loads((payload / PAYLOAD_FILE).read_text())
     join_group(PipelineSpec.model_validate(doc["pipeline"]))
     try:
         run_rank(payload)
     except Exception as e:
-        error = {"message": f"{e.__class__.__name__}: {e}"}
+        error = {"message": str(e) if isinstance(e, DiffpipeError) else f"{e.__class__.__name__}: {e}"}
         if isinstance(e, InputError):
             error["input"] = {"where": e.where, "problem": e.problem, "expected": e.expected, "found": e.found}
         (payload / f"error-{dist.get_rank()}.json").write_text(json.dumps(error))

@@ -1,0 +1,106 @@
+"""CPU scaling of a training stage: steps/s with 2 processes x 1 thread over 1 process x 1 thread, same global batch.
+
+Both sides are the real `pretrain` stage on a real digits data artifact: one process calls the stage
+function (torch set to one thread); two processes go through the pipeline's launcher (torchrun, gloo,
+DDP), each rank computing half of the global batch. `steps_per_s` is the training loop's own
+measurement (process start-up excluded; the launch's wall time with start-up is reported beside it).
+Runs alternate to share the machine's noise and the ratio of medians is reported, with the load
+average around each run: on a shared machine a ratio below the target may only mean the cores were busy.
+No GPU numbers are produced here. Usage: python benchmarks/distributed_cpu.py [--steps 40] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+from diffpipe.flows.plan import node_key, nodes
+from diffpipe.flows.spec_loading import load_spec
+from diffpipe.storage import ArtifactStore, env_info
+from diffpipe.tasks.context import StageContext
+from diffpipe.tasks.launch import stage_function
+from diffpipe.tasks.registry import get_domain
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def spec_for(root: str, steps: int, batch: int, nproc: int):
+    """The shipped digits spec: pretrain only, `steps` steps of a global batch `batch`, on `nproc` processes."""
+    return load_spec(REPO / "pipelines" / "digits.yaml", [
+        f"storage.root={root}", "runtime.device=cpu", "runtime.num_threads=1", f"stages.pretrain.steps={steps}",
+        f"stages.pretrain.batch_size={batch}", f"stages.pretrain.checkpoint_every={steps}",
+        f"runtime.distributed.nproc_per_node={nproc}"])
+
+
+def timed_run(spec, store: ArtifactStore, data_ref, key: str) -> dict:
+    """One run of the pretrain stage (in this process or launched): its steps/s, wall time and the load around it."""
+    store.clear_run(key)
+    before = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = StageContext(spec, "pretrain", key, {"data": data_ref}, store, Path(tmp), log=lambda m: None,
+                           progress=False)
+        out = stage_function("pretrain", spec.runtime)(ctx)
+    wall = time.perf_counter() - t0
+    store.clear_run(key)
+    return {"steps_per_s": out.metrics["steps_per_s"], "processes": out.metrics["processes"], "wall_s": wall,
+            "load_before": before, "load_after": os.getloadavg()[0]}
+
+
+def commit() -> str:
+    """The repository's HEAD commit (with `+dirty` when the tree has changes)."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    return head + ("+dirty" if dirty else "")
+
+
+def main() -> None:
+    """Alternate 1- and 2-process runs; write benchmarks/results/distributed_cpu.json."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as root:
+        one, two = (spec_for(root, args.steps, args.batch_size, n) for n in (1, 2))
+        store = ArtifactStore(one.storage.root)
+        key, _ = node_key(one, nodes(one)[0], {})
+        with tempfile.TemporaryDirectory() as tmp:
+            out = get_domain("digits").build(StageContext(one, "data", key, {}, store, Path(tmp), progress=False))
+            data_ref = store.publish(Path(tmp), out.kind, {})
+        runs: dict[str, list[dict]] = {"one_process": [], "two_processes": []}
+        for _ in range(args.repeats):
+            runs["one_process"].append(timed_run(one, store, data_ref, "bench-one-" + "0" * 54))
+            runs["two_processes"].append(timed_run(two, store, data_ref, "bench-two-" + "0" * 54))
+    median = {k: statistics.median(r["steps_per_s"] for r in v) for k, v in runs.items()}
+    env = env_info()
+    result = {
+        "what": "pretrain steps/s, 2 processes x 1 thread (torchrun, gloo, DDP) / 1 process x 1 thread, "
+                "same global batch, the stage's own loop timing",
+        "steps": args.steps, "global_batch_size": args.batch_size, "threads_per_process": 1,
+        "model": one.model.model_dump(mode="json"), "runs": runs, "median_steps_per_s": median,
+        "ratio_of_medians": median["two_processes"] / median["one_process"], "target": ">= 1.7 on 2 cores",
+        "usable_cores": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+        "note": "the machine is shared with other jobs; the load average (1 min) around each run says how busy "
+                "it was: with a load above the core count the ratio measures contention, not scaling",
+        "gpu": "not measured: no GPU was available in this session (single-GPU steps/s, bf16 vs fp32, MFU and "
+               "peak memory of the full-profile CEI and climate models are still to be done)",
+        "device": "cpu", "commit": commit(), "date": datetime.now(UTC).isoformat(), "environment": env,
+    }
+    print(json.dumps(result, indent=2))
+    out = REPO / "benchmarks" / "results" / "distributed_cpu.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

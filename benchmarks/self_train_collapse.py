@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--sampler-steps", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    environment = versions()
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -125,7 +126,7 @@ def main() -> None:
                 summary = flow(name="self-train-collapse")(execute)(validate_spec(copy.deepcopy(raw)))
                 runs[f"{selection}/seed{seed}"] = {"curves": curves(summary), "wall_s": time.perf_counter() - t0}
                 print(selection, seed, json.dumps(runs[f"{selection}/seed{seed}"]["curves"]), flush=True)
-    result = {"config": vars(args), "environment": versions(), "mean_over_seeds": summarise(runs), "runs": runs,
+    result = {"config": vars(args), "environment": environment, "mean_over_seeds": summarise(runs), "runs": runs,
               "notes": "curves start at generation 0 (the pretrain model, from generation 1's `generation_0` "
                        "block) except training_set_entropy, which starts at generation 1's training set"}
     print(json.dumps(result["mean_over_seeds"], indent=1))

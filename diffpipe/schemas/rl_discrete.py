@@ -183,10 +183,74 @@ class WD1(DiscreteAlgorithmBase):
     """Probability of masking each prompt token in the surrogate."""
 
 
-DiscreteAlgorithm = DiffuGRPO | CoupledGRPO | ESPO | GDPO | DMPO | WD1
+class SDPO(DiscreteAlgorithmBase):
+    """SDPO: per-step posterior alignment by a softmax cross-entropy of implicit against true rewards.
+
+    Source: arXiv 2507.04832 (code hanjq17/discrete-diffusion-sdpo, not inspected); defaults from the
+    paper's DNA setting as reported by a fork (beta 0.5, lr 1e-5, 2 epochs per round).
+    """
+
+    algorithm: Literal["sdpo"] = "sdpo"
+    num_iterations: int = Field(default=2, ge=1)
+    """Gradient steps per round over the round's completions (the fork trains 2 epochs per round)."""
+    temperature: float = Field(default=1.0, ge=0.0)
+    """Sampling temperature of the round's completions."""
+    beta: float = Field(default=0.5, gt=0.0)
+    """KL weight beta of the stepwise problems (fork default 0.5)."""
+    beta_schedule: Literal["elbo", "constant"] = "elbo"
+    """beta_t = beta / w(t) with the masked-diffusion ELBO weight w(t) = 1 / t (elbo), or beta (constant)."""
+    relabel: bool = True
+    """Each round samples with the current policy and scores afresh (iterative rounds); off: every round
+    samples the frozen reference (one offline data distribution)."""
+
+
+class TR2D2(DiscreteAlgorithmBase):
+    """TR2-D2: tree search over denoising steps fills a replay buffer; weighted denoising cross-entropy.
+
+    Source: sophtang/TR2-D2 4e90f71 (tr2d2-dna/train.sh; argparse defaults where the script sets none).
+    The search spends mcts_iterations x num_children reward evaluations per prompt, at most the stage's
+    `group_size` (so specs shrink the reference's 5 x 32).
+    """
+
+    algorithm: Literal["tr2d2"] = "tr2d2"
+    reference_group_size: ClassVar[int] = 160
+    num_iterations: int = Field(default=5, ge=1)
+    """Gradient steps per search (the reference resamples every 5 epochs)."""
+    temperature: float = Field(default=1.0, ge=0.0)
+    """Sampling temperature of expansions and rollouts."""
+    mcts_iterations: int = Field(default=5, ge=1)
+    """Selection-expansion-rollout iterations per prompt (train.sh 5)."""
+    num_children: int = Field(default=32, ge=1)
+    """Children of an expanded node, each completed and scored (train.sh 32)."""
+    exploration: float = Field(default=0.1, ge=0.0)
+    """Weight of the log-probability exploration term of the selection score (train.sh 0.1)."""
+    buffer_size: int | None = Field(default=None, ge=1)
+    """Distinct top-reward completions kept per prompt (None: all the search found; reference: 160 = 5 x 32)."""
+    alpha: float = Field(default=0.1, gt=0.0)
+    """Temperature of the target p_pre exp(r / alpha) (train.sh 0.1; argparse default 0.001)."""
+    reward_clip: float = Field(default=15.0, gt=0.0)
+    """Rewards enter log RND clipped to at most this (reference 15)."""
+    centering: bool = True
+    """Subtract each buffer's mean weight (train.sh sets centering)."""
+    num_replicates: int = Field(default=16, ge=1)
+    """Random masks per buffer row of the weighted denoising cross-entropy (reference R = 16)."""
+    elbo_forwards: int = Field(default=4, ge=2, multiple_of=2)
+    """Antithetic passes of each ELBO in the log-ratio ELBO_pre - ELBO_theta (ours; see the module)."""
+
+    def check_stage(self, stage: Any) -> None:
+        """The search's reward evaluations per prompt must fit the stage's rollout budget `group_size`."""
+        super().check_stage(stage)
+        budget = self.mcts_iterations * self.num_children
+        if budget > stage.group_size:
+            raise ValueError(f"algorithm.num_children: the search's mcts_iterations x num_children = {budget} reward "
+                             f"evaluations per prompt exceed the rollout budget group_size ({stage.group_size})")
+
+
+DiscreteAlgorithm = DiffuGRPO | CoupledGRPO | ESPO | GDPO | DMPO | WD1 | SDPO | TR2D2
 """The discrete algorithms (members of the rl stage's `algorithm` union)."""
 
-DISCRETE_ALGORITHMS: tuple[type[DiscreteAlgorithmBase], ...] = (DiffuGRPO, CoupledGRPO, ESPO, GDPO, DMPO, WD1)
+DISCRETE_ALGORITHMS: tuple[type[DiscreteAlgorithmBase], ...] = (DiffuGRPO, CoupledGRPO, ESPO, GDPO, DMPO, WD1, SDPO,
+                                                                 TR2D2)
 """Each discrete algorithm class."""
 
 DiscreteAlgorithmSpec = Annotated[DiscreteAlgorithm, Field(discriminator="algorithm")]

@@ -80,6 +80,8 @@ ALGORITHM_MODULES = {
     "gdpo": "diffpipe.tasks.rl.discrete.gdpo",
     "dmpo": "diffpipe.tasks.rl.discrete.dmpo",
     "wd1": "diffpipe.tasks.rl.discrete.wd1",
+    "sdpo": "diffpipe.tasks.rl.discrete.sdpo",
+    "tr2d2": "diffpipe.tasks.rl.discrete.tr2d2",
 }
 """rl stage algorithm -> the module holding that algorithm (and nothing else)."""
 

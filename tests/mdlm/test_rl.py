@@ -77,14 +77,23 @@ def test_advantages_follow_each_reference():
 
 EXPECTED_FORWARDS = {  # (no-grad scoring, with-grad) sequence forwards per rollout at mu = 2
     "diffu_grpo": (4, 2), "coupled_grpo": (12, 6), "espo": (16, 8), "gdpo": (12, 6), "dmpo": (8, 8), "wd1": (0, 2),
+    # sdpo: the reference's log p(x0 | x_t) once per iteration; tr2d2: ELBO_ref and ELBO_theta (4 passes each),
+    # and 16 WDCE replicates per iteration
+    "sdpo": (2, 2), "tr2d2": (8, 32),
 }
+SEARCH = {"mcts_iterations": 2, "num_children": 2}
+"""tr2d2 at a budget of 4 reward evaluations per prompt (the other algorithms' group_size)."""
+SAMPLING_FORWARDS = {"tr2d2": 5}
+"""Rows through the network per rollout while sampling (others: one per decoding step, 6). tr2d2 expands
+the root (1 row) and completes 2 children over 5 steps, then expands a depth-1 child (1) and completes 2
+over 4 steps: (1 + 10 + 1 + 8) / 4 rollouts."""
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_rl_update_runs_and_counts_forwards(algorithm):
     model = tiny_model(seed=5, max_length=10)
     ref = copy.deepcopy(model).requires_grad_(False)
-    spec = algorithm_spec(algorithm, num_iterations=2, block_length=3)
+    spec = algorithm_spec(algorithm, num_iterations=2, block_length=3, **(SEARCH if algorithm == "tr2d2" else {}))
     before = [p.detach().clone() for p in model.parameters()]
 
     def reward_fn(prompts: torch.Tensor, completions: torch.Tensor):
@@ -94,7 +103,7 @@ def test_rl_update_runs_and_counts_forwards(algorithm):
     stats = rl_update(model, ref, torch.optim.Adam(model.parameters(), lr=1e-3), torch.randint(3, 21, (2, 4)),
                       spec, torch.Generator().manual_seed(0), group_size=4, reward_fn=reward_fn,
                       completion_length=6, eos_token_id=EOS)
-    assert stats["rollouts"] == 8 and stats["sampling_forwards_per_rollout"] == 6
+    assert stats["rollouts"] == 8 and stats["sampling_forwards_per_rollout"] == SAMPLING_FORWARDS.get(algorithm, 6)
     expected = EXPECTED_FORWARDS[algorithm]
     assert (stats["scoring_forwards_per_rollout"], stats["grad_forwards_per_rollout"]) == expected
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

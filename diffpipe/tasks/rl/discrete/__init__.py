@@ -1,8 +1,8 @@
 """RL for masked-diffusion LMs (pure torch): one module per algorithm, registered under its `algorithm` name."""
 
 from .base import DiscreteAlgorithm, Prepared
-from .core import RewardFn, Rollouts, group_advantages, kl_k2, kl_k3, zero_std_ratio
-from .update import count_forwards, make_algorithm, rl_update, rollout
+from .core import RewardFn, Rollouts, group_advantages, kl_k2, kl_k3, rollout, zero_std_ratio
+from .update import count_forwards, make_algorithm, rl_update
 
 __all__ = [
     "DiscreteAlgorithm", "Prepared", "RewardFn", "Rollouts", "count_forwards", "group_advantages", "kl_k2",

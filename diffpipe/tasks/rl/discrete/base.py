@@ -18,7 +18,7 @@ import torch
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
 from diffpipe.tasks.mdlm.plans import MaskPlan, plan_estimate, weighted_token_logps
 
-from .core import Rollouts, group_advantages, kl_k2, kl_k3, tokens_through_eos
+from .core import RewardFn, Rollouts, group_advantages, kl_k2, kl_k3, rollout, tokens_through_eos
 
 
 @dataclass
@@ -40,6 +40,12 @@ class DiscreteAlgorithm(ABC):
 
     def __init__(self, spec: DiscreteAlgorithmBase, mask_token_id: int, eos_token_id: int):
         self.spec, self.mask_token_id, self.eos_token_id = spec, mask_token_id, eos_token_id
+
+    def collect(self, policy: torch.nn.Module, reference: torch.nn.Module, prompts: torch.Tensor,
+                reward_fn: RewardFn, group_size: int, completion_length: int,
+                generator: torch.Generator | None) -> Rollouts:
+        """A rollout batch: `group_size` block-sampler completions of each prompt by the policy, scored."""
+        return rollout(policy, prompts, reward_fn, self.spec, group_size, completion_length, generator)
 
     @abstractmethod
     def draw_plan(self, rollouts: Rollouts, generator: torch.Generator | None) -> MaskPlan:

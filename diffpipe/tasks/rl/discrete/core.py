@@ -1,4 +1,5 @@
-"""Pieces shared by the discrete RL methods: rollout batches, advantages, KL estimators, mask plans."""
+"""Pieces shared by the discrete RL methods: rollout batches and the block-sampler rollout, advantages, KL
+estimators, mask plans."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
 from diffpipe.tasks.mdlm.plans import MaskPlan
+from diffpipe.tasks.mdlm.sampler import sample_completions
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """(prompts (N, P), completions (N, L)) -> (rewards float (N,), correct bool (N,))."""
@@ -70,3 +73,17 @@ def mean_field_plan(batch_size: int, length: int, prompt_length: int, p_mask_pro
     prompt_masks = torch.rand(1, batch_size, prompt_length, generator=generator) < p_mask_prompt
     masks = torch.ones(1, batch_size, length, dtype=torch.bool)
     return MaskPlan(masks, torch.ones(1, batch_size), prompt_masks)
+
+
+@torch.no_grad()
+def rollout(model: torch.nn.Module, prompts: torch.Tensor, reward_fn: RewardFn, spec: DiscreteAlgorithmBase,
+            group_size: int, completion_length: int, generator: torch.Generator | None) -> Rollouts:
+    """Sample G completions per prompt with the block low-confidence sampler and score them."""
+    repeated = prompts.repeat_interleave(group_size, dim=0)
+    completion = sample_completions(model, repeated, completion_length, model.config.mask_token_id,
+                                    steps=spec.rollout_steps or completion_length,
+                                    block_length=spec.block_length, temperature=spec.temperature,
+                                    generator=generator)
+    rewards, correct = reward_fn(repeated, completion)
+    rewards = rewards.to(device=prompts.device, dtype=torch.float32)
+    return Rollouts(repeated, completion, rewards, correct, group_size)

@@ -39,7 +39,7 @@ from ...training import TrainConfig, TrainResult, plot_against_budget, plot_loss
 from ..rewards import RewardPlugin, resolve_reward
 from .base import DiscreteAlgorithm, Prepared
 from .core import Rollouts, zero_std_ratio
-from .update import count_forwards, make_algorithm, rollout
+from .update import count_forwards, make_algorithm
 
 LOG_COLUMNS = ("samples", "wall_s", "reward", "accuracy", "zero_std_ratio", "sampling_forwards",
                "scoring_forwards", "grad_forwards", "clip_fraction", "kl", "abs_log_ratio", "positive_weight_ess")
@@ -87,8 +87,9 @@ class DiscreteRun:
         self.policy.eval()
         try:
             with count_forwards(self.policy, self.reference) as sampling:
-                rollouts = rollout(self.policy, self.prompts[index.to(self.prompts.device)], self.reward_fn,
-                                   self.spec.algorithm, self.spec.group_size, self.completion_length, gen)
+                rollouts = self.algorithm.collect(self.policy, self.reference,
+                                                  self.prompts[index.to(self.prompts.device)], self.reward_fn,
+                                                  self.spec.group_size, self.completion_length, gen)
             with count_forwards(self.policy, self.reference) as scoring:
                 prepared = self.algorithm.prepare(self.policy, self.reference, rollouts, gen)
         finally:

@@ -9,11 +9,10 @@ from contextlib import contextmanager
 import torch
 
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
-from diffpipe.tasks.mdlm.sampler import sample_completions
 from diffpipe.tasks.registry import get_implementation
 
 from .base import DiscreteAlgorithm
-from .core import RewardFn, Rollouts, zero_std_ratio
+from .core import RewardFn, zero_std_ratio
 
 
 @contextmanager
@@ -37,20 +36,6 @@ def make_algorithm(spec: DiscreteAlgorithmBase, mask_token_id: int, eos_token_id
     return get_implementation("algorithm", spec.algorithm)(spec, mask_token_id, eos_token_id)
 
 
-@torch.no_grad()
-def rollout(model: torch.nn.Module, prompts: torch.Tensor, reward_fn: RewardFn, spec: DiscreteAlgorithmBase,
-            group_size: int, completion_length: int, generator: torch.Generator | None) -> Rollouts:
-    """Sample G completions per prompt with the block low-confidence sampler and score them."""
-    repeated = prompts.repeat_interleave(group_size, dim=0)
-    completion = sample_completions(model, repeated, completion_length, model.config.mask_token_id,
-                                    steps=spec.rollout_steps or completion_length,
-                                    block_length=spec.block_length, temperature=spec.temperature,
-                                    generator=generator)
-    rewards, correct = reward_fn(repeated, completion)
-    rewards = rewards.to(device=prompts.device, dtype=torch.float32)
-    return Rollouts(repeated, completion, rewards, correct, group_size)
-
-
 def rl_update(model: torch.nn.Module, ref_model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               prompts: torch.Tensor, spec: DiscreteAlgorithmBase, generator: torch.Generator | None, *,
               group_size: int, reward_fn: RewardFn, completion_length: int, eos_token_id: int,
@@ -63,7 +48,7 @@ def rl_update(model: torch.nn.Module, ref_model: torch.nn.Module, optimizer: tor
     ref_model.eval()
     started = time.perf_counter()
     with count_forwards(model, ref_model) as counts:
-        batch = rollout(model, prompts, reward_fn, spec, group_size, completion_length, generator)
+        batch = algo.collect(model, ref_model, prompts, reward_fn, group_size, completion_length, generator)
         sampling_forwards = counts["no_grad"]
         prepared = algo.prepare(model, ref_model, batch, generator)
         rollout_seconds = time.perf_counter() - started

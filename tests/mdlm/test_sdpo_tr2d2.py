@@ -1,0 +1,184 @@
+"""SDPO and TR2-D2: their losses and weights on hand-computed cases, the search's bookkeeping, bad budgets,
+one tiny real pipeline each, and an interrupted run that resumes to identical weights."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mdlm_helpers import tiny_model
+from pydantic import TypeAdapter
+from test_mdlm_pipeline import run, tiny_countdown_spec
+
+from diffpipe.flows.cli import main
+from diffpipe.flows.spec_loading import validate_spec
+from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
+from diffpipe.tasks.context import StageContext
+from diffpipe.tasks.data.reasoning import EOS, MASK
+from diffpipe.tasks.mdlm.plans import masked_token_logps
+from diffpipe.tasks.rl.discrete import Rollouts, make_algorithm
+from diffpipe.tasks.rl.discrete.sdpo import sdpo_loss
+from diffpipe.tasks.rl.discrete.stage import fine_tune_discrete
+from diffpipe.tasks.rl.discrete.tr2d2 import (
+    StepSchedule,
+    buffer_mask,
+    buffer_weights,
+    tree_search,
+    wdce_plan,
+)
+
+SDPO = {"algorithm": "sdpo", "num_iterations": 2, "block_length": 4}
+TR2D2 = {"algorithm": "tr2d2", "num_iterations": 2, "block_length": 4, "mcts_iterations": 2, "num_children": 2,
+         "num_replicates": 2}
+
+
+def spec_of(options: dict):
+    """The algorithm's schema object."""
+    return TypeAdapter(DiscreteAlgorithmSpec).validate_python(options)
+
+
+def test_sdpo_loss_by_hand_and_its_dpo_limit() -> None:
+    # targets softmax(0, 0, ln 2) = (1/4, 1/4, 1/2): loss = logsumexp(1, 2, 3) - (1/4 + 2/4 + 3/2)
+    implicit = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    rewards = torch.tensor([[0.0, 0.0, math.log(2)]], dtype=torch.float64)
+    expected = 3 + math.log(1 + math.exp(-1) + math.exp(-2)) - 2.25
+    assert float(sdpo_loss(implicit, rewards)) == pytest.approx(expected, rel=1e-12)
+    # two completions, all target mass on the first: -log sigmoid(r~_w - r~_l), the DPO loss
+    pair = torch.tensor([[0.7, -0.4]], dtype=torch.float64)
+    one_hot = torch.tensor([[0.0, -math.inf]], dtype=torch.float64)
+    assert float(sdpo_loss(pair, one_hot)) == pytest.approx(math.log1p(math.exp(-1.1)), rel=1e-12)
+    # equal rewards and a policy equal to the reference: no gradient
+    flat = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True)
+    sdpo_loss(flat, torch.ones(2, 3)).backward()
+    assert float(flat.grad.abs().max()) < 1e-15
+
+
+def _rollouts(group_size: int = 3) -> Rollouts:
+    gen = torch.Generator().manual_seed(0)
+    prompt = torch.randint(3, 21, (2, 3), generator=gen).repeat_interleave(group_size, 0)
+    completion = torch.randint(3, 21, (2 * group_size, 4), generator=gen)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 0.0, 0.0, 1.0])[: 2 * group_size]
+    return Rollouts(prompt, completion, rewards, rewards > 0.9, group_size)
+
+
+def test_sdpo_implicit_reward_is_beta_t_times_the_masked_log_ratio() -> None:
+    policy, reference = tiny_model(seed=1), tiny_model(seed=2)
+    algo = make_algorithm(spec_of({**SDPO, "beta": 0.5}), MASK, EOS)
+    batch = _rollouts()
+    plan = algo.draw_plan(batch, torch.Generator().manual_seed(3))
+    t = plan.weights[0] / 0.5
+    assert torch.equal(plan.masks[0].sum(1), torch.ceil(t * 4).long().clamp(1, 4))
+    assert torch.equal(t[:3], t[:1].expand(3)) and torch.equal(t[3:], t[3:4].expand(3))  # one t per prompt
+    implicit = algo.surrogate(policy, batch, plan) - algo.surrogate(reference, batch, plan)
+    ratio = (masked_token_logps(policy, batch.prompt, batch.completion, plan, MASK)
+             - masked_token_logps(reference, batch.prompt, batch.completion, plan, MASK))[0]
+    torch.testing.assert_close(implicit, 0.5 * t * (ratio * plan.masks[0]).sum(1))
+    constant = make_algorithm(spec_of({**SDPO, "beta": 0.5, "beta_schedule": "constant"}), MASK, EOS)
+    assert torch.equal(constant.draw_plan(batch, torch.Generator()).weights, torch.full((1, 6), 0.5))
+
+
+def test_tr2d2_buffer_and_weights_by_hand() -> None:
+    batch = Rollouts(torch.zeros(4, 1, dtype=torch.long), torch.tensor([[3, 4], [3, 4], [5, 6], [7, 8]]),
+                     torch.tensor([0.5, 0.5, 0.9, 0.1]), torch.zeros(4, dtype=torch.bool), 4)
+    # the duplicate of row 0 is left out; the top 2 distinct by reward are rows 2 and 0
+    assert buffer_mask(batch, 2).tolist() == [True, False, True, False]
+    assert buffer_mask(batch, 4).tolist() == [True, False, True, True]
+    log_rnd = torch.tensor([[0.0, math.log(3), 5.0]])
+    keep = torch.tensor([[True, True, False]])
+    torch.testing.assert_close(buffer_weights(log_rnd, keep, centering=False), torch.tensor([[0.25, 0.75, 0.0]]))
+    torch.testing.assert_close(buffer_weights(log_rnd, keep, centering=True), torch.tensor([[-0.25, 0.25, 0.0]]))
+
+
+def test_wdce_weights_are_inverse_mask_ratios() -> None:
+    gen = torch.Generator().manual_seed(0)
+    plan = wdce_plan(3, 50, 4, gen)
+    ratios = torch.rand(4, 3, 1, generator=torch.Generator().manual_seed(0)).squeeze(-1)
+    torch.testing.assert_close(plan.weights * 4 * ratios, torch.ones(4, 3))
+    assert abs(float(plan.masks.float().mean(-1).sub(ratios).abs().max())) < 0.25
+
+
+def test_tree_search_spends_its_budget_and_backs_up_every_reward() -> None:
+    model = tiny_model(seed=3, max_length=10).eval()
+    spec = spec_of({**TR2D2, "mcts_iterations": 3, "num_children": 2})
+    schedule = StepSchedule.of(6, 6, 3)
+
+    def reward_fn(prompts: torch.Tensor, completions: torch.Tensor):
+        rewards = (completions % 2 == 0).float().mean(dim=1)
+        return rewards, rewards > 0.5
+
+    search = tree_search(model, torch.randint(3, 21, (1, 4)), reward_fn, spec, schedule, MASK,
+                         torch.Generator().manual_seed(0))
+    assert search.completions.shape == (6, 6) and not (search.completions == MASK).any()
+    assert search.root.visits == 6
+    assert search.root.value == pytest.approx(float(search.rewards.sum()))
+    torch.testing.assert_close(search.rewards, reward_fn(None, search.completions)[0])
+    depths, node = [], search.root
+    while node.children:
+        depths.append(len(node.children))
+        node = max(node.children, key=lambda c: c.visits)
+    assert sum(depths) == 6  # three expansions of two children each, one below the other
+
+
+def test_mcts_budget_over_the_rollout_budget_exits_2(tmp_path: Path, capsys) -> None:
+    raw = tiny_countdown_spec(tmp_path / "artifacts")
+    rl = next(s for s in raw["stages"] if s["name"] == "rl")
+    rl["algorithm"] = {**TR2D2, "num_children": 3}  # 2 x 3 = 6 reward evaluations > group_size 4
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "algorithm.num_children" in err and "group_size (4)" in err
+
+
+@pytest.mark.parametrize("algorithm", [SDPO, TR2D2])
+def test_tiny_pipeline_end_to_end(tmp_path: Path, prefect_api, algorithm: dict) -> None:
+    raw = tiny_countdown_spec(tmp_path / "artifacts")
+    next(s for s in raw["stages"] if s["name"] == "rl")["algorithm"] = copy.deepcopy(algorithm)
+    states = run(raw)
+    metrics = states["rl"]["metrics"]
+    assert states["rl"]["state"] == "executed" and metrics["algorithm"] == algorithm["algorithm"]
+    # 8 steps at mu = 2: 4 rollout batches of 2 prompts x 4 reward evaluations
+    assert metrics["rollout_batches"] == 4 and metrics["samples_generated"] == 32
+    assert 0.0 <= states["evaluate"]["metrics"]["model"]["accuracy"] <= 1.0
+
+
+class Interrupt(Exception):
+    """Raised by the hook to stop a run after its first checkpoint."""
+
+
+def _fine_tune(raw: dict, root: Path, stop_at: int | None = None) -> dict[str, torch.Tensor]:
+    """Run the pipeline up to pretrain, then the rl stage in-process (interrupted at `stop_at`); its weights."""
+    spec = validate_spec(copy.deepcopy(raw))
+    states = run({**raw, "stages": raw["stages"][:1]})
+    from diffpipe.storage import ArtifactStore
+
+    store = ArtifactStore(spec.storage.root)
+    refs = {"data": store.lookup(states["data"]["cache_key"]), "init": store.lookup(states["pretrain"]["cache_key"])}
+
+    def hook(step: int, _run) -> None:
+        if step == stop_at:
+            raise Interrupt
+
+    ctx = StageContext(spec, "rl", "rl-resume-test", refs, store, root, progress=False)
+    done = fine_tune_discrete(ctx, spec.stage("rl"), hook)
+    return {k: v.detach().clone() for k, v in done.policy.state_dict().items()}
+
+
+@pytest.mark.parametrize("algorithm", [SDPO, TR2D2])
+def test_interrupted_run_resumes_to_identical_weights(tmp_path: Path, prefect_api, algorithm: dict) -> None:
+    raw = tiny_countdown_spec(tmp_path / "artifacts")
+    rl = next(s for s in raw["stages"] if s["name"] == "rl")
+    rl.update(algorithm=copy.deepcopy(algorithm), steps=6, checkpoint_every=2)
+    straight = _fine_tune(raw, tmp_path / "a")
+    from diffpipe.storage import ArtifactStore
+
+    ArtifactStore(raw["storage"]["root"]).clear_run("rl-resume-test")
+    with pytest.raises(Interrupt):
+        _fine_tune(raw, tmp_path / "b", stop_at=4)
+    resumed = _fine_tune(raw, tmp_path / "c")
+    assert resumed.keys() == straight.keys()
+    assert all(torch.equal(resumed[k], straight[k]) for k in resumed)

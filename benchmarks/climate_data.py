@@ -7,8 +7,9 @@ benchmarks/results/climate_data.json. MB are uncompressed float32 bytes written 
 tensors. `stream` measures the two batch sources the climate domain trains with, at the full 96 x 144 grid
 and the training batch (32): `ChunkStream` (whole-chunk reads into a shuffle buffer, background reader
 threads) with a memory budget of a third of the training split, against `CachedBatches` (the split in
-memory): samples/s of each, alternately three times; the peak RSS growth of a fresh process streaming two
-epochs (the store is 3x the budget); and the same stream from a moto S3 server on loopback (real s3fs).
+memory): samples/s of each, alternately three times, without and with data echoing (`echo` 3); the peak
+RSS growth (VmHWM) of a fresh process streaming two epochs (the store is 3x the budget); and the same stream
+from a moto S3 server on loopback (real s3fs).
 `--stream-only` measures just `stream` and merges it into the JSON. One torch thread; a shared 2-core
 machine makes every rate noisy (the load average is recorded).
 """
@@ -19,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -137,12 +137,13 @@ def _rate(source, batch: int, batches: int) -> float:
     return batch * batches / (time.perf_counter() - start)
 
 
-def stream_source(uri: str, budget_mb: float, batch: int, storage_options: dict | None = None) -> ChunkStream:
+def stream_source(uri: str, budget_mb: float, batch: int, storage_options: dict | None = None,
+                  echo: int = 1) -> ChunkStream:
     """The training loader the climate domain builds for a split larger than `budget_mb`."""
     samples = ClimateSamples(uri, STREAM_TRAIN, storage_options=storage_options)
     ds = open_climate_store(uri, storage_options=storage_options)
     static = static_channels(ds["lat"].values, ds["lon"].values)
-    return ChunkStream(samples, static, torch.device("cpu"), seed=0, batch=batch, budget_mb=budget_mb)
+    return ChunkStream(samples, static, torch.device("cpu"), seed=0, batch=batch, budget_mb=budget_mb, echo=echo)
 
 
 def memory_source(store: Path) -> CachedBatches:
@@ -153,11 +154,11 @@ def memory_source(store: Path) -> CachedBatches:
 
 
 def stream_rates(uri: str, memory: CachedBatches, budget_mb: float, batch: int, batches: int,
-                 storage_options: dict | None = None) -> dict[str, float]:
+                 storage_options: dict | None = None, echo: int = 1) -> dict[str, float]:
     """Samples/s of the zarr stream and of the in-memory cache, measured alternately three times."""
     repeats = []
     for _ in range(3):
-        stream = stream_source(uri, budget_mb, batch, storage_options)
+        stream = stream_source(uri, budget_mb, batch, storage_options, echo)
         zarr_rate = _rate(stream, batch, batches)
         stream.close()
         memory_rate = _rate(memory, batch, batches)
@@ -165,19 +166,26 @@ def stream_rates(uri: str, memory: CachedBatches, budget_mb: float, batch: int, 
                         "zarr_over_memory": zarr_rate / memory_rate})
     ratios = sorted(r["zarr_over_memory"] for r in repeats)
     return {"repeats": repeats, "median_zarr_over_memory": ratios[1], "window_reads": stream.shape.window,
-            "read_records": stream.shape.read_records, "slot_mb": stream.shape.slot_bytes / 1e6}
+            "read_records": stream.shape.read_records, "slot_mb": stream.shape.slot_bytes / 1e6, "echo": echo}
+
+
+def high_water_mb() -> float:
+    """Peak resident memory of this process so far (VmHWM, MB; unlike ru_maxrss not inherited from a parent)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024 / 1e6
 
 
 def rss_probe(store: str, budget_mb: float, batch: int, epochs: int) -> dict[str, float]:
     """Peak RSS growth (MB) of streaming `epochs` epochs in this process (run in a fresh subprocess)."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    ClimateSamples(store, STREAM_TRAIN).arrays()  # imports and zarr's I/O thread, before the baseline
+    before = high_water_mb()
     stream = stream_source(store, budget_mb, batch)
     records = int(stream.training.sum())
     gen = torch.Generator()
     for _ in range(epochs * records // batch):
         stream.next(gen, batch)
     stream.close()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
+    after = high_water_mb()
     return {"rss_before_mb": before, "rss_peak_mb": after, "rss_growth_mb": after - before,
             "records_streamed": epochs * records}
 
@@ -215,7 +223,8 @@ def stream_benchmark(nlat: int, nlon: int, members: int, batch: int, batches: in
         memory = memory_source(store)
         result: dict[str, object] = {"grid": [nlat, nlon], "members": members, "batch": batch, "batches": batches,
                                      "training_split_mb": split_mb, "memory_budget_mb": budget,
-                                     "local": stream_rates(str(store), memory, budget, batch, batches)}
+                                     "local": stream_rates(str(store), memory, budget, batch, batches),
+                                     "local_echo_3": stream_rates(str(store), memory, budget, batch, batches, echo=3)}
         del memory
         probe = subprocess.run([sys.executable, __file__, "--rss-probe", str(store), "--budget", str(budget),
                                 "--batch", str(batch)], capture_output=True, text=True, check=True)

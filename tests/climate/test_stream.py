@@ -78,6 +78,15 @@ def test_an_epoch_covers_the_training_records_and_nothing_else(store: Path) -> N
     s.close()
 
 
+def test_echo_keeps_each_read_in_the_buffer_longer(store: Path) -> None:
+    plain, echoed = stream(store), stream(store, echo=3)
+    assert [echoed.window_start(k) for k in range(0, 12, 4)] == [plain.window_start(k) // 3 for k in range(0, 12, 4)]
+    reads = {echoed.window_start(k) for k in range(30)}
+    assert len(reads) == plain.window_start(29) // 3 + 1  # a third of the reads for the same batches
+    plain.close()
+    echoed.close()
+
+
 def test_budget_below_one_read_is_bad_input(store: Path) -> None:
     with pytest.raises(DataError) as err:
         stream(store, budget_mb=0.001)

@@ -216,7 +216,7 @@ class ClimateDomain:
         resumed = ctx.store.run_dir(ctx.key).steps()
         return ChunkStream(samples, static, device, seed=ctx.runtime.seed, batch=getattr(spec, "batch_size", 32),
                            read_records=data.stream.read_records, prefetch=data.stream.prefetch_reads,
-                           workers=data.stream.workers, budget_mb=data.memory_budget_mb,
+                           workers=data.stream.workers, echo=data.stream.echo, budget_mb=data.memory_budget_mb,
                            start_step=resumed[-1] if resumed else 0)
 
     def drop_condition(self, model: ModelMixin, cond: Forcing, drop: torch.Tensor) -> Forcing:

@@ -8,9 +8,10 @@ store (a local path or `s3://...`, one code path through zarr):
   normalisation statistics are applied in place and the read's forcing-map history is gathered beside it.
 - The shuffle buffer is a sliding window of `window` reads over a sequence of reads that visits every
   read holding training records once per epoch, in a fresh permutation each epoch. Batch k sees the
-  window starting at read floor(k * batch / read_records), so records enter about as fast as batches
-  consume them (each record is drawn about once per epoch), and its records are drawn uniformly (with
-  replacement, like the in-memory cache) from the window's training records.
+  window starting at read floor(k * batch / (read_records * echo)), so records enter about as fast as
+  batches consume them (each record is drawn about `echo` times per epoch: `echo` > 1 is data echoing,
+  for when reads limit training), and its records are drawn uniformly (with replacement, like the
+  in-memory cache) from the window's training records.
 - `workers` background threads run `prefetch` reads ahead of the window; the training loop only
   gathers a batch from memory. On CUDA the slots live in pinned memory and batches are copied with
   `non_blocking=True`.
@@ -91,11 +92,11 @@ class ChunkStream:
     """
 
     def __init__(self, samples: ClimateSamples, static: torch.Tensor, device: torch.device, seed: int, batch: int,
-                 *, read_records: int | None = None, prefetch: int = 4, workers: int = 2,
+                 *, read_records: int | None = None, prefetch: int = 4, workers: int = 2, echo: int = 1,
                  budget_mb: float = 2048.0, start_step: int = 0):
         outputs, _ = samples.arrays()
         self.samples, self.static, self.device = samples, static, device
-        self.seed, self.batch, self.step = seed, batch, start_step
+        self.seed, self.batch, self.echo, self.step = seed, batch, echo, start_step
         self.total = outputs.shape[0]
         self.training = np.zeros(self.total, bool)
         self.training[samples.records] = True
@@ -126,7 +127,7 @@ class ChunkStream:
 
     def window_start(self, step: int) -> int:
         """Position of the first read of the window batch `step` draws from."""
-        return step * self.batch // self.shape.read_records
+        return step * self.batch // (self.shape.read_records * self.echo)
 
     def draw(self, step: int, candidates: int, n: int) -> np.ndarray:
         """Positions (into the window's training records) of batch `step`'s `n` records."""

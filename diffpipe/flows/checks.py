@@ -12,7 +12,7 @@ from diffpipe.errors import SpecError
 from diffpipe.schemas import PipelineSpec, SampleStage
 from diffpipe.schemas.climate import ClimateBuilderSource, SPFSpec, check_pyramid
 from diffpipe.schemas.distill import MidtrainStage
-from diffpipe.schemas.search import CONTINUOUS, RewardFreeGuidance
+from diffpipe.schemas.search import CONTINUOUS, Chords, RewardFreeGuidance
 from diffpipe.schemas.self_train import SelfTrainStage
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
@@ -86,6 +86,10 @@ def _check_search(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
     if isinstance(method, RewardFreeGuidance) and method.reference == stage.model:
         raise SpecError(f"{where}.reference", "RFG guides the policy (`model`) away from a different reference",
                         "the checkpoint stage the policy was fine-tuned from", repr(method.reference))
+    if isinstance(method, Chords) and method.starts(stage.scheduler.steps)[-1] >= stage.scheduler.steps:
+        raise SpecError(f"{where}.init_steps", "every core must start before the last step",
+                        f"start steps below scheduler.steps ({stage.scheduler.steps})",
+                        str(method.starts(stage.scheduler.steps)))
     if kind in CONTINUOUS:
         _check_continuous_source(spec, i, stage)
     _check_memory(spec, i, stage)

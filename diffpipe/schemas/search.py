@@ -1,7 +1,8 @@
 """Inference-time search and guidance of the `sample` stage: a union on `method`, one class per method.
 
 Each method spends more network evaluations (NFE) per sample to raise a reward or to follow a better
-model. Continuous methods run on flow-matching checkpoints (digits, CEI, climate); masked methods on
+model, except `chords`, which spends more cores to finish the same solve in fewer sequential rounds.
+Continuous methods run on flow-matching checkpoints (digits, CEI, climate); masked methods on
 masked-diffusion language models (Countdown, Sudoku); best-of-N on both. The implementation of each
 method is one module named in `diffpipe.tasks.registry.SEARCH_MODULES`.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Strict
 
@@ -107,6 +108,36 @@ class TreeSearch(SearchBase):
         return self.rollouts * steps + 2
 
 
+class Chords(SearchBase):
+    """CHORDS: K cores run the fine Euler solver from staggered start steps, each started by a coarse
+    Euler jump and corrected Parareal-style by the core below it. Training-free; no reward."""
+
+    method: Literal["chords"] = "chords"
+    cores: int = Field(default=2, ge=2)
+    """Parallel workers (processes on this machine), one network evaluation each per round."""
+    init_steps: list[int] | None = None
+    """Start step of each core, increasing from 0 (None: core k starts at floor(k T / (K + 1)))."""
+    hit: int = Field(default=0, ge=0)
+    """Which finished core to return, in finishing order (0: the first, K - 1: core 0, the sequential solve)."""
+
+    def state_copies(self, steps: int) -> int:
+        """Each core keeps its trajectory's states and velocities."""
+        return 2 * self.cores * (steps + 1)
+
+    @model_validator(mode="after")
+    def _check_cores(self) -> Chords:
+        if self.hit >= self.cores:
+            raise ValueError(f"hit: one of the {self.cores} cores' finishes (0..{self.cores - 1}); found {self.hit}")
+        starts = self.init_steps
+        if starts is not None and (len(starts) != self.cores or starts[0] != 0 or starts != sorted(set(starts))):
+            raise ValueError(f"init_steps: {self.cores} increasing start steps from 0; found {self.init_steps}")
+        return self
+
+    def starts(self, steps: int) -> list[int]:
+        """Start step of every core for a `steps`-step solve."""
+        return self.init_steps or [k * steps // (self.cores + 1) for k in range(self.cores)]
+
+
 class ParticleGibbs(SearchBase):
     """Particle Gibbs for masked diffusion (PG-DDM): conditional SMC over whole denoising trajectories.
 
@@ -163,6 +194,6 @@ class DiscreteCFG(SearchBase):
         return 2
 
 
-SearchMethod = Annotated[BestOfN | FKSteering | TreeSearch | ParticleGibbs | RewardFreeGuidance | DiscreteCFG,
-                         Field(discriminator="method")]
+SearchMethod = Annotated[BestOfN | FKSteering | TreeSearch | Chords | ParticleGibbs | RewardFreeGuidance |
+                         DiscreteCFG, Field(discriminator="method")]
 """Inference-time methods of the sample stage: a union on `method`."""

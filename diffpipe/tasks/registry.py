@@ -102,6 +102,7 @@ SEARCH_MODULES = {
     "best_of_n": "diffpipe.tasks.search.best_of_n",
     "fk_steering": "diffpipe.tasks.search.fk_steering",
     "tree_search": "diffpipe.tasks.search.tree_search",
+    "chords": "diffpipe.tasks.search.chords",
     "particle_gibbs": "diffpipe.tasks.search.particle_gibbs",
     "rfg": "diffpipe.tasks.search.rfg",
     "discrete_cfg": "diffpipe.tasks.search.discrete_cfg",

@@ -15,6 +15,7 @@ SEARCHES = {
     "fk": {"method": "fk_steering", "reward": "classifier_logprob", "particles": 4, "potential": "difference",
            "resample_every": 1},
     "dts": {"method": "tree_search", "reward": "classifier_logprob", "rollouts": 4},
+    "chords": {"method": "chords", "cores": 2, "init_steps": [0, 2]},
 }
 
 
@@ -28,7 +29,7 @@ def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, pr
     searched = [{**copy.deepcopy(plain), "name": name, "search": s} for name, s in SEARCHES.items()]
     raw["stages"] = [raw["stages"][0], plain, *searched, {**evaluate, "name": "evaluate_fk", "samples": "fk"}]
     summary = flow(name="diffpipe-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    assert [s["state"] for s in summary] == ["executed"] * 7
+    assert [s["state"] for s in summary] == ["executed"] * 8
     spec = validate_spec(copy.deepcopy(raw))
     store = ArtifactStore(spec.storage.root)
     rows = {r.name: r for r in status(spec, store)}
@@ -37,7 +38,9 @@ def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, pr
     assert metrics["sample"]["nfe_per_sample"] == steps and "search" not in metrics["sample"]
     assert metrics["bon"]["nfe_per_sample"] == 4 * steps and metrics["fk"]["nfe_per_sample"] == 4 * steps
     assert steps < metrics["dts"]["nfe_per_sample"] <= 4 * steps
-    for name in ("sample", "bon", "fk", "dts"):
+    assert metrics["chords"]["search_rounds"] == 1 + steps - 2  # the worker processes ran in the Prefect task
+    assert metrics["chords"]["nfe_per_sample"] == 1 + 2 * (steps - 2)
+    for name in ("sample", "bon", "fk", "dts", "chords"):
         m = metrics[name]
         assert m["flops_per_evaluation"] > 0 and m["stage_wall_s"] > 0
         assert m["sampling_flops"] == m["flops_per_evaluation"] * m["network_evaluations_per_sample"] * 20
@@ -49,4 +52,4 @@ def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, pr
     assert "frechet_distance" in scored["model"] and scored["sampling_costs"]["search"] == "fk_steering"
     assert scored["evaluation_flops"] > 0
     again = flow(name="diffpipe-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    assert [s["state"] for s in again] == ["cached"] * 7
+    assert [s["state"] for s in again] == ["cached"] * 8

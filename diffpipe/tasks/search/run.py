@@ -31,6 +31,8 @@ class SearchRun:
     reference: Logits | None = None
     results: list[SearchResult] = field(default_factory=list)
     wall_s: float = 0.0
+    flops_per_evaluation: float | None = None
+    """FLOPs of one evaluation of the sampled network (from its CountingNet), for the search's FLOP total."""
 
     def draw(self, net: NetFn, steps: int, shape: tuple[int, ...], cond: Any, gen: torch.Generator,
              device: torch.device) -> torch.Tensor:
@@ -49,6 +51,8 @@ class SearchRun:
         result = get_search(self.spec.method)(self.spec, problem)
         self.wall_s += time.perf_counter() - started
         self.results.append(result)
+        net = problem.net if isinstance(problem, ContinuousProblem) else problem.model
+        self.flops_per_evaluation = getattr(net, "flops_per_row", None)
         return result.x
 
     def reward_of(self) -> Any:
@@ -58,10 +62,13 @@ class SearchRun:
         return lambda x, c: self.reward.fn(x, c, self.data_path).float()
 
     def metrics(self) -> dict[str, Any]:
-        """Method, NFE per output sample and the reward of the returned samples, as stage metrics."""
-        n = sum(r.x.shape[0] for r in self.results)
+        """Method, NFE and FLOPs per output sample (every evaluation the search made, worker processes
+        included), and the reward of the returned samples, as stage metrics."""
+        n, evaluations = sum(r.x.shape[0] for r in self.results), sum(r.evaluations for r in self.results)
+        flops = None if self.flops_per_evaluation is None else self.flops_per_evaluation * evaluations
         out: dict[str, Any] = {"search": self.spec.method, "search_wall_s": self.wall_s,
-                               "nfe_per_sample": sum(r.evaluations for r in self.results) / max(1, n)}
+                               "nfe_per_sample": evaluations / max(1, n),
+                               "network_evaluations_per_sample": evaluations / max(1, n), "sampling_flops": flops}
         rewards = [r.rewards for r in self.results if r.rewards is not None]
         if rewards:
             out["search_reward_mean"] = float(torch.cat(rewards).float().mean())

@@ -8,8 +8,9 @@ import torch
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas.reasoning import MaskedDiffusion
+from diffpipe.tasks.distributed import local_slice
 from diffpipe.tasks.mdlm.loss import pretraining_plan
-from diffpipe.tasks.mdlm.plans import weighted_token_logps
+from diffpipe.tasks.mdlm.plans import MaskPlan, weighted_token_logps
 from diffpipe.tasks.registry import implements
 
 
@@ -30,4 +31,6 @@ class MaskedDiffusionLoss:
             raise SpecError("objective.kind", "masked_diffusion trains token models on prompt/completion data",
                             "model.arch mdlm with countdown or sudoku data", type(net).__name__)
         plan = pretraining_plan(x0.shape[0], x0.shape[1], gen, self.spec.t_min).to(x0.device)
-        return -weighted_token_logps(net, cond, x0, plan, mask_token_id).sum(-1)
+        rows = local_slice(x0.shape[0])  # the plan is drawn for the whole batch, this rank scores its rows
+        plan = MaskPlan(plan.masks[:, rows], plan.weights[:, rows])
+        return -weighted_token_logps(net, cond[rows], x0[rows], plan, mask_token_id).sum(-1)

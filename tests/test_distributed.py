@@ -276,3 +276,41 @@ def test_cli_nproc_per_node_beyond_the_cores_exits_2_before_running(tmp_path: Pa
     err = capsys.readouterr().err
     assert "runtime.distributed.nproc_per_node: more processes than usable CPU cores on this machine" in err
     assert "found 4096" in err and not (tmp_path / "artifacts" / "objects").exists()
+
+
+@pytest.mark.slow
+def test_stop_request_reaches_every_rank_which_checkpoint_together(built: Built) -> None:
+    """SIGTERM / SIGINT of a run (here: its stop request) stops the ranks at one step with a checkpoint."""
+    from diffpipe.errors import Interrupted
+    from diffpipe.tasks.stopping import STOP, request_stop
+
+    if not hasattr(built, "two"):
+        built.two = built.run("pretrain", "two-ddp-again", nproc_per_node=2)
+    failure: list[BaseException] = []
+
+    def stopped_run() -> None:
+        try:
+            built.run("pretrain", "stopped", nproc_per_node=2)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            failure.append(e)
+
+    thread = threading.Thread(target=stopped_run)
+    thread.start()
+    run = built.store.run_dir("stopped")
+    deadline = time.monotonic() + 120
+    try:
+        while not run.steps():
+            assert thread.is_alive() and time.monotonic() < deadline, f"no checkpoint appeared: {failure}"
+            time.sleep(0.02)
+        request_stop()
+        thread.join(timeout=120)
+    finally:
+        STOP.clear()
+    assert len(failure) == 1 and isinstance(failure[0], Interrupted), failure
+    assert "stopped at step" in str(failure[0]) and "checkpoint saved" in str(failure[0])
+    stopped_at = max(run.steps())
+    assert rank_process(0) is None and rank_process(1) is None
+    logs: list[str] = []
+    resumed = built.run("pretrain", "stopped", logs=logs, nproc_per_node=2)
+    assert f"pretrain: resumed from the checkpoint at step {stopped_at}" in logs
+    assert_weights_close(resumed["weights"], built.two["weights"], atol=0)

@@ -127,10 +127,12 @@ def _pass_stop_on(proc: subprocess.Popen) -> None:
 def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail: str) -> Exception:
     """The error a failed launch ends the stage with, from what the launcher and the ranks left behind."""
     dist = spec.runtime.distributed
+    if stop_requested():
+        main = payload / "error-0.json"
+        stopped = json.loads(main.read_text())["message"] if main.exists() else f"{node}: stopped"
+        return Interrupted(f"{stopped} (on every rank)")
     path = payload / FAILURE_FILE
     if not path.exists():
-        if stop_requested():
-            return Interrupted(f"{node}: stopped; rerun to resume from the newest checkpoint")
         return StageError(f"stage '{node}' ({kind}): the launcher failed: {tail.splitlines()[-1] if tail else '?'}")
     failure = json.loads(path.read_text())
     if "rendezvous" in failure:
@@ -140,8 +142,6 @@ def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail:
     error = failure.get("error")
     if error and error.get("input"):
         return InputError(**error["input"])
-    if stop_requested():
-        return Interrupted(error["message"] if error else f"{node}: stopped; rerun to resume")
     where = f"rank {failure['rank']} of {dist.world_size} (node {failure['node']}, local rank {failure['local_rank']})"
     code = failure["exitcode"]
     if code < 0:

@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint benchmarks ui clean
+.PHONY: setup demo test lint benchmarks ui server clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ benchmarks: setup
 
 ui: setup
 	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+# A Prefect server on PostgreSQL (a local cluster under .prefect/postgres unless
+# PREFECT_API_DATABASE_CONNECTION_URL names one), on 127.0.0.1:4200; see README "Running a server for a team".
+server: setup
+	$(PY) -m diffpipe.server --port 4200
 
 clean:
 	rm -rf artifacts .prefect

@@ -1,6 +1,7 @@
 """The artifact store on S3: moto's S3 server on loopback (what s3fs tests itself against), real s3fs.
 
-One digits run end to end through the CLI (run, status, show, cached rerun), atomic publish against a
+One digits run end to end through the CLI (run, status, show, cached rerun) with `gc` collecting the store
+beside it (nothing lost), atomic publish against a
 killed writer and two concurrent writers of one key, and the bad inputs: missing bucket, no credentials.
 """
 
@@ -65,15 +66,26 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=600)
 
 
-def test_digits_pipeline_runs_on_s3(s3_env, tmp_path: Path) -> None:
+def test_digits_pipeline_runs_on_s3_with_gc_running_beside_it(s3_env, tmp_path: Path) -> None:
+    from diffpipe.storage import ArtifactStore
+    from diffpipe.storage.gc import collect
+
     spec = tiny_digits_spec(tmp_path / "unused")
     spec["storage"] = {"root": f"s3://{BUCKET}/runs/digits"}
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**s3_env, "DIFFPIPE_CACHE_DIR": str(tmp_path / "cache")}
-    done = _cli(["run", str(path), "--json"], env, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    stages = {s["name"]: s["state"] for s in json.loads(done.stdout)["stages"]}
+    run = subprocess.Popen([str(BIN / "diffpipe"), "run", str(path), "--json"], env={**os.environ, **env},
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    store, passes = ArtifactStore(spec["storage"]["root"]), 0
+    while run.poll() is None:  # the most aggressive gc, over and over, on the store the run is writing to
+        assert collect(store, keep_last=1).removals == []
+        passes += 1
+        time.sleep(0.2)
+    out, err = run.communicate()
+    assert run.returncode == 0, err[-3000:]
+    assert passes >= 5
+    stages = {s["name"]: s["state"] for s in json.loads(out)["stages"]}
     assert stages == {"data": "executed", "pretrain": "executed", "sample": "executed", "evaluate": "executed"}
     fs = _s3()
     assert len(fs.ls(f"{BUCKET}/runs/digits/manifests")) == 4

@@ -1,4 +1,4 @@
-"""Against a real `prefect server start` on loopback: a CLI run, its artifacts, and the nightly deployment."""
+"""Against a real `prefect server start` on loopback: a CLI run and its artifacts (deployments: test_team_server.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from tiny_specs import REPO, tiny_digits_spec
+from tiny_specs import tiny_digits_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.server]
 BIN = Path(sys.executable).parent
@@ -86,18 +86,3 @@ def test_run_is_visible_through_the_api(server, tmp_path: Path) -> None:
     _cli([str(BIN / "diffpipe"), "run", str(_tiny(tmp_path, "art"))], env, tmp_path)
     cached = [t for t in _filter(api, "task_runs") if t["state_name"] == "Cached"]
     assert {t["name"] for t in cached} >= {"data", "pretrain", "sample", "evaluate"}
-
-
-def test_nightly_deployment_deploys_and_a_process_worker_runs_it(server, tmp_path: Path) -> None:
-    api, env = server
-    _cli([str(BIN / "prefect"), "work-pool", "create", "diffpipe", "--type", "process"], env, REPO)
-    _cli([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, REPO)
-    (deployment,) = [d for d in _filter(api, "deployments") if d["name"] == "digits-nightly"]
-    assert deployment["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
-    _cli([str(BIN / "prefect"), "deployment", "run", "diffpipe/digits-nightly",
-          "--param", f"spec_path={_tiny(tmp_path, 'nightly')}"], env, REPO)
-    _cli([str(BIN / "prefect"), "worker", "start", "--pool", "diffpipe", "--run-once"], env, REPO, timeout=900)
-    runs = [r for r in _filter(api, "flow_runs")
-            if r["deployment_id"] == deployment["id"] and r["state_type"] != "SCHEDULED"]
-    assert runs and all(r["state_type"] == "COMPLETED" for r in runs)
-    assert list((tmp_path / "nightly").glob("objects/*/*/metrics.json"))

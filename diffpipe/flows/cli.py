@@ -81,6 +81,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _library_checks(spec)
         _launch_checks(spec)
+        if _prefect_server_configured():
+            from diffpipe.server.checks import check_api
+
+            check_api()
         store.check_writable()
         summary = _run_flow(args)
     if args.json:

@@ -26,8 +26,9 @@ from diffpipe.tasks.context import StageContext, StageOutput
 from diffpipe.tasks.launch import stage_function
 from diffpipe.tasks.registry import get_domain
 
+from .checks import check_spec
 from .plan import Node, node_key, nodes
-from .signals import stage_stops_at_step
+from .signals import stage_stops_at_step, stop_after
 from .spec_loading import load_spec
 from .ui import image_markdown
 
@@ -139,7 +140,11 @@ def _run_one(spec: PipelineSpec, store: ArtifactStore, node: Node, refs: dict[st
 
 
 @flow(name="diffpipe", flow_run_name="{spec_path}", log_prints=True, persist_result=True, result_serializer="json")
-def pipeline_flow(spec_path: str, overrides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Validate the spec at `spec_path` (with `key=value` overrides) and run its stages, cached."""
+def pipeline_flow(spec_path: str, overrides: list[str] | None = None,
+                  timeout_minutes: float | None = None) -> list[dict[str, Any]]:
+    """Validate the spec at `spec_path` (with `key=value` overrides) as `diffpipe run` does and run its stages,
+    cached; past `timeout_minutes` the run stops as on SIGTERM (training checkpoints where it is)."""
     spec = load_spec(spec_path, overrides)
-    return execute(spec)
+    check_spec(spec)
+    with stop_after(timeout_minutes):
+        return execute(spec)

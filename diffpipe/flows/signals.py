@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT stop a run within seconds: stages checkpoint at their next step, then the run exits.
+"""SIGTERM, SIGINT and a deployment's timeout stop a run within seconds: stages checkpoint at their next step.
 
 The first signal asks every stage to stop (`tasks.stopping`); training loops save a checkpoint and raise
 `Interrupted`. Outside a stage the run stops at once. If the run is still alive `FORCE_AFTER_S` later,
@@ -27,16 +27,37 @@ _count_lock = threading.Lock()
 
 
 def _on_signal(signum: int, frame: Any) -> None:
+    name = signal.Signals(signum).name
     if stop_requested() or not _stages_running:
-        request_stop()
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    request_stop()
-    print(f"{signal.Signals(signum).name}: stopping at the next step and saving a checkpoint "
-          "(send it again to stop now)", file=sys.stderr, flush=True)
+        request_stop(name)
+        raise KeyboardInterrupt(name)
+    print(f"{name}: stopping at the next step and saving a checkpoint (send it again to stop now)", file=sys.stderr,
+          flush=True)
+    _stop_soon(name, 128 + signum)
+
+
+def _stop_soon(reason: str, exit_code: int) -> None:
+    """Ask stages to stop; interrupt the main thread if they have not after FORCE_AFTER_S, exit after EXIT_AFTER_S."""
+    request_stop(reason)
     for timer in (threading.Timer(FORCE_AFTER_S, _thread.interrupt_main),
-                  threading.Timer(EXIT_AFTER_S, os._exit, args=(128 + signum,))):
+                  threading.Timer(EXIT_AFTER_S, os._exit, args=(exit_code,))):
         timer.daemon = True
         timer.start()
+
+
+@contextmanager
+def stop_after(minutes: float | None) -> Iterator[None]:
+    """Stop the run like SIGTERM does once it has run `minutes` (None: no limit); a deployment's timeout."""
+    if minutes is None:
+        yield
+        return
+    timer = threading.Timer(minutes * 60, _stop_soon, args=(f"timed out after {minutes:g} min", 124))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _install() -> dict[int, Any]:

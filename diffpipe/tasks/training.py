@@ -60,7 +60,7 @@ from .distributed import (  # noqa: E402
     sum_over_ranks,
     world_size,
 )
-from .stopping import stop_requested  # noqa: E402
+from .stopping import stop_reason, stop_requested  # noqa: E402
 
 StepLoss = Callable[[torch.Generator], torch.Tensor]
 """Computes the mean loss of one fresh batch; all randomness comes from the given generator.
@@ -146,10 +146,11 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
-        if any_rank(stop_requested()):  # SIGTERM / SIGINT (on any rank): keep the steps done so far, then stop
+        if any_rank(stop_requested()):  # SIGTERM / SIGINT / timeout (any rank): keep the steps done, then stop
             if step > start:
                 _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state)
-            raise Interrupted(f"{ctx.node}: stopped at step {step}/{cfg.steps}; checkpoint saved, rerun to resume")
+            raise Interrupted(f"{ctx.node}: {stop_reason()}: stopped at step {step}/{cfg.steps}; checkpoint saved, "
+                              "rerun to resume")
         counting = step == 0 and cfg.count_flops
         with FlopCounterMode(display=False) if counting else nullcontext() as counter:  # step 0 only: the
             # counter's dispatch changes backward rounding, so a resumed run must count nothing to stay exact

@@ -112,7 +112,12 @@ def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: s
     finally:
         _stop(proc)
     if code != 0:
-        raise failure_error(payload, spec, node, kind, "\n".join(tail))
+        raise failure_error(payload, spec, node, kind, code, tail[-1] if tail else "")
+
+
+def ended(code: int) -> str:
+    """How a process with exit status `code` ended, in words."""
+    return f"was killed by signal {-code} ({signal.Signals(-code).name})" if code < 0 else f"exited with code {code}"
 
 
 def _pass_stop_on(proc: subprocess.Popen) -> None:
@@ -124,7 +129,7 @@ def _pass_stop_on(proc: subprocess.Popen) -> None:
         time.sleep(0.2)
 
 
-def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail: str) -> Exception:
+def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, code: int, last_line: str) -> Exception:
     """The error a failed launch ends the stage with, from what the launcher and the ranks left behind."""
     dist = spec.runtime.distributed
     if stop_requested():
@@ -133,7 +138,8 @@ def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail:
         return Interrupted(f"{stopped} (on every rank)")
     path = payload / FAILURE_FILE
     if not path.exists():
-        return StageError(f"stage '{node}' ({kind}): the launcher failed: {tail.splitlines()[-1] if tail else '?'}")
+        return StageError(f"stage '{node}' ({kind}): the launcher (torchrun's agent) {ended(code)}, its ranks with it "
+                          f"(last output: {last_line or 'none'}); rerun to resume from the newest checkpoint")
     failure = json.loads(path.read_text())
     if "rendezvous" in failure:
         return InputError("runtime.distributed.rdzv_endpoint", f"the rendezvous could not be completed within "
@@ -143,11 +149,7 @@ def failure_error(payload: Path, spec: PipelineSpec, node: str, kind: str, tail:
     if error and error.get("input"):
         return InputError(**error["input"])
     where = f"rank {failure['rank']} of {dist.world_size} (node {failure['node']}, local rank {failure['local_rank']})"
-    code = failure["exitcode"]
-    if code < 0:
-        cause = f"was killed by signal {-code} ({signal.Signals(-code).name})"
-    else:
-        cause = f"failed: {error['message']}" if error else f"exited with code {code}"
+    cause = f"failed: {error['message']}" if error else ended(failure["exitcode"])
     return StageError(f"stage '{node}' ({kind}): {where} {cause}; rerun to resume from the newest checkpoint")
 
 

@@ -59,8 +59,8 @@ TASKS = {
     "countdown": {"spec": "countdown.yaml", "data": {"num_train": 1500, "num_test": 200},
                   "block_length": 4, "rewards": [{"name": "exact_verifier"}, {"name": "countdown_closeness",
                                                                              "weight": 0.4}]},
-    "rna_design": {"spec": "rna_design.yaml", "data": {"num_train": 1500, "num_test": 100, "length": 16},
-                   "block_length": 16, "rewards": [{"name": "rna_fold"}]},
+    "rna_design": {"spec": "rna_design.yaml", "data": {"num_train": 1500, "num_test": 100, "length": 20},
+                   "block_length": 20, "rewards": [{"name": "rna_fold"}]},
 }
 
 
@@ -163,7 +163,7 @@ def summarise(runs: dict) -> dict:
 
 
 def main() -> None:
-    """Run every (task, seed, algorithm), print and write the JSON."""
+    """Run every (task, seed, algorithm), print and write the JSON (seeds outermost within a task)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -181,9 +181,14 @@ def main() -> None:
         for task, seed, name in itertools.product(args.tasks, args.seeds, args.algorithms):
             runs[f"{task}/{name}/seed{seed}"] = one_run(task, Path(tmp) / f"{task}-{seed}", seed, name, args)
             print(task, name, seed, json.dumps(runs[f"{task}/{name}/seed{seed}"]), flush=True)
+            write(args, environment, runs)  # after every run, so a stopped benchmark keeps what it measured
+    print(json.dumps(summarise(runs), indent=1))
+
+
+def write(args: argparse.Namespace, environment: dict, runs: dict) -> None:
+    """The results JSON of the runs so far."""
     result = {"config": {**vars(args), "group_size": GROUP_SIZE, "algorithms": ALGORITHMS},
               "environment": environment, "summary": summarise(runs), "runs": runs}
-    print(json.dumps(result["summary"], indent=1))
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
 
 

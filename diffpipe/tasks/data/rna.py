@@ -33,7 +33,7 @@ BASES = "ACGU"
 RNA_VOCAB = CharVocab(("<pad>", "<mask>", "<eos>", *BASES, "(", ")", "."))
 """Nucleotides and dot-bracket characters, after the shared pad, mask and end ids."""
 TASK = "rna_design"
-MAX_DRAWS_PER_PAIR = 200
+MAX_DRAWS_PER_PAIR = 50
 """Give up (DataError) when the splits do not fill after this many draws per requested pair."""
 
 

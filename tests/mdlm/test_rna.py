@@ -67,7 +67,9 @@ def tiny_rna_spec(root: Path, algorithm: dict | None = None) -> dict:
 
 
 def test_rna_design_pipeline_end_to_end(tmp_path: Path, prefect_api) -> None:
-    summary = flow(name="diffpipe-rna-test")(execute)(validate_spec(tiny_rna_spec(tmp_path / "artifacts")))
+    tr2d2 = {"algorithm": "tr2d2", "num_iterations": 2, "mcts_iterations": 2, "num_children": 2, "num_replicates": 2}
+    raw = tiny_rna_spec(tmp_path / "artifacts", tr2d2)
+    summary = flow(name="diffpipe-rna-test")(execute)(validate_spec(raw))
     states = {s["name"]: s for s in summary}
     assert all(s["state"] == "executed" for s in states.values())
     rl = states["rl"]["metrics"]

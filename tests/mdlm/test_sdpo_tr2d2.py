@@ -18,9 +18,10 @@ from diffpipe.flows.cli import main
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmSpec
 from diffpipe.tasks.context import StageContext
-from diffpipe.tasks.data.reasoning import EOS, MASK
+from diffpipe.tasks.data.reasoning import EOS, MASK, build_sudoku, reward_fn_for
+from diffpipe.tasks.data.reasoning_domain import token_tensors
 from diffpipe.tasks.mdlm.plans import masked_token_logps
-from diffpipe.tasks.rl.discrete import Rollouts, make_algorithm
+from diffpipe.tasks.rl.discrete import Rollouts, make_algorithm, rl_update
 from diffpipe.tasks.rl.discrete.sdpo import sdpo_loss
 from diffpipe.tasks.rl.discrete.stage import fine_tune_discrete
 from diffpipe.tasks.rl.discrete.tr2d2 import (
@@ -144,6 +145,20 @@ def test_tiny_pipeline_end_to_end(tmp_path: Path, prefect_api, algorithm: dict) 
     # 8 steps at mu = 2: 4 rollout batches of 2 prompts x 4 reward evaluations
     assert metrics["rollout_batches"] == 4 and metrics["samples_generated"] == 32
     assert 0.0 <= states["evaluate"]["metrics"]["model"]["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("algorithm", [SDPO, TR2D2])
+def test_one_update_on_sudoku_with_its_exact_verifier(algorithm: dict) -> None:
+    ds = build_sudoku(8, 4, seed=0)["train"]
+    prompts, _ = token_tensors(ds)
+    model = tiny_model(seed=6, max_length=32)
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = rl_update(model, copy.deepcopy(model), torch.optim.Adam(model.parameters(), lr=1e-3), prompts[:2],
+                      spec_of(algorithm), torch.Generator().manual_seed(0), group_size=4,
+                      reward_fn=reward_fn_for("sudoku"), completion_length=16, eos_token_id=EOS)
+    assert stats["rollouts"] == 8 and 0.0 <= stats["reward_mean"] <= 1.0 and math.isfinite(stats["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)) or (
+        stats["zero_std_ratio"] == 1.0)
 
 
 class Interrupt(Exception):

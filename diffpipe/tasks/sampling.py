@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,14 +35,18 @@ class CountingNet:
     """Network evaluations: the rows of every call summed (one sample at one time is one evaluation)."""
     flops_per_row: float | None = None
     """FLOPs of one evaluation, from torch's FlopCounterMode on the first call (matmuls and convolutions)."""
+    flop_count_s: float = 0.0
+    """Wall seconds of that counted first call (slower than the others: the counter intercepts every op)."""
 
     def __call__(self, x: torch.Tensor, *rest: Any) -> torch.Tensor:
         self.calls += 1
         self.rows += x.shape[0]
         if self.flops_per_row is not None:
             return self.net(x, *rest)
+        started = time.perf_counter()
         with FlopCounterMode(display=False) as counter:
             out = self.net(x, *rest)
+        self.flop_count_s = time.perf_counter() - started
         self.flops_per_row = counter.get_total_flops() / x.shape[0]
         return out
 
@@ -49,7 +54,8 @@ class CountingNet:
         """Network evaluations per output sample, FLOPs per evaluation and in total, as stage metrics."""
         flops = None if self.flops_per_row is None else self.flops_per_row * self.rows
         return {"network_evaluations_per_sample": self.rows / max(1, num_samples),
-                "flops_per_evaluation": self.flops_per_row, "sampling_flops": flops}
+                "flops_per_evaluation": self.flops_per_row, "sampling_flops": flops,
+                "network_calls": self.calls, "flop_count_s": self.flop_count_s}
 
 
 def guided(net: NetFn, null_label: int | None, scale: float) -> NetFn:

@@ -53,6 +53,8 @@ class NeuralSamplerBase(StageBase):
     """Steps between loss log lines."""
     num_samples: int = Field(default=2000, ge=2)
     """Samples (with log importance weights) published after training."""
+    seed: int = Field(default=0, ge=0)
+    """Offset added to the runtime seed for the network's initial weights and every random draw (replicates)."""
 
     output_kind: ClassVar[ArtifactKind] = "samples"
     builds_model: ClassVar[bool] = True

@@ -1,0 +1,169 @@
+"""Neural samplers against their baselines at equal energy evaluations, 3 seeds, on targets with ground truth.
+
+Each (target, seed) is one pipeline run through `diffpipe run` (data -> one neural_sampler stage per
+method -> evaluate), so every number is what the pipeline computes; the metrics are then read back with
+`diffpipe status --json`. Equal budgets: each method's `steps` is set so that its training uses the same
+number of energy evaluations (rows through log pi; a gradient or Hessian-vector product counts as one):
+PIS spends `batch_size` per step, buffer methods `batch_size` per refill (every `resample_every` steps),
+NAAS `2 sde_steps batch_size` per refill (scores along the path, then Hessian-vector products in the
+adjoint). The evaluations the stage reports are recorded beside the budget.
+
+Adjoint Sampling is not run on GMM-40: its VE reference must reach the modes' scale (sigma_max ~ 60), and
+with 100 Euler steps the drift g_t^2 u then moves hundreds of units per step at t ~ 0 and the rollout
+diverges (NaN within 20 steps); it is compared where its reference fits (many-well, DW-4).
+
+Claims tested: PDNS keeps the 40 modes of GMM-40 where the reverse-KL sampler (PIS) drops modes; NAAS
+needs no importance weights and matches or beats Adjoint Sampling (many-well MW54, exact mode weights
+1/32); MDNS estimates the Ising log Z across temperatures including the critical one (4x4, h = 0,
+beta 0.28 / 0.4407 / 0.6, exact log Z by transfer matrix). Small budgets: the machine is shared (2 cores,
+1 thread per process), so these are far below the papers' budgets.
+
+    python benchmarks/samplers.py --seeds 0 1 2 [--families gmm40 many_well dw4 ising]
+
+Prints and writes benchmarks/results/samplers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CONTINUOUS_MODEL = {"arch": "time_mlp", "hidden": 128, "layers": 3}
+LATTICE_MODEL = {"arch": "mdlm", "d_model": 32, "num_layers": 2, "num_heads": 2}
+
+
+def buffer_method(method: str, budget: int, batch: int, every: int, **options) -> dict:
+    """A buffer-based method with steps set so that its refills spend `budget` energy evaluations."""
+    return {"method": method, "batch_size": batch, "resample_every": every, "samples_per_step": batch,
+            "steps": every * budget // batch, **options}
+
+
+def families(budgets: dict[str, int]) -> dict[str, dict]:
+    """Target family -> data spec, model and the methods compared (name -> stage options)."""
+    gmm, mw, dw4, ising = budgets["gmm40"], budgets["many_well"], budgets["dw4"], budgets["ising"]
+    return {
+        "gmm40": {"data": {"kind": "energy", "target": {"kind": "gmm"}, "num_reference": 2000},
+                  "model": CONTINUOUS_MODEL, "methods": {
+                      "pdns": buffer_method("pdns", gmm, 512, 20, sigma=30.0),
+                      "pis": {"method": "pis", "batch_size": 256, "steps": gmm // 256, "sigma": 30.0}}},
+        "many_well": {"data": {"kind": "energy", "target": {"kind": "many_well"}, "num_reference": 2000},
+                      "model": CONTINUOUS_MODEL, "methods": {
+                          "naas": {"method": "naas", "batch_size": 64, "sde_steps": 50, "resample_every": 50,
+                                   "samples_per_step": 512, "steps": 50 * mw // (2 * 50 * 64), "prior_std": 2.0,
+                                   "sigma": 1.5},
+                          "adjoint": buffer_method("adjoint", mw, 512, 20, sigma_max=3.0),
+                          "pdns": buffer_method("pdns", mw, 512, 20, sigma=2.0),
+                          "pis": {"method": "pis", "batch_size": 256, "steps": mw // 256, "sigma": 2.0}}},
+        "dw4": {"data": {"kind": "energy", "target": {"kind": "dw4"}, "num_reference": 2000,
+                         "mcmc": {"chains": 4, "walkers_per_chain": 64, "burn_in": 2000, "sweeps": 4000,
+                                  "step_size": 0.5}},
+                "model": CONTINUOUS_MODEL, "methods": {
+                    "pdns": buffer_method("pdns", dw4, 512, 20, sigma=2.0),
+                    "adjoint": buffer_method("adjoint", dw4, 512, 20, sigma_max=3.0)}},
+        **{f"ising_beta{beta}": {
+            "data": {"kind": "energy", "target": {"kind": "ising", "size": 4, "beta": beta}, "num_reference": 4000},
+            "model": LATTICE_MODEL, "methods": {
+                "mdns": {"method": "mdns", "batch_size": 64, "resample_every": 10, "replicates": 4,
+                         "steps": 10 * ising // 64, "lr": 1e-3},
+                "pdns": {"method": "pdns", "batch_size": 64, "resample_every": 10, "replicates": 4,
+                         "steps": 10 * ising // 64, "lr": 1e-3}}}
+           for beta in (0.28, 0.4407, 0.6)},
+    }
+
+
+def spec_for(family: str, config: dict, seeds: list[int], root: Path) -> dict:
+    """The pipeline of one family: a neural_sampler (stage seed = replicate) and an evaluate stage per
+    method and seed, so that one run (one Prefect start, one data build) covers every seed."""
+    stages = []
+    for seed in seeds:
+        for name, options in config["methods"].items():
+            stages.append({"name": f"{name}_s{seed}", "stage": "neural_sampler", "num_samples": 2000,
+                           "checkpoint_every": 10_000, "log_every": 100, "seed": seed, **options})
+            stages.append({"name": f"evaluate_{name}_s{seed}", "stage": "evaluate", "samples": f"{name}_s{seed}"})
+    return {"name": f"bench_{family}", "data": config["data"], "model": config["model"], "stages": stages,
+            "runtime": {"device": "cpu", "seed": 0, "num_threads": 1}, "storage": {"root": str(root)}}
+
+
+def run_pipeline(spec: dict, workdir: Path) -> dict[str, dict]:
+    """`diffpipe run` the spec, then read every stage's metrics back (stage name -> metrics)."""
+    path = workdir / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cli = [sys.executable, "-m", "diffpipe.flows.cli"]
+    done = subprocess.run([*cli, "run", str(path)], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{path.name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    status = subprocess.run([*cli, "status", str(path), "--json"], env=env, capture_output=True, text=True, check=True)
+    return {s["name"]: s["metrics"] for s in json.loads(status.stdout)["stages"]}
+
+
+KEYS = ("log_z_error", "log_z_estimate", "elbo", "ess", "modes_covered", "mode_entropy", "mode_weight_error",
+        "mode_weight_error_reweighted", "energy_distance", "wasserstein2", "sliced_wasserstein", "energy_w1",
+        "distance_w1", "abs_magnetisation_error", "abs_magnetisation_error_reweighted", "energy_per_site_error",
+        "energy_per_site_error_reweighted", "p_magnetisation_positive")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of every metric present in all runs."""
+    out = {}
+    for key in (*KEYS, "energy_evals", "train_wall_s"):
+        values = [r[key] for r in runs if isinstance(r.get(key), int | float)]
+        if len(values) == len(runs):
+            out[key] = {"mean": statistics.fmean(values),
+                        "std": statistics.stdev(values) if len(values) > 1 else 0.0, "per_seed": values}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--families", nargs="+", default=["gmm40", "many_well", "dw4", "ising"])
+    parser.add_argument("--root", default=str(REPO / "benchmarks" / "artifacts" / "samplers"))
+    parser.add_argument("--budget", type=float, default=1.0, help="multiplies every family's energy budget")
+    args = parser.parse_args()
+    budgets = {k: int(v * args.budget) for k, v in
+               {"gmm40": 51_200, "many_well": 51_200, "dw4": 51_200, "ising": 1_920}.items()}
+    root, work = Path(args.root), Path(args.root) / "specs"
+    work.mkdir(parents=True, exist_ok=True)
+    configs = {f: c for f, c in families(budgets).items() if any(f.startswith(w) for w in args.families)}
+    results: dict = {}
+    for family, config in configs.items():
+        t0 = time.perf_counter()
+        metrics = run_pipeline(spec_for(family, config, args.seeds, root), work)
+        print(f"{family}: {time.perf_counter() - t0:.0f} s", flush=True)
+        per_method = {m: [{**metrics[f"evaluate_{m}_s{s}"], "energy_evals": metrics[f"{m}_s{s}"]["energy_evals"],
+                           "train_wall_s": metrics[f"{m}_s{s}"]["train_wall_s"]} for s in args.seeds]
+                      for m in config["methods"]}
+        results[family] = {"methods": {m: {"options": config["methods"][m], **summarise(runs)}
+                                       for m, runs in per_method.items()},
+                           "data": config["data"], "model": config["model"]}
+        for m, summary in results[family]["methods"].items():
+            shown = {k: round(v["mean"], 4) for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
+            print(f"  {family:18s} {m:8s} {shown}", flush=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    import torch
+
+    doc = {"benchmark": "samplers", "seeds": args.seeds, "budgets_energy_evals": budgets, "results": results,
+           "commit": commit, "date": datetime.now(UTC).isoformat(), "device": "cpu", "threads": 1,
+           "torch": torch.__version__, "python": platform.python_version(), "host": platform.node()}
+    out = REPO / "benchmarks" / "results" / "samplers.json"
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    previous_results = previous.get("results", {}) if previous.get("budgets_energy_evals") == budgets else {}
+    doc["results"] = {**previous_results, **results}
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

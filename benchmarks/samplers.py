@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--families", nargs="+", default=["gmm40", "many_well", "dw4", "ising"])
     parser.add_argument("--root", default=str(REPO / "benchmarks" / "artifacts" / "samplers"))
-    parser.add_argument("--budget", type=float, default=1.0, help="multiplies every family's energy budget")
+    parser.add_argument("--budget", type=float, default=1.0, help="multiplies the energy budget of the families run")
     args = parser.parse_args()
     budgets = {k: int(v * args.budget) for k, v in
                {"gmm40": 51_200, "many_well": 51_200, "dw4": 51_200, "ising": 1_920}.items()}
@@ -145,8 +145,10 @@ def main() -> None:
         per_method = {m: [{**metrics[f"evaluate_{m}_s{s}"], "energy_evals": metrics[f"{m}_s{s}"]["energy_evals"],
                            "train_wall_s": metrics[f"{m}_s{s}"]["train_wall_s"]} for s in args.seeds]
                       for m in config["methods"]}
+        budget = budgets[next(k for k in budgets if family.startswith(k))]
         results[family] = {"methods": {m: {"options": config["methods"][m], **summarise(runs)}
                                        for m, runs in per_method.items()},
+                           "budget_energy_evals": budget, "seeds": args.seeds, "wall_s": time.perf_counter() - t0,
                            "data": config["data"], "model": config["model"]}
         for m, summary in results[family]["methods"].items():
             shown = {k: round(v["mean"], 4) for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
@@ -154,13 +156,12 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     import torch
 
-    doc = {"benchmark": "samplers", "seeds": args.seeds, "budgets_energy_evals": budgets, "results": results,
+    doc = {"benchmark": "samplers", "results": results,
            "commit": commit, "date": datetime.now(UTC).isoformat(), "device": "cpu", "threads": 1,
            "torch": torch.__version__, "python": platform.python_version(), "host": platform.node()}
     out = REPO / "benchmarks" / "results" / "samplers.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
-    previous_results = previous.get("results", {}) if previous.get("budgets_energy_evals") == budgets else {}
-    doc["results"] = {**previous_results, **results}
+    doc["results"] = {**previous.get("results", {}), **results}  # families run separately are merged
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -70,19 +70,46 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: int = 600) ->
     return done.stdout + done.stderr
 
 
-def test_run_is_visible_through_the_api(server, tmp_path: Path) -> None:
+def _variant(spec_file: Path, overrides: list[str] | None = None) -> str:
+    from diffpipe.flows.spec_loading import load_spec
+    from diffpipe.flows.watch import variant
+
+    return variant(load_spec(spec_file, overrides))
+
+
+def _artifacts(api: str, key: str) -> list[dict]:
+    return _filter(api, "artifacts", {"artifacts": {"key": {"any_": [key]}}})
+
+
+def test_runs_are_named_keyed_and_followed_through_the_api(server, tmp_path: Path) -> None:
     api, env = server
-    _cli([str(BIN / "diffpipe"), "run", str(_tiny(tmp_path, "art"))], env, tmp_path)
-    runs = _filter(api, "flow_runs")
-    assert any(r["state_type"] == "COMPLETED" and r["name"].endswith("art.yaml") for r in runs)
+    spec = _tiny(tmp_path, "art")
+    override = "stages.sample.num_samples=30"
+    v, v2 = _variant(spec), _variant(spec, [override])
+    assert v != v2
+    _cli([str(BIN / "diffpipe"), "run", str(spec)], env, tmp_path)
+    runs = {r["name"]: r for r in _filter(api, "flow_runs")}
+    first = runs[f"digits [{v}]"]  # named from the spec, not its path
+    assert first["state_type"] == "COMPLETED"
     tasks = {t["name"]: t["state_type"] for t in _filter(api, "task_runs")}
     assert {"data", "pretrain", "sample", "evaluate"} <= set(tasks)
-    keys = {a["key"] for a in _filter(api, "artifacts")}
     for stage in ("data", "pretrain", "sample", "evaluate"):
-        assert f"digits-{stage}-summary" in keys and f"digits-{stage}-metrics" in keys
-    summary = next(a for a in _filter(api, "artifacts") if a["key"] == "digits-sample-summary")
+        assert _artifacts(api, f"digits-{v}-{stage}-summary") and _artifacts(api, f"digits-{v}-{stage}-metrics")
+    (summary,) = _artifacts(api, f"digits-{v}-sample-summary")
     assert "data:image/png;base64," in summary["data"]
+    assert f"artifact: `file://{tmp_path}/art/objects/" in summary["data"]  # absolute URI
+    (progress,) = _artifacts(api, f"digits-{v}-pretrain-progress")  # one artifact, updated as training ran
+    assert progress["type"] == "progress" and progress["data"] == 100.0
+    assert len(_artifacts(api, f"digits-{v}-pretrain-loss-table")) >= 2  # drawn during training, then at the end
+    assert "data:image/png;base64," in _artifacts(api, f"digits-{v}-pretrain-loss-curve")[0]["data"]
 
-    _cli([str(BIN / "diffpipe"), "run", str(_tiny(tmp_path, "art"))], env, tmp_path)
+    _cli([str(BIN / "diffpipe"), "run", str(spec)], env, tmp_path)  # a rerun of the same variant: all cached
     cached = [t for t in _filter(api, "task_runs") if t["state_name"] == "Cached"]
     assert {t["name"] for t in cached} >= {"data", "pretrain", "sample", "evaluate"}
+    (link,) = _artifacts(api, f"digits-{v}-pretrain-cached")
+    assert first["id"] in link["data"] and "file://" in link["data"]  # the run that computed it, and where
+
+    _cli([str(BIN / "diffpipe"), "run", str(spec), "--set", override], env, tmp_path)
+    assert f"digits {override} [{v2}]" in {r["name"] for r in _filter(api, "flow_runs")}
+    assert len(_artifacts(api, f"digits-{v2}-sample-summary")) == 1  # its own key: the variant v's is untouched
+    assert len(_artifacts(api, f"digits-{v}-sample-summary")) == 1

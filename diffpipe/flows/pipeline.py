@@ -8,7 +8,6 @@ recomputed even if Prefect still holds a record.
 
 from __future__ import annotations
 
-import re
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -28,9 +27,11 @@ from diffpipe.tasks.registry import get_domain
 
 from .checks import check_spec
 from .plan import Node, node_key, nodes
+from .progress import LiveProgress
 from .signals import stage_stops_at_step, stop_after
 from .spec_loading import load_spec
 from .ui import image_markdown
+from .watch import artifact_prefix, computed_by, link_cached, run_name
 
 
 def _run_node(node: str, kind: str, key: str, pipeline: dict[str, Any], upstream: dict[str, Any],
@@ -46,14 +47,15 @@ def _run_node(node: str, kind: str, key: str, pipeline: dict[str, Any], upstream
         torch.set_num_threads(spec.runtime.num_threads)
     refs = {name: ArtifactRef.model_validate(r) for name, r in upstream.items()}
     with tempfile.TemporaryDirectory(prefix=f"diffpipe-{node}-") as tmp:
-        ctx = StageContext(spec, node, key, refs, store, Path(tmp), log=logger.info)
+        ctx = StageContext(spec, node, key, refs, store, Path(tmp), log=logger.info,
+                           on_progress=LiveProgress(artifact_prefix(spec, node), node))
         t0 = time.perf_counter()
         with stage_stops_at_step():
             output = _compute(ctx, kind)
         wall = time.perf_counter() - t0
         lineage = {"pipeline": spec.name, "node": node, "kind": kind, "cache_key": key, "key_inputs": inputs,
                    "upstream": {n: r.sha256 for n, r in refs.items()}, "environment": env_info(),
-                   "wall_time_s": wall, "created": datetime.now(UTC).isoformat()}
+                   "wall_time_s": wall, "created": datetime.now(UTC).isoformat(), "prefect": computed_by()}
         ref = store.publish(Path(tmp), output.kind, lineage)
         _publish_ui(spec, node, kind, ref, store, output, Path(tmp), wall)
     store.record_key(key, ref, {"node": node, "kind": kind, "inputs": inputs, "metrics": output.metrics})
@@ -75,7 +77,7 @@ def _compute(ctx: StageContext, kind: str) -> StageOutput:
 
 def _publish_ui(spec: PipelineSpec, node: str, kind: str, ref: ArtifactRef, store: ArtifactStore,
                 output: StageOutput, workdir: Path, wall: float) -> None:
-    slug = re.sub(r"[^a-z0-9-]+", "-", f"{spec.name}-{node}".lower()).strip("-")
+    slug = artifact_prefix(spec, node)
     rows = [{"metric": k, "value": v} for k, v in _flatten(output.metrics).items()]
     if rows:
         create_table_artifact(rows, key=f"{slug}-metrics", description=f"{node} ({kind}) metrics")
@@ -134,12 +136,14 @@ def _run_one(spec: PipelineSpec, store: ArtifactStore, node: Node, refs: dict[st
     t = node_task(node.kind).with_options(refresh_cache=not cached)
     ref = ArtifactRef.model_validate(t(node=node.name, kind=node.kind, key=key, pipeline=spec.model_dump(mode="json"),
                                        upstream=upstream, inputs=inputs))
+    if cached:
+        link_cached(spec, node.name, ref, store)
     record = store.key_record(key) or {}
     return ref, {"name": node.name, "stage": node.kind, "state": "cached" if cached else "executed", "cache_key": key,
                  "artifact": ref.model_dump(mode="json"), "metrics": record.get("metrics", {})}
 
 
-@flow(name="diffpipe", flow_run_name="{spec_path}", log_prints=True, persist_result=True, result_serializer="json")
+@flow(name="diffpipe", flow_run_name=run_name, log_prints=True, persist_result=True, result_serializer="json")
 def pipeline_flow(spec_path: str, overrides: list[str] | None = None,
                   timeout_minutes: float | None = None) -> list[dict[str, Any]]:
     """Validate the spec at `spec_path` (with `key=value` overrides) as `diffpipe run` does and run its stages,

@@ -39,6 +39,13 @@ class StageContext:
     workdir: Path
     log: Callable[[str], None] = log.info
     progress: bool = True
+    on_progress: Callable[[int, int, list[float]], None] | None = None
+    """Live progress for the UI: called by training loops every `log_every` steps with (step, steps, losses)."""
+
+    def report_progress(self, step: int, steps: int, losses: list[float]) -> None:
+        """Tell whoever watches (the Prefect UI) how far training is; a no-op when nobody does."""
+        if self.on_progress is not None:
+            self.on_progress(step, steps, losses)
 
     def input_path(self, name: str) -> Path:
         """Local folder of the input artifact bound to `name` (`data`, `model`, `init`, ...)."""

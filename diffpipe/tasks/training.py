@@ -176,6 +176,8 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
             recent = result.losses[-cfg.log_every:]
             ctx.log(f"{ctx.node} step {done}/{cfg.steps} loss {sum(recent) / len(recent):.4f}")
             bar.set_postfix(loss=f"{recent[-1]:.4f}")
+            if is_main():
+                ctx.report_progress(done, cfg.steps, result.losses)
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _checkpoint(run, done, model, ema, opt, sched, gen, result, loss_state)
     bar.close()

@@ -69,9 +69,12 @@ class Built:
             out = get_domain(data.kind).build(ctx)
             self.refs = {"data": self.store.publish(Path(tmp), out.kind, {"node": "data"})}
 
-    def run(self, stage: str, key: str, logs: list[str] | None = None, **distributed) -> dict:
-        """Run `stage` under cache key `key`; its published files' weights, losses and metrics."""
-        spec = validate_spec(spec_dict(self.root, **distributed))
+    def run(self, stage: str, key: str, logs: list[str] | None = None, extra: list[dict] | None = None,
+            **distributed) -> dict:
+        """Run `stage` (of the spec, or of `extra` stages appended to it) under cache key `key`: its outputs."""
+        raw = spec_dict(self.root, **distributed)
+        raw["stages"] += copy.deepcopy(extra or [])
+        spec = validate_spec(raw)
         node = next(n for n in nodes(spec) if n.name == stage)
         inputs = {name: self.refs[src] for name, src in node.upstream.items()}
         with tempfile.TemporaryDirectory() as tmp:
@@ -81,11 +84,11 @@ class Built:
             result = {"weights": load_file(Path(tmp, "model", "diffusion_pytorch_model.safetensors")),
                       "online": load_file(Path(tmp, "model_online", "diffusion_pytorch_model.safetensors")),
                       "metrics": out.metrics, "files": sorted(p.name for p in Path(tmp).iterdir())}
-            if stage == "pretrain":
-                result["losses"] = read_json(Path(tmp, "losses.json"))["losses"]
-                self.refs.setdefault("pretrain", self.store.publish(Path(tmp), out.kind, {"node": stage}))
-            else:
+            if node.kind == "rl":
                 result["rewards"] = read_json(Path(tmp, "reward_log.json"))["reward"]
+            else:
+                result["losses"] = read_json(Path(tmp, "losses.json"))["losses"]
+                self.refs.setdefault(stage, self.store.publish(Path(tmp), out.kind, {"node": stage}))
         return result
 
 
@@ -206,6 +209,19 @@ def test_two_nodes_on_loopback(tmp_path: Path, built: Built) -> None:
     assert_weights_close(load_file(weights), built.one["weights"])
 
 
+@pytest.mark.slow
+def test_flow_map_stages_at_two_ranks(built: Built) -> None:
+    """midtrain (CMT) and distill (MeanFlow) through DDP: their losses compute the whole batch on every rank,
+    so the averaged gradient is each rank's own and the weights equal one process's exactly."""
+    stages = [{"name": "cmt", "stage": "midtrain", "method": "cmt", "steps": 4, "batch_size": 8, "checkpoint_every": 2},
+              {"name": "mf", "stage": "distill", "method": "meanflow", "init": "cmt", "steps": 4, "batch_size": 8,
+               "checkpoint_every": 2}]
+    for stage in stages:
+        one = built.run(stage["name"], f"{stage['name']}-one", extra=stages)
+        two = built.run(stage["name"], f"{stage['name']}-two", extra=stages, nproc_per_node=2)
+        assert_weights_close(two["weights"], one["weights"], atol=0)
+
+
 def test_rl_stage_at_two_ranks(built: Built) -> None:
     """Rollouts split over two ranks, rewards gathered: the same reward log and weights as one process."""
     one = built.run("rl", "rl-one")
@@ -221,6 +237,9 @@ def test_bad_distributed_settings_name_the_field(built: Built) -> None:
     many = validate_spec(spec_dict(built.root, nproc_per_node=4096))
     with pytest.raises(InputError, match=r"runtime\.distributed\.nproc_per_node: more processes than usable CPU"):
         launch(StageContext(many, "pretrain", "k", {}, built.store, built.root), "pretrain")
+    nccl = validate_spec(spec_dict(built.root, nproc_per_node=2, backend="nccl"))
+    with pytest.raises(InputError, match=r"runtime\.distributed\.backend: nccl runs collectives on CUDA"):
+        launch(StageContext(nccl, "pretrain", "k", {}, built.store, built.root), "pretrain")
     fsdp_rl = validate_spec(spec_dict(built.root, nproc_per_node=2, strategy="fsdp"))
     with pytest.raises(InputError, match=r"runtime\.distributed\.strategy"):
         launch(StageContext(fsdp_rl, "rl", "k", {}, built.store, built.root), "rl")

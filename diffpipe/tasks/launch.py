@@ -67,7 +67,8 @@ def launch(ctx: StageContext, kind: str) -> StageOutput:
 
 
 def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
-    """Bad settings are input errors before any process starts: too many processes, FSDP2 on rl, uneven batches."""
+    """Bad settings are input errors before any process starts: too many processes, nccl without CUDA, FSDP2 on
+    rl, uneven batches."""
     dist = spec.runtime.distributed
     device = resolve_device(spec.runtime)
     available = torch.cuda.device_count() if device.type == "cuda" else len(os.sched_getaffinity(0))
@@ -75,6 +76,9 @@ def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
     if dist.nproc_per_node > available:
         raise InputError("runtime.distributed.nproc_per_node", f"more processes than {what} on this machine",
                          f"at most {available}", str(dist.nproc_per_node))
+    if dist.backend == "nccl" and device.type != "cuda":
+        raise InputError("runtime.distributed.backend", "nccl runs collectives on CUDA devices only",
+                         "gloo or auto on the CPU", "nccl")
     index = next(i for i, s in enumerate(spec.stages) if s.name == node)
     if kind == "rl" and dist.strategy == "fsdp":
         raise InputError("runtime.distributed.strategy", f"stage '{node}' (rl) keeps frozen copies of the policy "

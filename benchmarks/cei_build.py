@@ -14,7 +14,7 @@ from pathlib import Path
 import xarray as xr
 from distributed import Client, LocalCluster
 
-from diffpipe.tasks.data.cei import build_cei_dataset
+from diffpipe.tasks.data.cei.build import build_cei_dataset
 
 OPTIONS = dict(geometries_per_molecule=24, events_per_chunk=256, charge_regime="xray", seed=0)
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffpipe.tasks.data.cei import DEFAULT_ELEMENTS, g2_molecules, masses_from_atomic_numbers, sample_charges
+from diffpipe.tasks.data.cei.charges import masses_from_atomic_numbers, sample_charges
 from diffpipe.tasks.data.cei.forward import simulate_explosion, solve_ivp_momenta
+from diffpipe.tasks.data.cei.geometry import DEFAULT_ELEMENTS, g2_molecules
 
 T_END_AU = 2e5
 N_EVENTS = 1024

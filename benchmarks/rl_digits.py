@@ -34,10 +34,10 @@ from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.data.digits import DigitsDomain
+from diffpipe.tasks.data.digits_rewards import classifier_logprob, ink
 from diffpipe.tasks.domain import ImageDomain
 from diffpipe.tasks.registry import get_domain, get_stage
 from diffpipe.tasks.rl.continuous import rollout, sampler_grid
-from diffpipe.tasks.rl.rewards import REWARDS
 from diffpipe.tasks.rl.stage import RLRun, fine_tune
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +100,8 @@ class Evaluator:
                     gen, torch.device("cpu")).x0
         policy.train(was_training)
         metrics = domain.domain_metrics(self.data_path, x, self.labels, self.reference)
-        return {"classifier_logprob": float(REWARDS["classifier_logprob"].fn(x, self.labels, self.data_path).mean()),
-                "ink": float(REWARDS["ink"].fn(x, self.labels, self.data_path).mean()),
+        return {"classifier_logprob": float(classifier_logprob(x, self.labels, self.data_path).mean()),
+                "ink": float(ink(x, self.labels, self.data_path).mean()),
                 "accuracy": metrics["classifier_accuracy"], "frechet_distance": metrics["frechet_distance"],
                 "pixel_max": float(x.max())}
 

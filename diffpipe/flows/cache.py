@@ -1,13 +1,27 @@
-"""Our cache keys (DESIGN.md rule 3): sha256 of the canonical JSON of everything a stage's result depends on.
+"""Cache keys: sha256 of the canonical JSON of everything a stage's result depends on.
 
 key = sha256(stage spec after defaults, without its name and reference fields
              + digests of the upstream artifacts it reads (the data artifact is the data fingerprint)
              + the model spec when the stage builds a network
              + runtime facts that change results (seed, device class, precision)
-             + code version of the stage's module and its data domain's, with every diffpipe module they import
+             + code version of the modules the stage executes
              + versions of the libraries whose numerics the node depends on (torch, diffusers, numpy and the
                data domain's own: scikit-learn, ase, fair, ...)
              + diffpipe version)
+
+The code version covers the modules a node executes, not the whole package. Its roots are the stage's
+module, its data domain's module, and the module of every implementation its spec names: the objective,
+algorithm or method, every reward and search method, and the model arch of a stage that runs a network
+(`Node.modules` in plan.py, from `StageBase.implementations`, each name looked up in the registry). From
+the roots it follows `import` statements (module level and inside functions) to every diffpipe module
+they name, transitively, and hashes the sorted (module, sha256 of its source) pairs. Stages reach
+methods by name through the registry, never by import, so a digits pretrain stage covers the digits
+domain, the pretrain loop, the flow-matching loss and the UNet builder, and not the masked-diffusion
+sampler or the atom transformer. Left out: `diffpipe.schemas` (option values reach the key through the
+spec dump), `diffpipe.errors`, `diffpipe.flows` (orchestration) and `diffpipe.tasks.registry` (a table
+of names; which modules run is decided by the names in the spec). Package `__init__` modules count only
+when named by an import. The data store's own format versions (e.g. CEI_BUILDER_VERSION) are in the
+data spec's builder code.
 """
 
 from __future__ import annotations
@@ -26,8 +40,8 @@ from diffpipe.tasks.context import resolve_device, resolve_precision
 
 PACKAGE_DIR = Path(diffpipe.__file__).parent
 
-EXCLUDED_FROM_CODE_VERSION = ("diffpipe.schemas", "diffpipe.errors", "diffpipe.flows")
-"""Schema effects reach keys through the spec dump; flows orchestrate and never change results."""
+EXCLUDED_FROM_CODE_VERSION = ("diffpipe.schemas", "diffpipe.errors", "diffpipe.flows", "diffpipe.tasks.registry")
+"""Schema effects reach keys through the spec dump; flows orchestrate; the registry only maps names to modules."""
 
 
 CORE_LIBRARIES = ("torch", "diffusers", "numpy")
@@ -65,27 +79,35 @@ def sha256_text(text: str) -> str:
 
 
 @cache
-def code_version(module: str) -> str:
-    """Hash of the source of `module` and of every diffpipe module it imports, transitively (nothing imported)."""
+def code_modules(roots: tuple[str, ...], package_dir: Path = PACKAGE_DIR) -> tuple[tuple[str, str], ...]:
+    """Sorted (module, sha256 of its source) of `roots` and every diffpipe module they import, transitively.
+
+    Found on disk under `package_dir` without importing anything.
+    """
     seen: dict[str, str] = {}
-    todo = [module]
+    todo = list(roots)
     while todo:
         name = todo.pop()
         if name in seen or name.startswith(EXCLUDED_FROM_CODE_VERSION):
             continue
-        path = _source_file(name)
+        path = _source_file(name, package_dir)
         if path is None:
             continue  # `from pkg.module import name` where name is not a module
         source = path.read_text(encoding="utf-8")
         seen[name] = sha256_text(source)
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         todo.extend(_diffpipe_imports(source, package))
-    return sha256_text(canonical_json(sorted(seen.items())))
+    return tuple(sorted(seen.items()))
 
 
-def _source_file(module: str) -> Path | None:
+def code_version(roots: tuple[str, ...], package_dir: Path = PACKAGE_DIR) -> str:
+    """Hash of the source of `roots` and of every diffpipe module they import (see the module docstring)."""
+    return sha256_text(canonical_json(code_modules(tuple(sorted(set(roots))), package_dir)))
+
+
+def _source_file(module: str, package_dir: Path) -> Path | None:
     """The source file of diffpipe module `module`, found on disk without importing its packages."""
-    base = PACKAGE_DIR.joinpath(*module.split(".")[1:])
+    base = package_dir.joinpath(*module.split(".")[1:])
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
             return path
@@ -93,8 +115,9 @@ def _source_file(module: str) -> Path | None:
 
 
 def _diffpipe_imports(source: str, package: str) -> list[str]:
+    """Modules named by the diffpipe imports of `source` (a module of `package`), except type-checking-only ones."""
     out = []
-    for node in ast.walk(ast.parse(source)):
+    for node in _executed_nodes(ast.parse(source)):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names if a.name.startswith("diffpipe")]
         elif isinstance(node, ast.ImportFrom):
@@ -108,6 +131,19 @@ def _diffpipe_imports(source: str, package: str) -> list[str]:
     return out
 
 
+def _executed_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node of `tree` outside `if TYPE_CHECKING:` blocks (imports there never run)."""
+    out, todo = [], [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            todo += node.orelse
+            continue
+        out.append(node)
+        todo += ast.iter_child_nodes(node)
+    return out
+
+
 def key_inputs(
     pipeline: PipelineSpec, stage: StageBase | None, modules: tuple[str, ...], upstream: dict[str, ArtifactRef]
 ) -> dict[str, Any]:
@@ -117,7 +153,7 @@ def key_inputs(
         "upstream": {name: ref.sha256 for name, ref in sorted(upstream.items())},
         "runtime": {"seed": runtime.seed, "device": resolve_device(runtime).type,
                     "precision": resolve_precision(runtime)},
-        "code": sha256_text(canonical_json([code_version(m) for m in modules])),
+        "code": code_version(modules),
         "libraries": library_versions(pipeline.data.kind),
         "diffpipe": diffpipe.__version__,
     }

@@ -15,7 +15,7 @@ from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.schemas.search import CONTINUOUS, Chords, RewardFreeGuidance
 from diffpipe.schemas.self_train import SelfTrainStage
 from diffpipe.storage import ArtifactStore
-from diffpipe.tasks.flowmap.cmt import EXACT_SOLVER, make_flow_solver
+from diffpipe.tasks.flowmap.trajectories import EXACT_SOLVER, make_flow_solver
 from diffpipe.tasks.registry import get_domain
 from diffpipe.tasks.rl.rewards import resolve_reward
 from diffpipe.tasks.self_train import supports_self_train

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from diffpipe.errors import DiffpipeError, InputError, Interrupted
+from diffpipe.tasks.registry import COMMAND_MODULES
 
-from .evaluate_xyz import add_evaluate_command
 from .store_commands import add_store_commands
 
 if TYPE_CHECKING:
@@ -175,6 +176,36 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_domain(args: argparse.Namespace) -> int:
+    """A domain's command (registry `COMMAND_MODULES`) on the checked spec and its built artifacts."""
+    spec = _spec(args)
+    from .plan import status
+
+    store = _store(spec)
+    rows = {r.name: r for r in status(spec, store)}
+
+    def artifact(node: str) -> Path:
+        row = rows[node]
+        if row.ref is None:
+            raise InputError(f"stage {node}", "not built yet; run `diffpipe run` on this spec first", "cached",
+                             row.state)
+        return store.local_path(row.ref)
+
+    return args.domain_command(args, spec, artifact)
+
+
+def add_domain_commands(sub: Any) -> None:
+    """One subcommand per module in `COMMAND_MODULES`, each with `spec`, `--set` and `--json` plus its own."""
+    for name, module_name in COMMAND_MODULES.items():
+        module = importlib.import_module(module_name)
+        c = sub.add_parser(name, help=module.HELP)
+        c.add_argument("spec", type=Path, help="pipeline YAML file (already run)")
+        c.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field")
+        c.add_argument("--json", action="store_true", help="print one JSON document")
+        module.add_arguments(c)
+        c.set_defaults(fn=cmd_domain, domain_command=module.run)
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the JSON Schema of pipeline specs."""
     from diffpipe.schemas import PipelineSpec
@@ -232,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="processes per machine for training stages (runtime.distributed.nproc_per_node)")
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
-    add_evaluate_command(sub)
+    add_domain_commands(sub)
     add_store_commands(sub)
     return p
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from diffpipe.schemas import ArtifactRef, PipelineSpec, StageBase
 from diffpipe.storage import ArtifactStore
-from diffpipe.tasks.registry import domain_module, stage_module
+from diffpipe.tasks.registry import domain_module, implementation_module, stage_module
 
 from .cache import cache_key, explain_change, key_inputs
 
@@ -24,11 +24,16 @@ class Node:
     upstream: dict[str, str] = field(default_factory=dict)
     """Input name (`data`, `model`, `init`, ...) -> node name."""
 
-    def modules(self, data_kind: str) -> tuple[str, ...]:
-        """The modules whose code decides this node's result: the stage's and its data domain's."""
+    def modules(self, pipeline: PipelineSpec) -> tuple[str, ...]:
+        """The root modules of this node's code version (cache.py): its data domain's, the stage's, and those of
+        the implementations the stage names (objective, algorithm, method, rewards, search, the model arch)."""
+        roots = [domain_module(pipeline.data.kind)]
         if self.stage is None:
-            return (domain_module(self.kind),)
-        return (stage_module(self.kind), domain_module(data_kind))
+            return tuple(roots)
+        names = self.stage.implementations()
+        if self.stage.runs_network or self.stage.builds_model:
+            names.append(("arch", pipeline.model.arch))
+        return (*roots, stage_module(self.kind), *(implementation_module(ns, name) for ns, name in names))
 
 
 def nodes(spec: PipelineSpec) -> list[Node]:
@@ -52,7 +57,7 @@ def nodes(spec: PipelineSpec) -> list[Node]:
 def node_key(spec: PipelineSpec, node: Node, refs: dict[str, ArtifactRef]) -> tuple[str, dict[str, Any]]:
     """Cache key and key inputs of a node, given the artifacts of the nodes it reads."""
     upstream = {name: refs[src] for name, src in node.upstream.items()}
-    inputs = key_inputs(spec, node.stage, node.modules(spec.data.kind), upstream)
+    inputs = key_inputs(spec, node.stage, node.modules(spec), upstream)
     return cache_key(inputs), inputs
 
 

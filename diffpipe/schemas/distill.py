@@ -92,6 +92,11 @@ class TwoTimeTraining(StageBase):
 
     output_kind: ClassVar[ArtifactKind] = "checkpoint"
     builds_model: ClassVar[bool] = True
+    runs_network: ClassVar[bool] = True
+
+    def implementations(self) -> list[tuple[str, str]]:
+        """The method's loss."""
+        return [("method", self.method)]
 
     def reference_problem(self, field: str, target: StageBase) -> str | None:
         """A teacher must be a velocity model; `init` must be one too, or a midtrain / distill checkpoint."""

@@ -186,6 +186,11 @@ class RLStage(StageBase):
 
     output_kind: ClassVar[ArtifactKind] = "checkpoint"
     references: ClassVar[dict[str, frozenset[str]]] = {"init": frozenset({"checkpoint"})}
+    runs_network: ClassVar[bool] = True
+
+    def implementations(self) -> list[tuple[str, str]]:
+        """The algorithm and every reward."""
+        return [("algorithm", self.algorithm.algorithm), *(("reward", r.name) for r in self.rewards)]
 
     @property
     def objective(self) -> FlowMatching | MaskedDiffusion:

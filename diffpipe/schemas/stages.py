@@ -25,6 +25,13 @@ class StageBase(Strict):
     """Fields naming an earlier stage, with the output kinds each accepts."""
     builds_model: ClassVar[bool] = False
     """Whether the stage builds a network from the pipeline's `model` spec (then it is part of its key)."""
+    runs_network: ClassVar[bool] = False
+    """Whether the stage builds, trains or samples a network (then the model arch's module is in its code version)."""
+
+    def implementations(self) -> list[tuple[str, str]]:
+        """(namespace, name) of each registered implementation the stage runs (see `diffpipe/tasks/registry.py`);
+        their modules are part of the stage's code version."""
+        return []
 
     chained_reference: ClassVar[str | None] = None
     """For a stage run as several nodes: the reference each node after the first reads from the node before."""
@@ -81,6 +88,11 @@ class PretrainStage(StageBase):
     output_kind: ClassVar[ArtifactKind] = "checkpoint"
     references: ClassVar[dict[str, frozenset[str]]] = {"init": frozenset({"checkpoint"})}
     builds_model: ClassVar[bool] = True
+    runs_network: ClassVar[bool] = True
+
+    def implementations(self) -> list[tuple[str, str]]:
+        """The objective's loss."""
+        return [("objective", self.objective.kind)]
 
 
 class SampleStage(StageBase):
@@ -111,11 +123,19 @@ class SampleStage(StageBase):
     output_kind: ClassVar[ArtifactKind] = "samples"
     references: ClassVar[dict[str, frozenset[str]]] = {"model": frozenset({"checkpoint"}),
                                                        "reference": frozenset({"checkpoint"})}
+    runs_network: ClassVar[bool] = True
 
     @property
     def reference(self) -> str | None:
         """The second checkpoint stage the search reads (RFG's reference model), else None."""
         return getattr(self.search, "reference", None)
+
+    def implementations(self) -> list[tuple[str, str]]:
+        """The search method and its reward, when the stage searches."""
+        if self.search is None:
+            return []
+        reward = getattr(self.search, "reward", None)
+        return [("search", self.search.method), *([("reward", reward)] if reward else [])]
 
 
 class EvaluateStage(StageBase):

@@ -43,24 +43,6 @@ def save_model(model: ModelMixin, path: Path) -> None:
     model.save_pretrained(path, safe_serialization=True)
 
 
-def model_class(path: Path) -> type[ModelMixin]:
-    """The model class named in a diffusers model folder's config (`_class_name`)."""
-    import diffusers
-
-    from diffpipe.tasks.nets import CUSTOM_MODELS
-
-    name = read_json(path / "config.json")["_class_name"]
-    cls = CUSTOM_MODELS.get(name) or getattr(diffusers, name, None)
-    if cls is None:
-        raise ValueError(f"{path}: unknown model class '{name}'")
-    return cls
-
-
-def load_model(path: Path) -> ModelMixin:
-    """Load any diffusers model folder written by `save_model`."""
-    return model_class(path).from_pretrained(path, low_cpu_mem_usage=False)
-
-
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     """Save a flat dict of tensors as safetensors."""
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))

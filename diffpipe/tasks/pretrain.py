@@ -7,10 +7,11 @@ from diffusers import ModelMixin
 from diffusers.training_utils import EMAModel
 
 from diffpipe.schemas import PretrainStage
-from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
+from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, write_json
 
 from .context import StageContext, StageOutput
 from .domain import BatchSource
+from .nets import load_model
 from .objectives import make_loss
 from .registry import get_domain, stage
 from .schedulers import make_scheduler

@@ -110,15 +110,22 @@ SEARCH_MODULES = {
 """Search method of the sample stage -> the module that implements it."""
 
 REWARD_MODULES = {
-    "classifier_logprob": "diffpipe.tasks.rl.rewards",
-    "ink": "diffpipe.tasks.rl.rewards",
-    "physics_round_trip": "diffpipe.tasks.rl.rewards",
-    "global_mean_response": "diffpipe.tasks.rl.rewards",
-    "exact_verifier": "diffpipe.tasks.data.reasoning_domain",
-    "countdown_closeness": "diffpipe.tasks.data.reasoning_domain",
+    "classifier_logprob": "diffpipe.tasks.data.digits_rewards",
+    "ink": "diffpipe.tasks.data.digits_rewards",
+    "physics_round_trip": "diffpipe.tasks.data.cei.rewards",
+    "global_mean_response": "diffpipe.tasks.data.climate.rewards",
+    "exact_verifier": "diffpipe.tasks.data.reasoning_rewards",
+    "countdown_closeness": "diffpipe.tasks.data.reasoning_rewards",
     "rna_fold": "diffpipe.tasks.data.rna",
 }
 """Reward plugin name -> the module that registers it."""
+
+COMMAND_MODULES = {
+    "evaluate": "diffpipe.tasks.data.cei.evaluate_xyz",
+}
+"""CLI command a domain adds -> its module: `HELP`, `add_arguments(parser)` and `run(args, spec, artifact)`.
+
+Such a module imports nothing heavy at module level: the CLI imports it to build its parser."""
 
 MODULES: dict[str, dict[str, str]] = {
     "stage": STAGE_MODULES, "data": DOMAIN_MODULES, "objective": OBJECTIVE_MODULES, "arch": ARCH_MODULES,

@@ -10,10 +10,11 @@ from pydantic import TypeAdapter
 
 from diffpipe.schemas import Objective, SampleStage
 from diffpipe.schemas.distill import TwoTimeObjective
-from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, TRAINING_FILE, load_model, read_json, write_json
+from diffpipe.storage.formats import MODEL_DIR, ONLINE_MODEL_DIR, TRAINING_FILE, read_json, write_json
 
 from .compute import EnergyMeter
 from .context import StageContext, StageOutput
+from .nets import load_model
 from .registry import get_domain, stage
 from .schedulers import make_scheduler
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffpipe.tasks.data.cei import g2_molecules, masses_from_atomic_numbers
+from diffpipe.tasks.data.cei.charges import masses_from_atomic_numbers
+from diffpipe.tasks.data.cei.geometry import g2_molecules
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffpipe.tasks.data.cei import random_rotations, rotate
+from diffpipe.tasks.data.cei.augment import random_rotations, rotate
 from diffpipe.tasks.nets.atom_transformer import AtomTransformer, atom_regressor, momentum_frame
 
 

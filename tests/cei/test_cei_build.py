@@ -8,7 +8,7 @@ import xarray as xr
 from distributed import Client, LocalCluster
 
 from diffpipe.errors import DataError
-from diffpipe.tasks.data.cei import CEI_BUILDER_VERSION, build_cei_dataset, open_cei_store
+from diffpipe.tasks.data.cei.build import CEI_BUILDER_VERSION, build_cei_dataset, open_cei_store
 
 OPTIONS = dict(include_g2=True, min_atoms=2, max_atoms=3, elements=("H", "C", "N", "O"),
                geometries_per_molecule=6, events_per_chunk=16, charge_regime="xray", test_fraction=0.3,

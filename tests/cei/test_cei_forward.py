@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from diffpipe.tasks.data.cei import (
-    kinetic_energy,
-    masses_from_atomic_numbers,
-    potential_energy,
-    simulate_explosion,
-    solve_ivp_momenta,
-)
+from diffpipe.tasks.data.cei.charges import masses_from_atomic_numbers
+from diffpipe.tasks.data.cei.forward import kinetic_energy, potential_energy, simulate_explosion, solve_ivp_momenta
 
 
 def reference_momenta(positions: np.ndarray, charges: np.ndarray, masses: np.ndarray,

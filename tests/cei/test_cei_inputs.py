@@ -8,16 +8,10 @@ import torch
 import zarr
 
 from diffpipe.errors import DataError
-from diffpipe.tasks.data.cei import (
-    check_cei_store,
-    collect_molecules,
-    drop_ions,
-    g2_molecules,
-    random_rotations,
-    read_xyz,
-    sample_charges,
-    smear_momenta,
-)
+from diffpipe.tasks.data.cei.augment import drop_ions, random_rotations, smear_momenta
+from diffpipe.tasks.data.cei.build import check_cei_store
+from diffpipe.tasks.data.cei.charges import sample_charges
+from diffpipe.tasks.data.cei.geometry import collect_molecules, g2_molecules, read_xyz
 
 WATER = "3\nwater\nO 0.0 0.0 0.117\nH 0.0 0.757 -0.469\nH 0.0 -0.757 -0.469\n"
 

@@ -7,12 +7,10 @@ import pytest
 import torch
 
 from diffpipe.errors import DataError
-from diffpipe.tasks.data.cei import (
-    g2_molecules,
-    masses_from_atomic_numbers,
-    random_rotations,
-    simulate_explosion,
-)
+from diffpipe.tasks.data.cei.augment import random_rotations
+from diffpipe.tasks.data.cei.charges import masses_from_atomic_numbers
+from diffpipe.tasks.data.cei.forward import simulate_explosion
+from diffpipe.tasks.data.cei.geometry import g2_molecules
 from diffpipe.tasks.metrics.cei import (
     aggregate_by_molecule,
     cei_metrics,

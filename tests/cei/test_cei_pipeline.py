@@ -27,8 +27,8 @@ from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
 from diffpipe.schemas.cei import CeiDetector, CeiTraining, CoulombExplosionData  # noqa: E402
 from diffpipe.storage import ArtifactStore  # noqa: E402
 from diffpipe.storage.formats import read_json  # noqa: E402
-from diffpipe.tasks.data.cei import build_cei_dataset  # noqa: E402
 from diffpipe.tasks.data.cei.batches import ChunkedEventBatches  # noqa: E402
+from diffpipe.tasks.data.cei.build import build_cei_dataset  # noqa: E402
 from diffpipe.tasks.nets.atom_transformer import AtomTransformer  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -13,8 +13,9 @@ from diffpipe.tasks.data.climate.batches import static_channels, to_batch
 from diffpipe.tasks.data.climate.evaluation import fit_global_response, global_forcers
 from diffpipe.tasks.data.climate.layout import open_climate_store
 from diffpipe.tasks.data.climate.response import ForcingResponse
+from diffpipe.tasks.data.climate.rewards import global_mean_response
 from diffpipe.tasks.metrics.climate import area_mean
-from diffpipe.tasks.rl.rewards import global_mean_response, resolve_reward
+from diffpipe.tasks.rl.rewards import resolve_reward
 
 SMALL = ClimateBuildOptions(nlat=6, nlon=8, members=2, scenarios=("historical", "hist-aer", "ssp245"),
                             stats_scenarios=("historical", "hist-aer"), dask_workers=0)

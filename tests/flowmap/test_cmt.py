@@ -11,7 +11,8 @@ import torch  # noqa: E402
 from flowmap_helpers import generator, method_spec  # noqa: E402
 
 from diffpipe.errors import SpecError  # noqa: E402
-from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss, teacher_trajectory  # noqa: E402
+from diffpipe.tasks.flowmap.cmt import ConsistencyMidTrainingLoss  # noqa: E402
+from diffpipe.tasks.flowmap.trajectories import teacher_trajectory  # noqa: E402
 
 F64 = torch.float64
 

@@ -17,8 +17,10 @@ from diffpipe.errors import SpecError  # noqa: E402
 from diffpipe.schemas import PipelineSpec  # noqa: E402
 from diffpipe.schemas.rl import RLStage  # noqa: E402
 from diffpipe.storage.formats import save_tensors  # noqa: E402
+from diffpipe.tasks.data.cei.rewards import physics_round_trip  # noqa: E402
 from diffpipe.tasks.data.digits import CLASSIFIER_FILE, train_classifier  # noqa: E402
-from diffpipe.tasks.rl.rewards import REWARDS, resolve_reward  # noqa: E402
+from diffpipe.tasks.data.digits_rewards import classifier_logprob, ink  # noqa: E402
+from diffpipe.tasks.rl.rewards import resolve_reward  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -36,7 +38,7 @@ def digits_artifact(tmp_path_factory: pytest.TempPathFactory):
 
 def test_classifier_reward_prefers_the_requested_class(digits_artifact) -> None:
     path, x, y = digits_artifact
-    fn = REWARDS["classifier_logprob"].fn
+    fn = classifier_logprob
     right, wrong = fn(x, y, path), fn(x, (y + 1) % 10, path)
     assert right.shape == (len(x),) and (right <= 0).all()
     assert right.mean() > -0.5 > wrong.mean()
@@ -45,7 +47,6 @@ def test_classifier_reward_prefers_the_requested_class(digits_artifact) -> None:
 
 def test_ink_rewards_more_ink_without_bound(digits_artifact) -> None:
     path, x, y = digits_artifact
-    ink = REWARDS["ink"].fn
     assert (ink(x + 0.5, y, path) > ink(x, y, path)).all()
     assert ink(torch.full((1, 1, 8, 8), 3.0), None, path).item() == pytest.approx(2.0)
 
@@ -111,7 +112,7 @@ def test_physics_round_trip_reward_is_zero_for_the_true_geometry(tmp_path) -> No
     masses = torch.from_numpy(masses_from_atomic_numbers(elements.numpy()))
     momenta = simulate_explosion(positions, charges, masses, mask).momenta
     cond = {"elements": elements, "charges": charges, "momenta": momenta.float(), "mask": mask}
-    fn = REWARDS["physics_round_trip"].fn
+    fn = physics_round_trip
     true = fn((positions / 2.0).float(), cond, tmp_path)
     stretched = fn((positions * 1.3 / 2.0).float(), cond, tmp_path)
     assert true.item() == pytest.approx(0.0, abs=1e-3) and stretched.item() < -0.05

@@ -14,8 +14,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffpipe.flows.cli import main
 from diffpipe.schemas import FlowMatching
 from diffpipe.schemas.search import BestOfN, FKSteering, TreeSearch
+from diffpipe.tasks.data.digits_rewards import ink
 from diffpipe.tasks.nets import call_image_model
-from diffpipe.tasks.rl.rewards import REWARDS
+from diffpipe.tasks.rl.rewards import resolve_reward
 from diffpipe.tasks.sampling import CountingNet, sample
 from diffpipe.tasks.search.fk_steering import effective_sample_size, resample, resampling_steps
 from diffpipe.tasks.search.particles import ContinuousProblem
@@ -35,7 +36,8 @@ def test_best_of_one_on_the_ode_is_plain_euler_sampling() -> None:
     net, steps, shape = tiny_net(), 6, (5, 1, 8, 8)
     plain = sample(net, FlowMatching(), FlowMatchEulerDiscreteScheduler(), steps, shape, None,
                    torch.Generator().manual_seed(3), torch.device("cpu"))
-    run = SearchRun(BestOfN(reward="ink", particles=1), REWARDS["ink"], Path("."), "stages[1].search")
+    plugin = resolve_reward("ink", "digits", "reward")
+    run = SearchRun(BestOfN(reward="ink", particles=1), plugin, Path("."), "stages[1].search")
     searched = sample(net, FlowMatching(), None, steps, shape, None, torch.Generator().manual_seed(3),
                       torch.device("cpu"), run)
     torch.testing.assert_close(searched, plain, rtol=1e-5, atol=1e-5)
@@ -47,13 +49,13 @@ def test_best_of_one_on_the_ode_is_plain_euler_sampling() -> None:
 def test_best_of_n_keeps_the_highest_reward_particle_and_costs_n_times_steps() -> None:
     net, steps = tiny_net(), 4
     gen = torch.Generator().manual_seed(0)
-    problem = ContinuousProblem(net, (3, 1, 8, 8), None, steps, lambda x, c: REWARDS["ink"].fn(x, c, Path(".")),
+    problem = ContinuousProblem(net, (3, 1, 8, 8), None, steps, lambda x, c: ink(x, c, Path(".")),
                                 gen, torch.device("cpu"))
     from diffpipe.tasks.search.best_of_n import best_of_n
 
     result = best_of_n(BestOfN(reward="ink", particles=4, noise_level=0.5), problem)
     assert result.evaluations == 3 * 4 * steps
-    torch.testing.assert_close(REWARDS["ink"].fn(result.x, None, Path(".")), result.rewards)
+    torch.testing.assert_close(ink(result.x, None, Path(".")), result.rewards)
     assert result.rewards.mean() >= result.stats["reward_of_all_particles"]
 
 
@@ -82,11 +84,11 @@ def test_soft_bellman_backup_is_the_visit_weighted_log_mean_exp() -> None:
 @pytest.mark.parametrize("variant", ["dts", "dts_star"])
 def test_tree_search_spends_at_most_rollouts_times_steps_and_returns_a_leaf(variant: str) -> None:
     net, steps = tiny_net(), 4
-    problem = ContinuousProblem(net, (3, 1, 8, 8), None, steps, lambda x, c: REWARDS["ink"].fn(x, c, Path(".")),
+    problem = ContinuousProblem(net, (3, 1, 8, 8), None, steps, lambda x, c: ink(x, c, Path(".")),
                                 torch.Generator().manual_seed(0), torch.device("cpu"))
     result = tree_search(TreeSearch(reward="ink", variant=variant, rollouts=5, max_children=2), problem)
     assert steps * 3 < result.evaluations <= 5 * steps * 3
-    torch.testing.assert_close(REWARDS["ink"].fn(result.x, None, Path(".")), result.rewards)
+    torch.testing.assert_close(ink(result.x, None, Path(".")), result.rewards)
 
 
 SEARCH_STAGE = {"name": "search", "stage": "sample", "model": "pretrain", "num_samples": 10,

@@ -39,7 +39,6 @@ from ..domain import SAMPLES_FILE, TensorBatches, metrics_table
 from ..mdlm import block_schedule, sample_completions
 from ..nets.mdlm import MaskedDiffusionTransformer
 from ..registry import domain
-from ..rl.rewards import reward
 from ..sampling import CountingNet
 from ..search.run import make_search
 from .reasoning import (
@@ -49,7 +48,6 @@ from .reasoning import (
     build_countdown,
     build_sudoku,
     check_reasoning_dataset,
-    closeness_completions,
     score_completions,
 )
 
@@ -69,22 +67,10 @@ def token_tensors(ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(ds["prompt"].values), torch.from_numpy(ds["completion"].values)
 
 
-@reward("exact_verifier", kinds=("countdown", "sudoku"))
-def exact_verifier(samples: torch.Tensor, conditions: torch.Tensor, data_path: Path) -> torch.Tensor:
-    """d1's reward from the exact verifier: Countdown 1 / 0.1 / 0, Sudoku the share of blanks filled right."""
-    task = open_dataset(Path(data_path) / "train.zarr").attrs["task"]
-    rewards, _ = score_completions(task, conditions.cpu().numpy(), samples.cpu().numpy())
-    return torch.from_numpy(rewards).float()
-
-
-@reward("countdown_closeness", kinds=("countdown",))
-def countdown_closeness_reward(samples: torch.Tensor, conditions: torch.Tensor, data_path: Path) -> torch.Tensor:
-    """Dense Countdown credit: 1 - |value - target| / target for answers over exactly the given numbers.
-
-    Added to `exact_verifier` with a weight (e.g. 0.4), it ranks wrong answers by how near they land, so
-    a rollout group where nothing is correct still has a gradient toward the target.
-    """
-    return torch.from_numpy(closeness_completions(conditions.cpu().numpy(), samples.cpu().numpy())).float()
+def score(task: str, prompts: np.ndarray, completions: np.ndarray) -> dict[str, float]:
+    """Held-out accuracy (exactly correct) and mean reward of completions."""
+    rewards, correct = score_completions(task, prompts, completions)
+    return {"accuracy": float(correct.mean()), "reward": float(rewards.mean())}
 
 
 class ReasoningDomain(ABC):

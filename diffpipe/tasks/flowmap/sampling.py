@@ -13,7 +13,7 @@ from diffusers import FlowMapEulerDiscreteScheduler
 from diffpipe.tasks import timeconv
 
 from . import TwoTimeNet, VelocityFn
-from .cmt import teacher_trajectory
+from .trajectories import teacher_trajectory
 
 PackedNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 """net(x, timesteps, cond) with (B, 2) diffusers timestep pairs (1000 t, 1000 r): a domain's NetFn of a flow map."""

@@ -15,10 +15,11 @@ from diffusers import FlowMapEulerDiscreteScheduler, ModelMixin
 from diffusers.training_utils import EMAModel
 
 from diffpipe.schemas.distill import TwoTimeTraining
-from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, load_model, write_json
+from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, write_json
 
 from ..context import StageContext, StageOutput
 from ..domain import Domain
+from ..nets import load_model
 from ..nets.flowmap import FlowMapNet
 from ..pretrain import train_config
 from ..registry import get_domain, get_implementation

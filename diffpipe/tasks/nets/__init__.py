@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
+
 import torch
 from diffusers import DiTTransformer2DModel, ModelMixin
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import ModelSpec
+from diffpipe.storage.formats import read_json
 
-CUSTOM_MODELS: dict[str, type[ModelMixin]] = {}
-"""diffpipe's own ModelMixin classes by class name, so `load_model` finds them."""
+MODEL_CLASS_MODULES = {
+    "FlowMapNet": "diffpipe.tasks.nets.flowmap",
+    "VelocityMLP": "diffpipe.tasks.nets.flowmap",
+    "AtomTransformer": "diffpipe.tasks.nets.atom_transformer",
+    "MaskedDiffusionTransformer": "diffpipe.tasks.nets.mdlm",
+    "TimeMLP": "diffpipe.tasks.nets.time_mlp",
+}
+"""diffpipe's own ModelMixin classes by class name -> their module (any other name is a diffusers class)."""
 
 
-def register_model(cls: type[ModelMixin]) -> type[ModelMixin]:
-    """Make a diffpipe ModelMixin class loadable by name from a checkpoint folder."""
-    CUSTOM_MODELS[cls.__name__] = cls
+def model_class(name: str) -> type[ModelMixin]:
+    """The ModelMixin class called `name`: one of diffpipe's (imported on first use) or a diffusers class."""
+    import diffusers
+
+    if name in MODEL_CLASS_MODULES:
+        return getattr(importlib.import_module(MODEL_CLASS_MODULES[name]), name)
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, ModelMixin)):
+        raise ValueError(f"unknown model class '{name}'")
     return cls
+
+
+def load_model(path: Path) -> ModelMixin:
+    """Load a diffusers model folder (config.json + safetensors) written by `save_model`, whatever its class."""
+    name = read_json(path / "config.json")["_class_name"]
+    try:
+        cls = model_class(name)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return cls.from_pretrained(path, low_cpu_mem_usage=False)
 
 
 IMAGE_ARCHS = ("unet2d", "dit")

@@ -36,8 +36,6 @@ from torch import nn
 
 from diffpipe.tasks.registry import implements
 
-from . import register_model
-
 
 def momentum_frame(momenta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Proper rotation (B, 3, 3) whose columns are the sign-fixed principal axes of the momentum tensor."""
@@ -106,9 +104,11 @@ class AtomBlock(nn.Module):
 
 
 @implements("arch", "atom_transformer")
-@register_model
 class AtomTransformer(ModelMixin, ConfigMixin):
     """Transformer over the ions of a Coulomb explosion event: denoises (or regresses) atom coordinates."""
+
+    time_embedding_module = "time_mlp"
+    """The module a two-time wrapper adds its gap embedding to (see nets/flowmap.py)."""
 
     @register_to_config
     def __init__(self, width: int = 128, depth: int = 4, heads: int = 4, max_atomic_number: int = 54,

@@ -1,7 +1,8 @@
 """Two-time (r, t) networks for flow maps, built from one-time diffusers-style models.
 
-`FlowMapNet` wraps a one-time model (diffusers `UNet2DModel`, the `AtomTransformer` of Coulomb explosion
-imaging, or the small `VelocityMLP` for 2-D toys) and feeds the second time in beside the first: the
+`FlowMapNet` wraps a one-time model (any diffusers or diffpipe model with a sinusoidal `time_proj` and a
+time-embedding module: a diffusers `UNet2DModel`, a domain's own network, the small `VelocityMLP` for
+2-D toys) and feeds the second time in beside the first: the
 base's time-embedding module gets an added embedding of the gap 1000 (t - r), built from the model's own
 sinusoidal projection and initialised to zero. So a student made with `FlowMapNet.from_teacher(teacher)`
 computes exactly the teacher at every (r, t) until it trains, and the base's other inputs (class labels,
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin, UNet2DModel
+from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -25,11 +26,9 @@ from torch import nn
 from diffpipe.errors import SpecError
 from diffpipe.tasks import timeconv
 
-from . import register_model
-from .atom_transformer import AtomBlock, AtomTransformer
+from . import model_class
 
 
-@register_model
 class VelocityMLP(ModelMixin, ConfigMixin):
     """One-time MLP for low-dimensional data, called like a UNet: (sample, timestep, class_labels).
 
@@ -131,20 +130,19 @@ def enable_forward_ad(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, Attention):
             m.set_processor(ForwardADAttnProcessor())
-        if isinstance(m, AtomBlock):
+        if hasattr(m, "explicit_attention"):  # blocks with their own attention (the atom transformer's)
             m.explicit_attention = True
         if isinstance(m, nn.GroupNorm):
             m.register_forward_pre_hook(_contiguous_input)
 
 
-BASE_MODELS: dict[str, type[ModelMixin]] = {
-    "UNet2DModel": UNet2DModel, "VelocityMLP": VelocityMLP, "AtomTransformer": AtomTransformer,
-}
-"""One-time model classes a FlowMapNet can wrap."""
+def time_module_name(base_class: type[ModelMixin]) -> str:
+    """The module of a one-time model that turns `time_proj` features into its time-conditioning vector.
 
-TIME_MODULES: dict[str, str] = {"UNet2DModel": "time_embedding", "VelocityMLP": "time_embedding",
-                                "AtomTransformer": "time_mlp"}
-"""The module of each base that turns `time_proj` features into the time-conditioning vector."""
+    `time_embedding` (diffusers UNets, VelocityMLP) unless the class names another in `time_embedding_module`.
+    """
+    return getattr(base_class, "time_embedding_module", "time_embedding")
+
 
 BaseCall = Callable[[ModelMixin, torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """call(base, x, diffusers_timestep (B,), cond) -> network output: how a domain runs its one-time network."""
@@ -156,11 +154,10 @@ def call_with_labels(base: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, 
     return getattr(out, "sample", out)
 
 
-@register_model
 class FlowMapNet(ModelMixin, ConfigMixin):
     """Two-time wrapper: u(x_t, r, t, cond) = base(x_t, 1000 t, cond) with the gap 1000 (t - r) embedded.
 
-    The gap embedding is added to the output of the base's time-embedding module (`TIME_MODULES`), so
+    The gap embedding is added to the output of the base's time-embedding module (`time_module_name`), so
     every other input slot (class labels, the climate year, the atoms of an event) keeps its meaning. How
     the base is called with `cond` is the domain's `BaseCall` (`bind`; default `call_with_labels`).
 
@@ -174,16 +171,22 @@ class FlowMapNet(ModelMixin, ConfigMixin):
     def __init__(self, base_class: str = "VelocityMLP", base_config: dict | None = None,
                  time_scale: float | None = None):
         super().__init__()
-        if base_class not in BASE_MODELS:
-            raise SpecError("model.base_class", "no two-time wrapper for this model class",
-                            expected=" or ".join(BASE_MODELS), found=base_class)
-        self.base = BASE_MODELS[base_class].from_config(base_config or {})
+        try:
+            cls = model_class(base_class)
+        except ValueError:
+            raise SpecError("model.base_class", "no such model class", expected="a diffusers or diffpipe model",
+                            found=base_class) from None
+        self.base = cls.from_config(base_config or {})
         if getattr(self.base, "time_proj", None) is None:
-            raise SpecError("model", "a two-time network needs a noise-time input", expected="a diffusion model",
-                            found=f"{base_class} without a time projection (deterministic regressor?)")
+            raise SpecError("model.base_class", "a two-time network needs a noise-time input",
+                            expected="a diffusion model with a sinusoidal `time_proj`",
+                            found=f"{base_class} without one (a deterministic regressor, or time embedded elsewhere)")
         if time_scale is not None:
             self.base.time_proj.scale = time_scale
-        name = TIME_MODULES[base_class]
+        name = time_module_name(cls)
+        if not isinstance(getattr(self.base, name, None), nn.Module):
+            raise SpecError("model.base_class", "a two-time wrapper adds the gap to the time embedding",
+                            expected=f"a model with a `{name}` module", found=base_class)
         channels = self.base.time_proj(torch.zeros(1)).shape[-1]
         setattr(self.base, name, GapConditionedTime(getattr(self.base, name), self.base.time_proj, channels))
         enable_forward_ad(self.base)
@@ -192,7 +195,7 @@ class FlowMapNet(ModelMixin, ConfigMixin):
     @property
     def gap_slot(self) -> GapConditionedTime:
         """The time-embedding module that carries the gap embedding."""
-        return getattr(self.base, TIME_MODULES[self.config.base_class])
+        return getattr(self.base, time_module_name(type(self.base)))
 
     def bind(self, call: BaseCall) -> FlowMapNet:
         """Run the base through the domain's `call` from now on (not saved: domains bind on load)."""
@@ -217,7 +220,7 @@ class FlowMapNet(ModelMixin, ConfigMixin):
         """
         config = {k: v for k, v in teacher.config.items() if not k.startswith("_")}
         student = cls(base_class=type(teacher).__name__, base_config=config, time_scale=time_scale)
-        slot = TIME_MODULES[type(teacher).__name__] + "."
+        slot = time_module_name(type(teacher)) + "."
         state = {k.replace(slot, slot + "time.", 1) if k.startswith(slot) else k: v
                  for k, v in teacher.state_dict().items()}
         missing, unexpected = student.base.load_state_dict(state, strict=False)

@@ -7,12 +7,10 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from diffpipe.tasks.nets import register_model
 from diffpipe.tasks.registry import implements
 
 
 @implements("arch", "mdlm")
-@register_model
 class MaskedDiffusionTransformer(ModelMixin, ConfigMixin):
     """Bidirectional transformer over token ids; no time input (LLaDA style); never predicts the mask."""
 

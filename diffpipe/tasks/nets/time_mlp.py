@@ -9,12 +9,10 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from diffpipe.tasks.nets import register_model
 from diffpipe.tasks.registry import implements
 
 
 @implements("arch", "time_mlp")
-@register_model
 class TimeMLP(ModelMixin, ConfigMixin):
     """MLP on [x, sinusoidal(t)] with SiLU; the output layer starts at zero (the untrained sampler is the reference)."""
 

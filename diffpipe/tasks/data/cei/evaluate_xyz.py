@@ -1,69 +1,65 @@
-"""`diffpipe evaluate SPEC --xyz FOLDER`: score a trained CEI pipeline's checkpoints on your own .xyz molecules.
+"""`diffpipe evaluate SPEC --xyz FOLDER`, a command of the CEI domain: score trained checkpoints on your .xyz files.
 
 Events are built from each good file exactly as the pipeline's data set (same displacements, charge
 regime, forward model, random rotation, detector resolution); every chosen sample stage's checkpoint
 is sampled with that stage's sampler options, and the same metrics as the evaluate stages are
 reported, per molecule and overall. Files that do not parse, hold unknown elements or overlapping
 atoms are listed by name; the others are still evaluated. Nothing is written to the artifact store.
+The CLI finds this module through the registry's `COMMAND_MODULES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffpipe.errors import InputError, SpecError
+
+if TYPE_CHECKING:
+    from diffpipe.schemas import PipelineSpec
 
 HEADLINE = ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "distance_mae_bohr", "momentum_rel_error",
             "coverage_0.9")
 
 
-def add_evaluate_command(sub: Any) -> None:
-    """Register the `evaluate` subcommand on the CLI's subparsers."""
-    c = sub.add_parser("evaluate", help="score trained CEI checkpoints on a folder of .xyz molecules")
-    c.add_argument("spec", type=Path, help="pipeline YAML file (already run)")
-    c.add_argument("--xyz", type=Path, required=True, help="folder of .xyz files (Angstrom)")
-    c.add_argument("--stage", action="append", default=[], metavar="NAME",
-                   help="sample stage whose checkpoint and sampler to use (repeatable; default: every one)")
-    c.add_argument("--events", type=int, default=32, help="displaced geometries (events) per molecule")
-    c.add_argument("--out", type=Path, default=None, help="folder for report.json and PNG previews")
-    c.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override a field")
-    c.add_argument("--json", action="store_true", help="print one JSON document")
-    c.set_defaults(fn=cmd_evaluate)
+HELP = "score trained CEI checkpoints on a folder of .xyz molecules"
+"""One-line help of the command."""
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Evaluate the pipeline's sample stages on the .xyz folder; print (and optionally write) the report."""
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's own options (the CLI adds `spec`, `--set` and `--json`)."""
+    parser.add_argument("--xyz", type=Path, required=True, help="folder of .xyz files (Angstrom)")
+    parser.add_argument("--stage", action="append", default=[], metavar="NAME",
+                        help="sample stage whose checkpoint and sampler to use (repeatable; default: every one)")
+    parser.add_argument("--events", type=int, default=32, help="displaced geometries (events) per molecule")
+    parser.add_argument("--out", type=Path, default=None, help="folder for report.json and PNG previews")
+
+
+def run(args: argparse.Namespace, spec: PipelineSpec, artifact: Callable[[str], Path]) -> int:
+    """Evaluate the pipeline's sample stages on the .xyz folder; print (and optionally write) the report.
+
+    `artifact(node)` is the local folder of a built node's artifact (InputError when it is not built).
+    """
     from diffpipe.schemas import SampleStage
-    from diffpipe.storage import ArtifactStore
     from diffpipe.tasks.registry import get_domain
 
-    from .cli import _spec
-    from .plan import status
-
-    spec = _spec(args)
     if spec.data.kind != "coulomb_explosion":
         raise SpecError("data.kind", "evaluate --xyz needs Coulomb explosion data", "coulomb_explosion",
                         repr(spec.data.kind))
     if args.events < 1:
         raise InputError("--events", "must be at least 1", found=str(args.events))
-    store = ArtifactStore(spec.storage.root)
-    rows = {r.name: r for r in status(spec, store)}
     stages = {s.name: s for s in spec.stages if isinstance(s, SampleStage)}
     chosen = args.stage or list(stages)
     for name in chosen:
         if name not in stages:
             raise InputError("--stage", "not a sample stage of this pipeline", "one of " + ", ".join(stages),
                              repr(name))
-    for node in ["data", *(stages[name].model for name in chosen)]:
-        if rows[node].ref is None:
-            raise InputError(f"stage {node}", "not built yet; run `diffpipe run` on this spec first",
-                             "cached", rows[node].state)
-    checkpoints = {name: (stages[name], store.local_path(rows[stages[name].model].ref)) for name in chosen}
-    report = get_domain("coulomb_explosion").evaluate_folder(spec, store.local_path(rows["data"].ref), checkpoints,
-                                                          args.xyz, args.events, args.out)
+    data = artifact("data")
+    checkpoints = {name: (stages[name], artifact(stages[name].model)) for name in chosen}
+    report = get_domain("coulomb_explosion").evaluate_folder(spec, data, checkpoints, args.xyz, args.events, args.out)
     if args.out is not None:
         (args.out / "report.json").write_text(json.dumps(report, indent=2, default=float))
     print(json.dumps(report, indent=2, default=float) if args.json else render(report))

@@ -40,6 +40,7 @@ from ..mdlm import block_schedule, sample_completions
 from ..nets.mdlm import MaskedDiffusionTransformer
 from ..registry import domain
 from ..sampling import CountingNet
+from ..search.masked import complete
 from ..search.run import make_search
 from .reasoning import (
     MASK,
@@ -189,7 +190,7 @@ class ReasoningDomain(ABC):
         for start in range(0, len(prompts), spec.batch_size):
             batch = prompts[start:start + spec.batch_size].to(ctx.device)
             with ctx.autocast():
-                out = search.complete(net, batch, length, steps, block_length, MASK, gen) if search else \
+                out = complete(search, net, batch, length, steps, block_length, MASK, gen) if search else \
                     sample_completions(net, batch, length, MASK, steps=steps, block_length=block_length)
             chunks.append(out.cpu())
         wall = time.perf_counter() - t0

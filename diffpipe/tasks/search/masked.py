@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import BlockRefinementScheduler
 
 from ..mdlm import block_schedule
 from ..mdlm.sampler import NO_THRESHOLD
+
+if TYPE_CHECKING:
+    from .run import SearchRun
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
 """Token ids (N, P + L) -> logits (N, P + L, V)."""
@@ -100,3 +103,10 @@ class MaskedProblem:
     def reward(self, completions: torch.Tensor, prompts: torch.Tensor) -> torch.Tensor:
         """Rewards of completions for their prompts, float32 on the prompts' device."""
         return self.reward_of(completions, prompts).float().to(self.prompts.device)
+
+
+def complete(run: SearchRun, model: Logits, prompts: torch.Tensor, length: int, steps: int, block_length: int,
+             mask_token_id: int, gen: torch.Generator) -> torch.Tensor:
+    """Completions (N, length) of a batch of prompts, drawn by the run's search method."""
+    return run.solve(MaskedProblem(model, prompts, length, steps, block_length, mask_token_id, run.reward_of(), gen,
+                                   run.reference))

@@ -1,11 +1,15 @@
-"""A sample stage's search, bound to its reward, data and models: the domains' samplers call it per batch."""
+"""A sample stage's search, bound to its reward, data and models: the domains' samplers call it per batch.
+
+Continuous samplers call `SearchRun.draw`; token samplers `masked.complete(run, ...)`, so that image domains
+import no masked-diffusion code (their cache keys stay free of it).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,8 +21,10 @@ from ..registry import get_search
 from ..rl.rewards import RewardPlugin, resolve_reward
 from ..sample import load_checkpoint
 from ..sampling import CountingNet
-from .masked import Logits, MaskedProblem
 from .particles import ContinuousProblem, SearchResult
+
+if TYPE_CHECKING:
+    from .masked import Logits, MaskedProblem
 
 
 @dataclass
@@ -38,12 +44,6 @@ class SearchRun:
              device: torch.device) -> torch.Tensor:
         """One batch of `shape[0]` continuous samples for conditions `cond`, drawn by the search method."""
         return self.solve(ContinuousProblem(net, shape, cond, steps, self.reward_of(), gen, device))
-
-    def complete(self, model: Logits, prompts: torch.Tensor, length: int, steps: int, block_length: int,
-                 mask_token_id: int, gen: torch.Generator) -> torch.Tensor:
-        """Completions (N, length) of a batch of prompts, drawn by the search method."""
-        return self.solve(MaskedProblem(model, prompts, length, steps, block_length, mask_token_id,
-                                        self.reward_of(), gen, self.reference))
 
     def solve(self, problem: ContinuousProblem | MaskedProblem) -> torch.Tensor:
         """Run the method on one batch and keep its result for the metrics."""

@@ -112,14 +112,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     profile = PROFILES[args.profile]
-    start = time.perf_counter()
-    runs = [seed_run(profile, seed) for seed in args.seeds]
-    result = {"profile": args.profile, "specs": profile["specs"], "overrides": profile["overrides"],
-              "seeds": args.seeds, "wall_s": time.perf_counter() - start, "anchor": ANCHOR,
-              "summary": summarise(runs), "runs": runs, "environment": environment()}
     out = args.out or (RESULTS if args.profile == "quick" else RESULTS.with_name("climate_spf_full.json"))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    start, runs = time.perf_counter(), []
+    for seed in args.seeds:  # the JSON is rewritten after every seed, so an interrupted run keeps its seeds
+        runs.append(seed_run(profile, seed))
+        result = {"profile": args.profile, "specs": profile["specs"], "overrides": profile["overrides"],
+                  "seeds": [r["seed"] for r in runs], "wall_s": time.perf_counter() - start, "anchor": ANCHOR,
+                  "summary": summarise(runs), "runs": runs, "environment": environment()}
+        out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
 
 

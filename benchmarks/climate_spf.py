@@ -13,7 +13,7 @@ Scores are in physical units (K, mm/day) of our offline builder's data, not SPF'
 ClimateBench variables: only the ratios compare with the paper. Monthly fields: the builder writes yearly
 means only, so no monthly level is sampled or scored.
 
-    python benchmarks/climate_spf.py                     # quick CPU profile (shortened training, 3 seeds)
+    python benchmarks/climate_spf.py                     # quick CPU profile (120 training steps, 3 seeds)
     python benchmarks/climate_spf.py --profile full      # GPU: climate_full.yaml + climate_spf_full.yaml as written
 """
 
@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "climate_spf.json"
 PROFILES = {
     "quick": {"specs": ("pipelines/climate.yaml", "pipelines/climate_spf.yaml"),
-              "overrides": ["stages.emulator.steps=250", "stages.unet.steps=250", "stages.spf.steps=250",
+              "overrides": ["stages.emulator.steps=120", "stages.unet.steps=120", "stages.spf.steps=120",
                             "stages.emulator_samples.scheduler.steps=10", "stages.spf_samples.scheduler.steps=10"]},
     "full": {"specs": ("pipelines/climate_full.yaml", "pipelines/climate_spf_full.yaml"), "overrides": []},
 }

@@ -67,7 +67,8 @@ def test_gmm40_pipeline_runs_every_continuous_method_and_caches(tmp_path: Path, 
     evaluations = [s for s in spec["stages"] if s["stage"] == "evaluate"]
     for ev in evaluations:
         m = summary[ev["name"]]["metrics"]
-        assert m["log_z_exact"] == 0.0 and m["num_modes"] == 40 and 0 <= m["modes_covered"] <= 40
+        assert m["log_z_exact"] == 0.0 and m["num_modes"] == 40 and 0 <= m["modes_resolved"] <= m["modes_covered"] <= 40
+        assert 0 <= m["fraction_in_modes"] <= 1
         assert m["ess"] > 0 and m["energy_distance"] > 0 and m["wasserstein2"] > 0
         assert abs(m["log_z_error"] - abs(m["log_z_estimate"])) < 1e-12
     again = run(spec)

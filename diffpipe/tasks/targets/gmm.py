@@ -38,3 +38,10 @@ class GaussianMixture:
     def mode_of(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the nearest component mean of every sample."""
         return torch.cdist(x.float(), self.means).argmin(dim=-1)
+
+    def in_mode(self, x: torch.Tensor) -> torch.Tensor:
+        """Whether each sample lies inside its nearest component's 99% ball (|x - mu|^2 / std^2 <= chi2_d(0.99))."""
+        from scipy.stats import chi2
+
+        radius = self.std * float(chi2.ppf(0.99, self.dim)) ** 0.5
+        return torch.cdist(x.float(), self.means).min(dim=-1).values <= radius

@@ -67,7 +67,7 @@ def test_mixture_default_is_gmm40_with_exact_samples() -> None:
     x = target.exact_sample(200_000, torch.Generator().manual_seed(0))
     assert torch.allclose(x.mean(0), target.means.mean(0), atol=0.2)
     assert torch.bincount(target.mode_of(x), minlength=40).min() > 4500
-    assert float(target.in_mode(x).double().mean()) == pytest.approx(0.99, abs=0.002)
+    assert 0.988 <= float(target.in_mode(x).double().mean()) <= 0.995  # 0.99, a little more where modes overlap
 
 
 def test_many_well_exact_samples_have_the_quadrature_moments() -> None:

@@ -19,9 +19,11 @@ SPECS = sorted((REPO / "pipelines").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
-def test_shipped_specs_validate(path: Path) -> None:
-    spec = load_spec(path)
-    assert spec.stages and spec.name
+def test_shipped_specs_pass_the_full_validate(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same path as `diffpipe validate`: schema, cross-references and the library checks (schedulers,
+    rewards, solvers, the model against the data)."""
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert load_spec(path).stages
 
 
 def test_defaults_and_default_references(tiny_spec: dict) -> None:

@@ -40,6 +40,9 @@ def check_spec(spec: PipelineSpec) -> None:
         source = getattr(spec.data, "source", None)
         grid = (source.nlat, source.nlon) if isinstance(source, ClimateBuilderSource) else None
         check_pyramid(spec.model.levels, grid)
+    domain_check = getattr(get_domain(spec.data.kind), "check_spec", None)
+    if domain_check is not None:  # the model and stages against the data they will see
+        domain_check(spec)
     ArtifactStore(spec.storage.root)
 
 

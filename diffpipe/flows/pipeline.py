@@ -1,6 +1,6 @@
 """The Prefect flow: walks the nodes in order; each node is a cached Prefect task returning an ArtifactRef.
 
-Our store's key index is the source of truth for caching (DESIGN.md rule 3). Prefect's task cache uses
+Our store's key index is the source of truth for caching (docs/cache-keys.md). Prefect's task cache uses
 the same key (`cache_key_fn`), so cached stages show as Cached in the UI; when our index has no valid
 artifact for a key, the task is run with `refresh_cache=True`, so a corrupt or deleted artifact is
 recomputed even if Prefect still holds a record.

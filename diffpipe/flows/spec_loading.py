@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import CrossReferenceError, PipelineSpec
+from diffpipe.schemas.base import FieldError
 
 
 def read_spec_file(path: str | Path) -> dict[str, Any]:
@@ -33,8 +35,17 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply `a.b[2].c=value` (YAML value); a list of named stages may be indexed by stage name."""
     if "=" not in assignment:
         raise SpecError(f"--set {assignment}", "an override needs '='", "path=value", assignment)
-    path, value = assignment.split("=", 1)
+    path, text = assignment.split("=", 1)
     keys = [k for k in path.replace("[", ".").replace("]", "").split(".") if k]
+    if not keys:
+        raise SpecError("--set", "an override needs a field path before '='", "path=value, e.g. runtime.seed=1",
+                        repr(assignment))
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        problem = str(e).splitlines()[0]
+        raise SpecError(f"--set {path}", f"the value is not valid YAML ({problem})", "a YAML value",
+                        repr(text)) from None
     node: Any = raw
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
@@ -42,11 +53,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         if isinstance(node, list):
             idx = _list_index(node, key, where)
             if last:
-                node[idx] = yaml.safe_load(value)
+                node[idx] = value
             node = node[idx]
         elif isinstance(node, dict):
             if last:
-                node[key] = yaml.safe_load(value)
+                node[key] = value
             else:
                 node = node.setdefault(key, {})
         else:
@@ -63,6 +74,11 @@ def _list_index(items: list[Any], key: str, where: str) -> int:
     if key in names:
         return names.index(key)
     raise SpecError(f"--set {where}", "no list item with that name", "one of " + ", ".join(map(str, names)), key)
+
+
+FIELD_IN_MESSAGE = re.compile(r"^Value error, (?P<field>[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (?P<problem>.*)$",
+                              re.S)
+"""A model validator's ValueError message that starts with the field it is about."""
 
 
 def validate_spec(raw: dict[str, Any]) -> PipelineSpec:
@@ -87,11 +103,19 @@ def _spec_error(e: ValidationError, raw: dict[str, Any]) -> SpecError:
     cause = first.get("ctx", {}).get("error")
     if isinstance(cause, CrossReferenceError):
         return SpecError(cause.path, cause.problem, cause.expected, cause.found)
+    if isinstance(cause, FieldError):
+        where = ".".join(filter(None, (field_path(first["loc"], raw), cause.field)))
+        found = cause.found if cause.found is not None else _short(_value_at(raw, where))
+        return SpecError(where, cause.problem, cause.expected, found)
     if first["type"] == "union_tag_invalid":
         tag = first["ctx"]["discriminator"].strip("'")
         where = field_path(first["loc"], raw) + f".{tag}"
         expected = f"one of {first['ctx']['expected_tags']}"
         return SpecError(where, "unknown choice", expected, _short(first["input"].get(tag)))
+    named = FIELD_IN_MESSAGE.match(first["msg"]) if first["type"] == "value_error" else None
+    if named:  # a model validator's "field: problem" message: name the field in the path
+        where = ".".join(filter(None, (field_path(first["loc"], raw), named["field"])))
+        return SpecError(where, named["problem"], None, _short(_value_at(raw, where)))
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     found = "nothing" if first["type"] == "missing" else _short(first.get("input"))
     return SpecError(field_path(first["loc"], raw), _problem(first) + more, _expected(first), found)
@@ -113,6 +137,19 @@ def field_path(loc: tuple[Any, ...], raw: Any) -> str:
             out += f".{part}" if out else str(part)
             node = None
     return out or "spec"
+
+
+def _value_at(raw: Any, path: str) -> Any:
+    """The raw value at a field path such as `stages[1].classes` (None where it does not exist)."""
+    node = raw
+    for key in path.replace("[", ".").replace("]", "").split("."):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return None
+    return node
 
 
 def _is_tag(node: dict[str, Any], part: Any) -> bool:

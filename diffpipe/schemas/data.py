@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import math
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from .base import Strict
+from .base import FieldError, Strict
 from .cei import CoulombExplosionData
 from .climate import ClimateData
 from .reasoning import CountdownData, SudokuData
@@ -24,6 +25,19 @@ class DigitsData(Strict):
     """Share of images held out for evaluation (stratified by class)."""
     split_seed: int = 0
     """Seed of the train/test split."""
+
+    images: ClassVar[int] = 1797
+    labels: ClassVar[int] = 10
+
+    @model_validator(mode="after")
+    def _both_splits_hold_every_class(self) -> DigitsData:
+        held_out = math.ceil(self.test_fraction * self.images)
+        if min(held_out, self.images - held_out) < self.labels:
+            low, high = self.labels / self.images, (self.images - self.labels) / self.images
+            raise FieldError("test_fraction", f"a stratified split of {self.images} images needs at least "
+                             f"{self.labels} (one per class) in each split; this holds out {held_out} of them",
+                             f"a fraction between {low:.4f} and {high:.4f}", str(self.test_fraction))
+        return self
 
     @property
     def sample_shape(self) -> tuple[int, ...]:

@@ -6,11 +6,12 @@ Lengths are in tokens of the character vocabulary (digits, + - * / ( ) = , and p
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from .base import Strict
+from .base import FieldError, Strict
 
 
 class CountdownData(Strict):
@@ -39,7 +40,16 @@ class CountdownData(Strict):
     def _check_sizes(self) -> CountdownData:
         if any(n not in (3, 4) for n in self.num_numbers):
             raise ValueError(f"num_numbers: each entry must be 3 or 4; found {self.num_numbers}")
+        if self.num_train + self.num_test > self.problem_space():
+            raise FieldError("num_train", f"at most {self.problem_space()} distinct problems exist (multisets of "
+                             f"{' or '.join(map(str, sorted(set(self.num_numbers))))} numbers from 1..{self.max_number}"
+                             f", targets 1..{self.max_target}), fewer than num_train + num_test",
+                             f"at most {max(0, self.problem_space() - self.num_test)}", str(self.num_train))
         return self
+
+    def problem_space(self) -> int:
+        """An upper bound on the distinct problems: number multisets times targets (not all targets are reachable)."""
+        return sum(math.comb(self.max_number + k - 1, k) for k in set(self.num_numbers)) * self.max_target
 
 
 class SudokuData(Strict):

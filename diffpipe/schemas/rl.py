@@ -1,6 +1,6 @@
 """The `rl` stage: reward fine-tuning of a trained flow-matching checkpoint, one class per algorithm.
 
-Each algorithm class records the reference code's defaults (reference/rl.md section 3). Values that
+Each algorithm class records the reference code's defaults. Values that
 depend on model scale (group size, groups per step, learning rate) are stage fields; example specs
 shrink them to CPU size. Adding an algorithm = one class here, added to `RLAlgorithm`, plus its loss
 module under `diffpipe/tasks/rl/`.
@@ -23,7 +23,7 @@ from .stages import StageBase
 class FlowGRPO(Strict):
     """Flow-GRPO: PPO over the per-step Gaussian transitions of an SDE with the ODE's marginals.
 
-    Source: yifan123/flow_grpo ac4c86e (sd3_sde_with_logprob.py, config/grpo.py); reference/rl.md 3.2.
+    Source: yifan123/flow_grpo ac4c86e (sd3_sde_with_logprob.py, config/grpo.py).
     """
 
     algorithm: Literal["flow_grpo"] = "flow_grpo"
@@ -46,7 +46,7 @@ class FlowGRPO(Strict):
 class DiffusionNFT(Strict):
     """DiffusionNFT: likelihood-free, trains implicit positive/negative policies on the forward process.
 
-    Source: NVlabs/DiffusionNFT 24af555 (config/nft.py); reference/rl.md 3.5.
+    Source: NVlabs/DiffusionNFT 24af555 (config/nft.py).
     """
 
     algorithm: Literal["diffusion_nft"] = "diffusion_nft"
@@ -75,7 +75,7 @@ class DiffusionNFT(Strict):
 class AWM(Strict):
     """Advantage Weighted Matching: the pretraining flow-matching loss on rollouts, weighted by advantage.
 
-    Source: scxue/advantage_weighted_matching be51372 (config/dgx_awm.py); reference/rl.md 3.6.
+    Source: scxue/advantage_weighted_matching be51372 (config/dgx_awm.py).
     """
 
     algorithm: Literal["awm"] = "awm"
@@ -102,7 +102,7 @@ class AWM(Strict):
 class DDRL(Strict):
     """DDRL: reward maximisation anchored to the data by the diffusion loss on real samples.
 
-    Source: arXiv 2512.04332 (no public code); reference/rl.md 3.7. The reward term's estimator is ours:
+    Source: arXiv 2512.04332 (no public code). The reward term's estimator is ours:
     the flow-matching loss on rollouts weighted by the centred transform -exp(-(r - Z) / beta).
     """
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -107,8 +107,8 @@ class SampleStage(StageBase):
     """Number of samples (domains with per-example conditions, e.g. CEI: number of held-out conditions)."""
     samples_per_condition: int = Field(default=1, ge=1)
     """Samples drawn per condition (CEI: per held-out event, for calibration); image domains ignore it."""
-    classes: list[int] | None = None
-    """Classes to request, cycled over the samples (None: all classes equally)."""
+    classes: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)
+    """Classes to request, cycled over the samples (None: all classes equally); checked against the data."""
     guidance_scale: float = Field(default=1.0, ge=0.0)
     """Classifier-free guidance scale (1.0: none)."""
     weights: Literal["ema", "online"] = "ema"
@@ -130,6 +130,18 @@ class SampleStage(StageBase):
         """The second checkpoint stage the search reads (RFG's reference model), else None."""
         return getattr(self.search, "reference", None)
 
+    def fit_problem(self, data: Any, model: Any) -> tuple[str, str, str, str] | None:
+        """(field, problem, expected, found) when the requested classes do not exist in the data, else None."""
+        if self.classes is None:
+            return None
+        num_classes = getattr(data, "num_classes", None)
+        if num_classes is None:
+            return "classes", f"the {data.kind} data has no classes to request", "no classes (null)", str(self.classes)
+        if max(self.classes) >= num_classes:
+            return ("classes", f"the {data.kind} data has {num_classes} classes", f"classes in 0..{num_classes - 1}",
+                    str(self.classes))
+        return None
+
     def implementations(self) -> list[tuple[str, str]]:
         """The search method and its reward, when the stage searches."""
         if self.search is None:
@@ -148,7 +160,7 @@ class EvaluateStage(StageBase):
         default_factory=lambda: ["mmd", "sliced_wasserstein", "domain"]
     )
     """Metrics to compute; `domain` is the data set's own (digits: classifier accuracy and Frechet distance)."""
-    mmd_bandwidths: list[float] | None = None
+    mmd_bandwidths: list[Annotated[float, Field(gt=0.0)]] | None = Field(default=None, min_length=1)
     """RBF bandwidths of the MMD kernel, summed (None: 0.5, 1, 2 times the median distance within the reference)."""
     sw_projections: int = Field(default=256, ge=1)
     """Random directions of the sliced Wasserstein distance."""

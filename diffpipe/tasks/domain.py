@@ -16,12 +16,13 @@ import torch
 import xarray as xr
 from diffusers import ModelMixin, SchedulerMixin
 
-from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, SampleStage
+from diffpipe.errors import SpecError
+from diffpipe.schemas import DiTSpec, EvaluateStage, ModelSpec, Objective, PipelineSpec, SampleStage, UNet2DSpec
 from diffpipe.storage.formats import open_dataset, write_dataset
 
 from .context import StageContext, StageOutput
 from .metrics.generic import median_bandwidth, mmd2_unbiased, sliced_wasserstein
-from .nets import build_image_model, call_image_model, null_label
+from .nets import IMAGE_ARCHS, build_image_model, call_image_model, null_label
 from .nets.flowmap import network_fn
 from .objectives import NetFn
 from .sampling import CountingNet, guided, sample
@@ -95,6 +96,22 @@ class ImageDomain:
         """Images (N, C, H, W) and labels of one split."""
         ds = open_dataset(path / f"{split}.zarr").load()
         return torch.from_numpy(ds["x"].values), torch.from_numpy(ds["label"].values)
+
+    def check_spec(self, spec: PipelineSpec) -> None:
+        """The model against the images it will see: an image arch whose levels or patches fit the image side."""
+        model, (_, height, width) = spec.model, spec.data.sample_shape
+        if model.arch not in IMAGE_ARCHS:
+            raise SpecError("model.arch", f"{spec.data.kind} data needs an image network", " or ".join(IMAGE_ARCHS),
+                            repr(model.arch))
+        if isinstance(model, UNet2DSpec):
+            levels = len(model.block_out_channels)
+            if height % 2 ** (levels - 1) or width % 2 ** (levels - 1):
+                most = min(height & -height, width & -width).bit_length()
+                raise SpecError("model.block_out_channels", f"{levels} levels halve the {height}x{width} images "
+                                f"{levels - 1} times", f"at most {most} levels", str(list(model.block_out_channels)))
+        if isinstance(model, DiTSpec) and (height % model.patch_size or width % model.patch_size):
+            raise SpecError("model.patch_size", f"patches must tile the {height}x{width} images",
+                            f"a divisor of {height} and {width}", str(model.patch_size))
 
     def build_model(self, model: ModelSpec, ctx: StageContext) -> ModelMixin:
         """A diffusers image model sized for the data (one extra null class when conditional)."""

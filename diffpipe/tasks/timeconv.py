@@ -1,4 +1,4 @@
-"""One internal time convention and exact converters to the others (DESIGN.md rule 9).
+"""One internal time convention and exact converters to the others (docs/time-convention.md).
 
 Internal convention (flow matching / rectified flow): x_t = (1 - t) x0 + t eps, t in [0, 1],
 t = 0 is data, the velocity is v = eps - x0. Flow maps take (r, t) with r <= t and move z_t to z_r.

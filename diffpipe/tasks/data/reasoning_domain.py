@@ -30,7 +30,7 @@ import xarray as xr
 from diffusers import ModelMixin, SchedulerMixin
 
 from diffpipe.errors import DataError, SpecError
-from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, SampleStage
+from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, PipelineSpec, SampleStage
 from diffpipe.schemas.reasoning import CountdownData, MDLMSpec, SudokuData
 from diffpipe.storage.formats import open_dataset, write_dataset, write_json
 
@@ -132,6 +132,17 @@ class ReasoningDomain(ABC):
         """(prompt, completion) lengths in tokens."""
         train = open_dataset(ctx.input_path("data") / "train.zarr")
         return int(train.sizes["prompt_pos"]), int(train.sizes["completion_pos"])
+
+    def check_spec(self, spec: PipelineSpec) -> None:
+        """The model is the masked-diffusion transformer; block lengths of the block sampler are positive integers."""
+        if not isinstance(spec.model, MDLMSpec):
+            raise SpecError("model.arch", f"{self.task} data needs the masked-diffusion transformer", "mdlm",
+                            repr(spec.model.arch))
+        for i, stage in enumerate(spec.stages):
+            block = getattr(getattr(stage, "scheduler", None), "options", {}).get("block_length")
+            if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
+                raise SpecError(f"stages[{i}].scheduler.options.block_length", "the block sampler needs whole blocks",
+                                "a positive integer (tokens)", repr(block))
 
     def build_model(self, model: ModelSpec, ctx: StageContext) -> ModelMixin:
         """A masked-diffusion transformer with random weights, sized for the data's sequences."""

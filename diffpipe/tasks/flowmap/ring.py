@@ -1,4 +1,4 @@
-"""The ring of 8 Gaussians and its exact flow-matching teacher (reference/training.md section 0.2).
+"""The ring of 8 Gaussians and its exact flow-matching teacher.
 
 Data: equal-weight isotropic Gaussians (std `std`) with means on a circle of radius `radius`.
 Internal time convention: x_t = (1 - t) x + t eps. Everything here is closed form except the flow

@@ -1,4 +1,4 @@
-"""Any pretrained diffusion model as a velocity teacher in the internal time convention (DESIGN.md rule 9).
+"""Any pretrained diffusion model as a velocity teacher in the internal time convention (docs/time-convention.md).
 
 A teacher is a `VelocityFn` v(z_t, t) = E[eps - x0 | z_t] with z_t = (1 - t) x0 + t eps. A flow-matching
 network predicts it directly (at the diffusers timestep 1000 t). An EDM or DDPM network predicts the same

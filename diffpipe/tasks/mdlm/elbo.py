@@ -32,7 +32,7 @@ from .plans import MaskPlan, masked_token_logps, plan_estimate, random_subset_ma
 ESTIMATORS = ("mc", "stratified", "antithetic", "quadrature")
 QUADRATURE_RULES = ("gauss", "simpson")
 SIMPSON_NODES = ((0.1, 0.5, 1.0), (1 / 6, 4 / 6, 1 / 6))
-"""Simpson-type rule the NeMo-RL GDPO port says matches the GDPO reference (reference/rl.md 1.2)."""
+"""Simpson-type rule the NeMo-RL GDPO port says matches the GDPO reference."""
 MAX_EXACT_LENGTH = 12
 
 

@@ -46,7 +46,7 @@ import xarray as xr
 from diffusers import ModelMixin, SchedulerMixin
 
 from diffpipe.errors import DataError, SpecError
-from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, RuntimeSpec, SampleStage
+from diffpipe.schemas import EvaluateStage, ModelSpec, Objective, PipelineSpec, RuntimeSpec, SampleStage
 from diffpipe.schemas.cei import AtomTransformerSpec, CoulombExplosionData
 from diffpipe.storage.formats import read_json, write_dataset, write_json
 
@@ -127,6 +127,12 @@ class CeiDomain:
         summary = (f"CEI ({spec.charge_regime}): {report.n_events} events of {len(report.train_molecules)} train / "
                    f"{len(report.test_molecules)} held-out molecules; {len(report.rejected)} rejected.")
         return StageOutput("dataset", metrics, summary)
+
+    def check_spec(self, spec: PipelineSpec) -> None:
+        """The model is the atom transformer (the network over the ions of an event)."""
+        if not isinstance(spec.model, AtomTransformerSpec):
+            raise SpecError("model.arch", "coulomb_explosion data needs the atom transformer", "atom_transformer",
+                            repr(spec.model.arch))
 
     def build_model(self, model: ModelSpec, ctx: StageContext) -> ModelMixin:
         """An AtomTransformer with random weights; its deterministic twin for the regression objective."""

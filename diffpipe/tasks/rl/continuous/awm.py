@@ -1,6 +1,6 @@
 """Advantage Weighted Matching: the pretraining flow-matching loss on rollout samples, weighted by advantage.
 
-Defaults of scxue/advantage_weighted_matching be51372 config/dgx_awm.py (reference/rl.md 3.6): 14
+Defaults of scxue/advantage_weighted_matching be51372 config/dgx_awm.py: 14
 rollout steps with noise level 0.4, 6 stratified training times per sample with time shift 3,
 advantages clipped to +-5 then rescaled to max |A| = 1, velocity MSE to the reference (1e-3) and to a
 fast EMA copy of the policy (weight 1, decay 0.3). On-policy, the PPO ratio is 1 and its clip inactive,

@@ -1,6 +1,6 @@
 """DDRL: maximise lambda((r - Z) / beta) on rollouts while the diffusion loss on real data anchors the model.
 
-arXiv 2512.04332 (no public code; reference/rl.md 3.7): J = E_p[-exp(-(r - Z) / beta)] - KL(p_data || p),
+arXiv 2512.04332 (no public code): J = E_p[-exp(-(r - Z) / beta)] - KL(p_data || p),
 Z = beta log E[exp(r / beta)] per group. The reward term's estimator is ours: the flow-matching loss
 on rollout samples weighted by the group-centred lambda (a likelihood surrogate, as AWM), plus
 data_weight times the pretraining flow-matching loss on a batch of real data (the forward KL bound).

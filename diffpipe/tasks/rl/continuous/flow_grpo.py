@@ -1,6 +1,6 @@
 """Flow-GRPO: PPO-clipped policy gradient over the Gaussian steps of an SDE sampler, KL to the reference.
 
-Defaults of yifan123/flow_grpo ac4c86e (reference/rl.md 3.2): 10 SDE steps with noise level 0.7, clip
+Defaults of yifan123/flow_grpo ac4c86e: 10 SDE steps with noise level 0.7, clip
 1e-4, advantages clipped to +-5, KL beta 0.04 as ||mean_theta - mean_ref||^2 / (2 s_t^2), timestep
 fraction 0.99, two optimizer steps per rollout batch.
 """

@@ -1,6 +1,6 @@
 """MARBLE: one advantage per reward; per-reward gradients combined at the min-norm point of their convex hull.
 
-arXiv 2605.06507 (README-only code; reference/rl.md 3.8): normalise each reward's gradient g_k,
+arXiv 2605.06507 (README-only code): normalise each reward's gradient g_k,
 solve min ||sum_k alpha_k g_k||^2 over the simplex (MGDA), smooth alpha by EMA across steps. The
 combined update has a non-negative inner product with every reward's gradient.
 """

@@ -1,6 +1,6 @@
 """DiffusionNFT: negative-aware fine-tuning on the forward process, with no likelihoods and any sampler.
 
-Defaults of NVlabs/DiffusionNFT 24af555 config/nft.py (reference/rl.md 3.5): rollouts from the old
+Defaults of NVlabs/DiffusionNFT 24af555 config/nft.py: rollouts from the old
 policy with a deterministic 10-step solver, guidance strength b = 1, advantages clipped to +-5 and
 mapped to r in [0, 1], adaptive x0 weighting, KL (velocity MSE to the reference) 1e-4, old policy
 decay min(0.001 step, 0.5).

@@ -26,7 +26,7 @@ class DistributedSpec(Strict):
     rdzv_endpoint: str | None = None
     """`host:port` of the c10d rendezvous (node 0's address); None on one machine (a free local port)."""
     rdzv_timeout_s: int = Field(default=300, ge=1)
-    """How long a launcher waits for every node to join the rendezvous before giving up."""
+    """How long a launcher waits for every node to join the rendezvous, and a rank for the others in a collective."""
     strategy: Literal["ddp", "fsdp"] = "ddp"
     """`ddp`: DistributedDataParallel (replicated weights); `fsdp`: FSDP2 `fully_shard` (sharded weights)."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"

@@ -67,8 +67,7 @@ def launch(ctx: StageContext, kind: str) -> StageOutput:
 
 
 def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
-    """Bad settings are input errors before any process starts: too many processes, nccl without CUDA, FSDP2 on
-    rl, uneven batches."""
+    """Refuse bad settings before any process starts: too many processes, nccl off CUDA, FSDP2 on rl, uneven batches."""
     dist = spec.runtime.distributed
     device = resolve_device(spec.runtime)
     available = torch.cuda.device_count() if device.type == "cuda" else len(os.sched_getaffinity(0))

@@ -3,7 +3,8 @@
 Both sides are the real `pretrain` stage on a real digits data artifact: one process calls the stage
 function (torch set to one thread); two processes go through the pipeline's launcher (torchrun, gloo,
 DDP), each rank computing half of the global batch. `steps_per_s` is the training loop's own
-measurement (process start-up excluded; the launch's wall time with start-up is reported beside it).
+measurement (process start-up excluded; the launch's wall time with start-up is reported beside it),
+as is the CPU time per step (`train_cpu_s`, rank 0's), which the machine's load does not inflate.
 Runs alternate to share the machine's noise and the ratio of medians is reported, with the load
 average around each run: on a shared machine a ratio below the target may only mean the cores were busy.
 No GPU numbers are produced here. Usage: python benchmarks/distributed_cpu.py [--steps 40] [--repeats 3]
@@ -52,8 +53,10 @@ def timed_run(spec, store: ArtifactStore, data_ref, key: str) -> dict:
         out = stage_function("pretrain", spec.runtime)(ctx)
     wall = time.perf_counter() - t0
     store.clear_run(key)
-    return {"steps_per_s": out.metrics["steps_per_s"], "processes": out.metrics["processes"], "wall_s": wall,
-            "load_before": before, "load_after": os.getloadavg()[0]}
+    steps = spec.stages[0].steps
+    return {"steps_per_s": out.metrics["steps_per_s"], "cpu_s_per_step": out.metrics["train_cpu_s"] / steps,
+            "processes": out.metrics["processes"], "wall_s": wall, "load_before": before,
+            "load_after": os.getloadavg()[0]}
 
 
 def commit() -> str:
@@ -83,6 +86,7 @@ def main() -> None:
             runs["one_process"].append(timed_run(one, store, data_ref, "bench-one-" + "0" * 54))
             runs["two_processes"].append(timed_run(two, store, data_ref, "bench-two-" + "0" * 54))
     median = {k: statistics.median(r["steps_per_s"] for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r["cpu_s_per_step"] for r in v) for k, v in runs.items()}
     env = env_info()
     result = {
         "what": "pretrain steps/s, 2 processes x 1 thread (torchrun, gloo, DDP) / 1 process x 1 thread, "
@@ -90,6 +94,11 @@ def main() -> None:
         "steps": args.steps, "global_batch_size": args.batch_size, "threads_per_process": 1,
         "model": one.model.model_dump(mode="json"), "runs": runs, "median_steps_per_s": median,
         "ratio_of_medians": median["two_processes"] / median["one_process"], "target": ">= 1.7 on 2 cores",
+        "median_cpu_s_per_step": cpu,
+        "cpu_time_ratio": cpu["one_process"] / cpu["two_processes"],
+        "cpu_time_ratio_means": "one process's CPU seconds per step over rank 0's: the speed-up two idle cores "
+                                "would give if ranks never waited for each other (an upper bound that the load "
+                                "cannot distort the way it distorts steps/s)",
         "usable_cores": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
         "note": "the machine is shared with other jobs; the load average (1 min) around each run says how busy "
                 "it was: with a load above the core count the ratio measures contention, not scaling",

@@ -106,6 +106,8 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
     wall_s: float = 0.0
+    cpu_s: float = 0.0
+    """CPU time of this process (rank 0's, across processes) over the same steps: busy time, whatever the load."""
     steps_per_s: float = 0.0
     flops_per_step: int | None = None
     """Forward + backward FLOPs of step 0 (torch's FlopCounterMode: matmuls and convolutions)."""
@@ -113,7 +115,7 @@ class TrainResult:
     def timing(self) -> dict[str, float | int | None]:
         """Resume point, wall time and speed, as stage metrics."""
         return {"resumed_from_step": self.resumed_from, "steps_per_s": self.steps_per_s, "train_wall_s": self.wall_s,
-                "processes": world_size()}
+                "train_cpu_s": self.cpu_s, "processes": world_size()}
 
     def metrics(self, steps: int) -> dict[str, float | int | None]:
         """Timing and FLOPs of a run of `steps` identical steps, as stage metrics."""
@@ -144,7 +146,7 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     result = TrainResult()
     start = _resume(run, model, ema, opt, sched, gen, result, ctx, loss_state)
     bar = tqdm(total=cfg.steps, initial=start, desc=ctx.node, disable=not ctx.progress, leave=False)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for step in range(start, cfg.steps):
         if any_rank(stop_requested()):  # SIGTERM / SIGINT / timeout (any rank): keep the steps done, then stop
             if step > start:
@@ -181,7 +183,7 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
             _checkpoint(run, done, model, ema, opt, sched, gen, result, loss_state)
     bar.close()
-    result.wall_s = time.perf_counter() - t0
+    result.wall_s, result.cpu_s = time.perf_counter() - t0, time.process_time() - c0
     result.steps_per_s = (cfg.steps - start) / result.wall_s if result.wall_s > 0 else math.nan
     if ema is not None:
         ema.shadow_params = full_tensors(ema.shadow_params)

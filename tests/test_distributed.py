@@ -70,7 +70,7 @@ class Built:
             self.refs = {"data": self.store.publish(Path(tmp), out.kind, {"node": "data"})}
 
     def run(self, stage: str, key: str, logs: list[str] | None = None, extra: list[dict] | None = None,
-            **distributed) -> dict:
+            progress: list[tuple] | None = None, **distributed) -> dict:
         """Run `stage` (of the spec, or of `extra` stages appended to it) under cache key `key`: its outputs."""
         raw = spec_dict(self.root, **distributed)
         raw["stages"] += copy.deepcopy(extra or [])
@@ -79,7 +79,8 @@ class Built:
         inputs = {name: self.refs[src] for name, src in node.upstream.items()}
         with tempfile.TemporaryDirectory() as tmp:
             ctx = StageContext(spec, stage, key, inputs, self.store, Path(tmp), progress=False,
-                               log=(logs.append if logs is not None else print))
+                               log=(logs.append if logs is not None else print),
+                               on_progress=None if progress is None else lambda *p: progress.append(copy.deepcopy(p)))
             out = stage_function(node.kind, spec.runtime)(ctx)
             result = {"weights": load_file(Path(tmp, "model", "diffusion_pytorch_model.safetensors")),
                       "online": load_file(Path(tmp, "model_online", "diffusion_pytorch_model.safetensors")),
@@ -109,7 +110,10 @@ def assert_weights_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_ranks_match_one_process(built: Built, strategy: str) -> None:
-    two = built.run("pretrain", f"two-{strategy}", nproc_per_node=2, strategy=strategy)
+    progress: list[tuple] = []
+    two = built.run("pretrain", f"two-{strategy}", progress=progress, nproc_per_node=2, strategy=strategy)
+    assert [p[0] for p in progress] == list(range(EVERY, STEPS + 1, EVERY))  # rank 0's progress reaches the UI hook
+    assert progress[-1][2] == two["losses"]
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(built.one["losses"]), rtol=LOSS_RTOL, atol=0)
     assert_weights_close(two["weights"], built.one["weights"])
     assert_weights_close(two["online"], built.one["online"])

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,8 @@ TRAINING_STAGES = frozenset({"pretrain", "midtrain", "distill", "rl"})
 PAYLOAD_FILE, OUTPUT_FILE, FAILURE_FILE = "payload.json", "output.json", "failure.json"
 LOG_PREFIX = "diffpipe-log: "
 """Rank 0 prints its log lines with this prefix; the stage's process passes them to its logger."""
+PROGRESS_PREFIX = "diffpipe-progress: "
+"""Rank 0's progress lines: JSON of the step, the steps and the losses since its previous line."""
 
 
 def distributes(kind: str, runtime: RuntimeSpec) -> bool:
@@ -61,7 +64,8 @@ def launch(ctx: StageContext, kind: str) -> StageOutput:
     check_launch(ctx.pipeline, ctx.node, kind)
     with tempfile.TemporaryDirectory(prefix=f"diffpipe-{ctx.node}-ranks-") as tmp:
         payload = Path(tmp)
-        run_launcher(payload, ctx.pipeline, ctx.node, kind, ctx.key, ctx.inputs, ctx.workdir, ctx.log)
+        run_launcher(payload, ctx.pipeline, ctx.node, kind, ctx.key, ctx.inputs, ctx.workdir, ctx.log,
+                     ctx.report_progress)
         out = json.loads((payload / OUTPUT_FILE).read_text())
     return StageOutput(out["kind"], out["metrics"], out["summary"], {k: Path(v) for k, v in out["images"].items()})
 
@@ -93,8 +97,9 @@ def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
 
 
 def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: str, inputs: dict[str, Any],
-                 workdir: Path, log: Any) -> None:
-    """Start the launcher child, pass rank 0's log lines on, and turn a failure into a one-line error."""
+                 workdir: Path, log: Callable[[str], None],
+                 progress: Callable[[int, int, list[float]], None] | None = None) -> None:
+    """Start the launcher child, pass rank 0's log and progress lines on, turn a failure into a one-line error."""
     doc = {"pipeline": spec.model_dump(mode="json"), "node": node, "kind": kind, "key": key,
            "inputs": {n: r.model_dump(mode="json") for n, r in inputs.items()}, "workdir": str(workdir)}
     (payload / PAYLOAD_FILE).write_text(json.dumps(doc))
@@ -105,10 +110,15 @@ def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: s
     proc = subprocess.Popen([sys.executable, "-m", "diffpipe.tasks.launch", str(payload)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     threading.Thread(target=_pass_stop_on, args=(proc,), daemon=True).start()
+    losses: list[float] = []
     try:
         for line in proc.stdout:
             if line.startswith(LOG_PREFIX):
                 log(line[len(LOG_PREFIX):].rstrip())
+            elif line.startswith(PROGRESS_PREFIX) and progress is not None:
+                report = json.loads(line[len(PROGRESS_PREFIX):])
+                losses += report["losses"]
+                progress(report["step"], report["steps"], losses)
             else:
                 tail.append(line.rstrip())
         code = proc.wait()

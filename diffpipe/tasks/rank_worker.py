@@ -28,7 +28,7 @@ from diffpipe.storage import ArtifactStore
 
 from .context import StageContext, StageOutput, resolve_device
 from .distributed import FsdpRefused
-from .launch import LOG_PREFIX, OUTPUT_FILE, PAYLOAD_FILE, set_parent_death_signal
+from .launch import LOG_PREFIX, OUTPUT_FILE, PAYLOAD_FILE, PROGRESS_PREFIX, set_parent_death_signal
 from .registry import get_stage
 from .stopping import request_stop
 
@@ -36,6 +36,18 @@ from .stopping import request_stop
 def log_line(message: str) -> None:
     """Rank 0's log line, marked for the stage's process."""
     print(LOG_PREFIX + message, flush=True)
+
+
+class ProgressLines:
+    """Rank 0's `on_progress` hook: one line per report with the losses since the previous one."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def __call__(self, step: int, steps: int, losses: list[float]) -> None:
+        """Print the report for the stage's process (which keeps the whole loss list)."""
+        print(PROGRESS_PREFIX + json.dumps({"step": step, "steps": steps, "losses": losses[self.sent:]}), flush=True)
+        self.sent = len(losses)
 
 
 def quiet(message: str) -> None:
@@ -64,7 +76,7 @@ def run_rank(payload: Path) -> StageOutput:
     with tempfile.TemporaryDirectory(prefix=f"diffpipe-{doc['node']}-rank{dist.get_rank()}-") as private:
         workdir = Path(doc["workdir"]) if main else Path(private)
         ctx = StageContext(spec, doc["node"], doc["key"], refs, store, workdir, log=log_line if main else quiet,
-                           progress=False)
+                           progress=False, on_progress=ProgressLines() if main else None)
         try:
             output = get_stage(doc["kind"])(ctx)
         except FsdpRefused as e:

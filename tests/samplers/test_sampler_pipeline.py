@@ -97,3 +97,31 @@ def test_ising_pipeline_runs_mdns_and_pdns(tmp_path: Path, prefect_api) -> None:
             assert 0 <= m["p_magnetisation_positive"] <= 1 and m["energy_per_site_exact"] < 0
     images = list((tmp_path / "a").glob("objects/*/*/comparison.png"))
     assert len(images) == 2
+
+
+def test_dw4_pipeline_draws_its_ground_truth_from_dask_chains(tmp_path: Path, prefect_api) -> None:
+    spec = tiny("samplers_dw4.yaml", tmp_path / "a")
+    # chains far too short to mix (the shipped spec runs 20k sweeps): this checks the Dask path, not convergence
+    spec["data"]["mcmc"] = {"chains": 2, "walkers_per_chain": 32, "burn_in": 1000, "sweeps": 1000, "thin": 10,
+                            "step_size": 0.7, "max_rhat": 3.0}
+    spec["runtime"]["dask_workers"] = 2
+    summary = run(spec)
+    data = summary["data"]["metrics"]
+    assert data["source"] == "mcmc" and 1.0 <= data["mcmc_rhat"] <= 3.0 and data["log_z"] is None
+    path = ArtifactStore(str(tmp_path / "a")).local_path(ArtifactRef.model_validate(summary["data"]["artifact"]))
+    reference = xr.open_zarr(path / "reference.zarr", consolidated=False).load()
+    assert reference["x"].shape == (64, 8) and reference.attrs["source"] == "mcmc"
+    for s in spec["stages"]:
+        if s["stage"] == "evaluate":
+            m = summary[s["name"]]["metrics"]
+            assert m["energy_w1"] > 0 and m["distance_w1"] > 0 and "log_z_error" not in m
+
+
+@pytest.mark.slow
+def test_unconverged_mcmc_fails_the_data_stage(tmp_path: Path, prefect_api) -> None:
+    spec = tiny("samplers_dw4.yaml", tmp_path / "a")
+    spec["data"]["mcmc"] = {"chains": 2, "walkers_per_chain": 8, "burn_in": 0, "sweeps": 40, "thin": 1,
+                            "step_size": 0.05, "max_rhat": 1.001}
+    with pytest.raises(Exception, match="did not converge: split R-hat"):
+        run(spec)
+    assert not list((tmp_path / "a").glob("objects/*/*/reference.zarr"))

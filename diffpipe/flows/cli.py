@@ -124,6 +124,10 @@ def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
     with stop_on_signals():
         from .pipeline import pipeline_flow
 
+        if not args.debug:
+            from .quiet import quiet_failures
+
+            quiet_failures()
         return pipeline_flow(spec_path=str(args.spec), overrides=args.set)
 
 

@@ -37,16 +37,24 @@ def test_read_xyz_converts_angstrom_to_bohr(tmp_path):
 
 
 @pytest.mark.parametrize(("text", "problem"), [
-    ("three\nx\nO 0 0 0\n", "number of atoms"),
-    ("2\nx\nO 0 0 0\n", "wrong number of atom lines"),
-    ("2\nx\nO 0 0 zero\nH 0 0 1\n", "not numbers"),
-    ("2\nx\nO 0 0\nH 0 0 1\n", "symbol x y z"),
+    ("three\nx\nO 0 0 0\n", "Expected xyz header"),
+    ("2\nx\nO 0 0 0\n", "Frame has 1 atoms, expected 2"),
+    ("2\nx\nO 0 0 0\nH 0 0 1\nH 0 0 -1\n", "Expected xyz header"),  # a count line below the atom lines
+    ("2\nx\nO 0 0 zero\nH 0 0 1\n", "could not convert"),
+    ("2\nx\nO 0 0\nH 0 0 1\n", "not a readable molecule file"),
+    ("", "one molecule"),
 ])
 def test_unparsable_xyz_names_the_file(tmp_path, text, problem):
     path = write(tmp_path, "bad.xyz", text)
     with pytest.raises(DataError, match=problem) as info:
         read_xyz(path)
     assert "bad.xyz" in info.value.where
+
+
+def test_extended_xyz_is_read(tmp_path):
+    text = "3\nProperties=species:S:1:pos:R:3 energy=-76.4 pbc=\"F F F\"\n" + "\n".join(WATER.splitlines()[2:]) + "\n"
+    water = read_xyz(write(tmp_path, "water.xyz", text))
+    assert water.symbols == ("O", "H", "H") and water.positions[1, 1] == pytest.approx(0.757 * 1.8897, rel=1e-4)
 
 
 def test_bad_molecules_are_reported_and_the_rest_kept(tmp_path):

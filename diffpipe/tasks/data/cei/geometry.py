@@ -52,32 +52,24 @@ def g2_molecules(min_atoms: int, max_atoms: int, elements: tuple[str, ...]) -> l
 
 
 def read_xyz(path: Path) -> Molecule:
-    """Parse a plain .xyz file (count, comment, `symbol x y z` lines in Angstrom); DataError if malformed."""
+    """One molecule from a file `ase.io.read` understands (plain or extended XYZ, and ASE's other formats by
+    suffix), in Angstrom; DataError naming the file when it does not parse, its count line disagrees with
+    its atom lines, it names an unknown element or holds more than one frame."""
+    import ase.io
+
     where = str(path)
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(where, "cannot read file", found=str(err)) from err
-    try:
-        n_atoms = int(lines[0].split()[0])
-    except (IndexError, ValueError):
-        raise DataError(where, "first line must be the number of atoms",
-                        found=repr(lines[0] if lines else "")) from None
-    body = [line for line in lines[2:] if line.strip()]
-    if n_atoms < 1 or len(body) < n_atoms:
-        raise DataError(where, "wrong number of atom lines", expected=str(n_atoms), found=str(len(body)))
-    symbols, positions = [], []
-    for number, line in enumerate(body[:n_atoms], start=3):
-        fields = line.split()
-        if len(fields) < 4:
-            raise DataError(f"{where}:{number}", "expected `symbol x y z`", found=line)
-        try:
-            positions.append([float(v) for v in fields[1:4]])
-        except ValueError:
-            raise DataError(f"{where}:{number}", "coordinates are not numbers", found=line) from None
-        symbols.append(fields[0].capitalize())
-    coords = np.asarray(positions, dtype=np.float64) * BOHR_PER_ANGSTROM
-    return Molecule(path.stem, tuple(symbols), coords, source=where)
+        frames = ase.io.read(path, index=":", format="extxyz" if path.suffix == ".xyz" else None)
+    except KeyError as err:
+        raise DataError(where, "unknown element", found=str(err)) from None
+    except (OSError, UnicodeDecodeError, ValueError, IndexError) as err:
+        problem = str(err).removeprefix("ase.io.extxyz: ")
+        raise DataError(where, f"not a readable molecule file ({problem})") from None
+    if len(frames) != 1:
+        raise DataError(where, "a molecule file holds one molecule", expected="1 frame", found=f"{len(frames)} frames")
+    atoms = frames[0]
+    coords = np.asarray(atoms.get_positions(), dtype=np.float64) * BOHR_PER_ANGSTROM
+    return Molecule(path.stem, tuple(atoms.get_chemical_symbols()), coords, source=where)
 
 
 def validate_molecule(molecule: Molecule, regime: str, min_distance_bohr: float) -> None:

@@ -186,3 +186,18 @@ def test_missing_bucket_and_missing_credentials_exit_2(s3_env, tmp_path: Path) -
                           text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "storage.root: no S3 credentials" in done.stderr and "AWS_ACCESS_KEY_ID" in done.stderr
+
+
+def test_training_checkpoints_resume_from_s3(s3_env, tmp_path: Path) -> None:
+    from diffpipe.storage import ArtifactStore
+
+    run = ArtifactStore(f"s3://{BUCKET}/resume").run_dir("r" * 64)
+    for step in (8, 16, 24):
+        ckpt = _folder(tmp_path / f"ckpt-{step}", files=3, size=1000 + step)
+        run.save(step, ckpt, keep=2)
+    assert run.steps() == [16, 24]  # the oldest is dropped
+    _s3().pipe_file(f"{BUCKET}/resume/runs/{'r' * 64}/step-00000032/model.bin", b"half")  # a save killed early
+    assert run.steps() == [16, 24]  # no COMPLETE marker: never resumed from
+    back = run.load(24, tmp_path / "loaded")
+    assert sorted(p.name for p in back.iterdir()) == ["COMPLETE", "part-0000.bin", "part-0001.bin", "part-0002.bin"]
+    assert (back / "part-0001.bin").read_bytes() == (tmp_path / "ckpt-24" / "part-0001.bin").read_bytes()

@@ -12,6 +12,7 @@
 Every run is a real `diffpipe run` / `prefect` process, one at a time; torch uses one thread. On a shared
 machine the numbers are noisy: the load average is recorded before and after.
 Usage: python benchmarks/ops_server.py [--set PATH=VALUE ...] [--repeats 3] [--deployment-runs 4]
+                                       [--parts storage server]
 """
 
 from __future__ import annotations
@@ -121,10 +122,21 @@ class Server:
             time.sleep(0.3)
 
     def stop(self) -> None:
-        """SIGTERM to the group, then wait."""
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(timeout=60)
+        """SIGTERM to the group, then wait (SIGKILL after 30 s)."""
+        stop_group([self.proc])
         self.log.close()
+
+
+def stop_group(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM each process group; SIGKILL what is still there 30 s later."""
+    for p in procs:
+        os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def start_server(kind: str, tmp: Path, env: dict[str, str], pg: LocalPostgres | None) -> tuple[Server, str, dict]:
@@ -173,10 +185,7 @@ def deployment_latency(api: str, client: dict[str, str], spec: Path, runs: int) 
             latencies.append((_wait_started(api, run_id) - issued).total_seconds())
             _wait_done(api, run_id)
     finally:
-        for w in workers:
-            os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            w.wait(timeout=60)
+        stop_group(workers)
     return {"runs": runs, "latency_s": latencies, "median_s": statistics.median(latencies),
             "worker_query_seconds": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "10 (default)")}
 
@@ -214,15 +223,22 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="digits overrides (part 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--deployment-runs", type=int, default=4)
+    parser.add_argument("--parts", nargs="+", choices=["storage", "server"], default=["storage", "server"])
     args = parser.parse_args()
-    result: dict = {"environment": environment(), "load_before": os.getloadavg()[0]}
+    out = REPO / "benchmarks" / "results" / "ops_server.json"
+    result: dict = json.loads(out.read_text()) if out.is_file() else {}  # parts not run keep their last numbers
+    result.update({"environment": environment(), "load_before": os.getloadavg()[0]})
     tmp = Path(tempfile.mkdtemp(prefix="diffpipe-ops-bench-"))
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     pg = None
     try:
-        result["storage"] = storage_backends(tmp, args.overrides, env)
+        if "storage" in args.parts:
+            result["storage"] = storage_backends(tmp, args.overrides, env)
+            save(out, result)
+        if "server" not in args.parts:
+            return
         spec = tmp / "tiny.yaml"
         spec.write_text(yaml.safe_dump(tiny_digits_spec(tmp / "server-artifacts")))
         if os.geteuid() == 0:
@@ -236,8 +252,10 @@ def main() -> None:
                 shutil.rmtree(tmp / "server-artifacts", ignore_errors=True)
                 client = {**env, "PREFECT_HOME": str(tmp / f"server-{kind}" / "client"), "PREFECT_API_URL": api}
                 servers[kind] = {**info, **cached_reruns(spec, client, args.repeats)}
+                save(out, {**result, "server_database": servers})
                 if kind == "postgresql":
                     result["deployment_to_start"] = deployment_latency(api, client, spec, args.deployment_runs)
+                    save(out, result)
             finally:
                 server.stop()
         servers["postgresql_over_sqlite_cached_rerun"] = (servers["postgresql"]["cached_rerun_median_s"]
@@ -247,9 +265,14 @@ def main() -> None:
         if pg is not None:
             pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    result["load_after"] = os.getloadavg()[0]
+        result["load_after"] = os.getloadavg()[0]
+        save(out, result)
     print(json.dumps(result, indent=2))
-    (REPO / "benchmarks" / "results" / "ops_server.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def save(path: Path, result: dict) -> None:
+    """Write the results so far (a part that fails later keeps what the others measured)."""
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

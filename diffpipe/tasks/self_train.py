@@ -95,7 +95,8 @@ def select(pool: torch.Tensor, m: int, policy: str, features: torch.Tensor, gen:
     return torch.arange(m)
 
 
-def training_set(ctx: StageContext, spec: SelfTrainStage, domain: ImageDomain, k: int):
+def training_set(ctx: StageContext, spec: SelfTrainStage, domain: ImageDomain, k: int) -> tuple[
+        torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, dict[str, int]]:
     """This generation's training images and labels, the candidate pool and its labels, and the set's sizes."""
     real_x, real_y = domain.load(ctx.input_path("data"), "train")
     n = spec.data_size or len(real_x)

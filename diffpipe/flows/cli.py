@@ -91,9 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"pipeline": spec.name, "stages": summary}, indent=2))
     else:
-        _print_table(["stage", "kind", "state", "artifact", "key metrics"],
-                     [[s["name"], s["stage"], s["state"], s["artifact"]["sha256"][:12], _headline(s["metrics"])]
-                      for s in summary])
+        _print_summary(summary)
     return 0
 
 
@@ -104,6 +102,13 @@ def _launch_checks(spec: PipelineSpec) -> None:
     for stage in spec.stages:
         if distributes(stage.stage, spec.runtime):
             check_launch(spec, stage.name, stage.stage)
+
+
+def _print_summary(summary: list[dict[str, Any]], file: Any = None) -> None:
+    """The per-stage table of a run: state, artifact digest and headline metrics (or the error)."""
+    _print_table(["stage", "kind", "state", "artifact", "key metrics"],
+                 [[s["name"], s["stage"], s["state"], (s["artifact"] or {}).get("sha256", "-")[:12],
+                   s.get("error") or _headline(s["metrics"])] for s in summary], file=file)
 
 
 def _prefect_server_configured() -> bool:
@@ -117,18 +122,23 @@ def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the flow; SIGTERM / SIGINT stop it within seconds, and nothing it started outlives it."""
     for k, v in PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    from .graph import GraphFailed
     from .signals import stop_on_signals
     from .watchdog import start_watchdog
 
     start_watchdog()
     with stop_on_signals():
-        from .pipeline import pipeline_flow
+        from .pipeline import run_pipeline
 
         if not args.debug:
             from .quiet import quiet_failures
 
             quiet_failures()
-        return pipeline_flow(spec_path=str(args.spec), overrides=args.set)
+        try:
+            return run_pipeline(_spec(args, library_checks=False), str(args.spec), args.set)
+        except GraphFailed as e:  # the table says which stages failed, which never ran and which finished
+            _print_summary(e.summary[""], file=sys.stderr)
+            raise
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -235,13 +245,13 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _print_table(header: list[str], rows: list[list[Any]]) -> None:
+def _print_table(header: list[str], rows: list[list[Any]], file: Any = None) -> None:
     cells = [header] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     for j, r in enumerate(cells):
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip(), file=file)
         if j == 0:
-            print("  ".join("-" * w for w in widths))
+            print("  ".join("-" * w for w in widths), file=file)
 
 
 def build_parser() -> argparse.ArgumentParser:

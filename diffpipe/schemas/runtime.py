@@ -60,9 +60,13 @@ class RuntimeSpec(Strict):
     seed: int = 0
     """Base random seed; every stage derives its own generator from it."""
     num_threads: int | None = Field(default=None, ge=1)
-    """torch intra-op threads (None: torch's default; 1 per process in a distributed stage)."""
+    """torch intra-op threads of each stage (None: the cores shared by the stages running at once; 1 per
+    process in a distributed stage)."""
+    max_parallel_stages: int | None = Field(default=None, ge=1)
+    """Stages (of a pipeline, or of every cell of a sweep) run at once; None: one per CPU core."""
     dask_address: str | None = None
-    """Address of a running Dask scheduler; None starts a LocalCluster when a stage needs one."""
+    """Address of a running Dask scheduler: stages run on its workers (prefect-dask's DaskTaskRunner) and
+    data builds use it; None runs stages in threads and starts a LocalCluster when a data build needs one."""
     dask_workers: int = Field(default=2, ge=1)
     """Workers of the LocalCluster started when no `dask_address` is given."""
     distributed: DistributedSpec = Field(default_factory=DistributedSpec)

@@ -6,7 +6,12 @@ Layout under the root:
     keys/<cache key>.json           cache index: which artifact a stage's cache key produced, and why
     names/<pipeline>/<stage>.json   the newest cache key of each named stage (for `status` explanations)
     runs/<cache key>/step-<n>/      resumable training checkpoints
+    leases/<cache key>/<gen>.json   who is computing a cache key right now (see `ArtifactStore.lease`)
     tmp/<uuid>/                     uploads in flight (never read)
+
+The key index is the only source of truth: an artifact counts as built for a key when `keys/<key>.json`
+names it and its manifest exists (and, verified, its checksums match). A record that cannot be read or
+has the wrong shape is a warning and a recompute, never an error.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ import hashlib
 import json
 import logging
 import os
+import threading
+import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from pydantic import ValidationError
 
 from diffpipe.errors import CorruptArtifact, InputError
 from diffpipe.schemas import ArtifactKind, ArtifactRef
@@ -29,6 +40,9 @@ from . import remote
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
+DEFAULT_LEASE_TTL_S = 60.0
+"""How long a lease lives without a heartbeat; its holder renews it every quarter of this."""
+_CREATE_LOCK = threading.Lock()  # exclusive creates on filesystems without an atomic one (memory://)
 
 
 def file_sha256(path: Path) -> str:
@@ -52,11 +66,37 @@ def tree_digest(listing: dict[str, dict[str, Any]]) -> str:
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-class ArtifactStore:
-    """Put, get and verify content-addressed artifacts under an fsspec root URI."""
+@dataclass
+class LeaseInfo:
+    """One lease record: who computes a cache key, until when (unless renewed), and whether it is over."""
 
-    def __init__(self, root: str):
+    key: str
+    holder: str
+    """`host:pid:token` of the process holding it."""
+    generation: int
+    expires: float
+    """Unix time after which the lease is void unless its holder renewed it."""
+    released: bool = False
+
+    @property
+    def active(self) -> bool:
+        """True while the holder is computing (not released, not expired)."""
+        return not self.released and time.time() < self.expires
+
+
+class ArtifactStore:
+    """Put, get and verify content-addressed artifacts under an fsspec root URI.
+
+    Concurrency: `lease(key)` makes computing a cache key exclusive across threads, processes and hosts
+    sharing the root. `active_leases()` lists the keys being computed now; their `runs/<key>/` checkpoints
+    and `tmp/` uploads are live and must not be garbage-collected. A holder that dies stops renewing its
+    lease; once it expires (`lease_ttl_s`), the next run takes the lease over and resumes from the dead
+    holder's newest checkpoint under `runs/<key>/`.
+    """
+
+    def __init__(self, root: str, lease_ttl_s: float = DEFAULT_LEASE_TTL_S):
         self.root_uri = root
+        self.lease_ttl_s = lease_ttl_s
         try:
             protocol = fsspec.core.split_protocol(root)[0] or "file"
             self.fs, path = fsspec.core.url_to_fs(root, **remote.filesystem_options(protocol))
@@ -175,12 +215,16 @@ class ArtifactStore:
         self._write_json(self._path("keys", f"{key}.json"), {"ref": ref.model_dump(mode="json"), **record})
 
     def lookup(self, key: str, verify: bool = True) -> ArtifactRef | None:
-        """The artifact recorded for a cache key, or None when absent or corrupt (with a warning)."""
-        try:
-            record = self._read_json(self._path("keys", f"{key}.json"))
-        except FileNotFoundError:
+        """The artifact recorded for a cache key, or None when absent, unreadable or corrupt (with a warning)."""
+        record = self.key_record(key)
+        if record is None:
             return None
-        ref = ArtifactRef.model_validate(record["ref"])
+        try:
+            ref = ArtifactRef.model_validate(record.get("ref"))
+        except ValidationError as e:
+            log.warning("index record keys/%s.json has the wrong shape and will be recomputed: %s", key[:12],
+                        str(e).splitlines()[0])
+            return None
         if not verify:
             return ref if self.fs.exists(self._path("manifests", f"{ref.sha256}.json")) else None
         try:
@@ -191,11 +235,141 @@ class ArtifactStore:
         return ref
 
     def key_record(self, key: str) -> dict[str, Any] | None:
-        """The index record of a cache key, if any."""
+        """The index record of a cache key; None when absent, or unreadable / not a JSON object (with a warning)."""
+        path = self._path("keys", f"{key}.json")
         try:
-            return self._read_json(self._path("keys", f"{key}.json"))
+            record = json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
+        except (OSError, ValueError) as e:
+            log.warning("index record keys/%s.json is unreadable and will be recomputed: %s", key[:12], e)
+            return None
+        if not isinstance(record, dict):
+            log.warning("index record keys/%s.json is not a JSON object and will be recomputed", key[:12])
+            return None
+        return record
+
+    # -- leases: one computation per cache key ------------------------------------------------
+    @contextmanager
+    def lease(self, key: str, poll_s: float = 0.5) -> Iterator[LeaseInfo]:
+        """Hold the exclusive lease on computing cache key `key`, waiting while another live holder has it.
+
+        Use it around "look the key up; compute and publish only if absent": a second caller waits for the
+        first to finish and then finds the artifact in the index. The lease is renewed by a background
+        thread every `lease_ttl_s / 4` and released on exit (also on an exception). A lease whose holder
+        died expires after `lease_ttl_s`; the next caller then takes it over (with a warning).
+        """
+        held = self._acquire(key, poll_s)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(held, stop), daemon=True,
+                                name=f"lease-{key[:8]}")
+        beat.start()
+        try:
+            yield held
+        finally:
+            stop.set()
+            beat.join()
+            held.released = True
+            self._write_json(self._lease_path(key, held.generation), _lease_json(held))
+
+    def active_leases(self) -> dict[str, LeaseInfo]:
+        """Cache key -> its live lease, for every key being computed now (what `gc` must leave alone)."""
+        base = self._path("leases")
+        if not self.fs.exists(base):
+            return {}
+        out = {}
+        for entry in self.fs.ls(base, detail=False):
+            key = entry.rstrip("/").rsplit("/", 1)[-1]
+            current = self.lease_info(key)
+            if current is not None and current.active:
+                out[key] = current
+        return out
+
+    def lease_info(self, key: str) -> LeaseInfo | None:
+        """The newest lease record of `key` (live, expired or released), or None if none was ever taken."""
+        generations = self._lease_generations(key)
+        return self._read_lease(key, generations[-1]) if generations else None
+
+    def _acquire(self, key: str, poll_s: float) -> LeaseInfo:
+        holder = f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        unreadable_since: dict[int, float] = {}
+        warned = False
+        while True:
+            generations = self._lease_generations(key)
+            generation = 0
+            if generations:
+                top = generations[-1]
+                current = self._read_lease(key, top)
+                if current is None:  # being written right now, or garbage: live until a TTL has passed
+                    first = unreadable_since.setdefault(top, time.time())
+                    current = LeaseInfo(key, "unknown", top, first + self.lease_ttl_s)
+                if current.active:
+                    if not warned:
+                        log.info("waiting for %s, which is computing key %s", current.holder, key[:12])
+                        warned = True
+                    time.sleep(poll_s)
+                    continue
+                if not current.released:
+                    log.warning("the lease of %s on key %s expired (its holder is gone); taking it over and "
+                                "resuming from its newest checkpoint", current.holder, key[:12])
+                generation = top + 1
+            mine = LeaseInfo(key, holder, generation, time.time() + self.lease_ttl_s)
+            if self._create_exclusive(self._lease_path(key, generation), _lease_json(mine)):
+                for old in generations:  # the newest record decides; older ones are history
+                    with suppress(FileNotFoundError):
+                        self.fs.rm_file(self._lease_path(key, old))
+                return mine
+
+    def _heartbeat(self, held: LeaseInfo, stop: threading.Event) -> None:
+        while not stop.wait(self.lease_ttl_s / 4):
+            newest = self._lease_generations(held.key)
+            if newest and newest[-1] != held.generation:
+                log.warning("lost the lease on key %s (it expired and was taken over)", held.key[:12])
+                return
+            held.expires = time.time() + self.lease_ttl_s
+            self._write_json(self._lease_path(held.key, held.generation), _lease_json(held))
+
+    def _lease_path(self, key: str, generation: int) -> str:
+        return self._path("leases", key, f"{generation:08d}.json")
+
+    def _lease_generations(self, key: str) -> list[int]:
+        folder = self._path("leases", key)
+        self.fs.invalidate_cache(folder)
+        try:
+            names = [e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(folder, detail=False)]
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit())
+
+    def _read_lease(self, key: str, generation: int) -> LeaseInfo | None:
+        try:
+            raw = json.loads(self.fs.cat_file(self._lease_path(key, generation)))
+            return LeaseInfo(key, str(raw["holder"]), generation, float(raw["expires"]), bool(raw["released"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def _create_exclusive(self, path: str, data: bytes) -> bool:
+        """Create `path` holding `data` unless it exists, atomically; False when someone else created it."""
+        parent = path.rsplit("/", 1)[0]
+        if not self.has_buckets:
+            self.fs.makedirs(parent, exist_ok=True)
+        if self.is_local:  # write aside, then hard-link: the file appears complete or not at all
+            tmp = f"{parent}/.{uuid.uuid4().hex}.tmp"
+            Path(tmp).write_bytes(data)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+        with _CREATE_LOCK:
+            try:
+                with self.fs.open(path, "xb") as f:
+                    f.write(data)
+                return True
+            except FileExistsError:
+                return False
 
     def record_name(self, pipeline: str, stage: str, record: dict[str, Any]) -> None:
         """Remember the newest cache key and key inputs of a named stage."""
@@ -221,7 +395,7 @@ class ArtifactStore:
 
     # -- small JSON files, written atomically ------------------------------------------------
     def _write_json(self, path: str, obj: Any) -> None:
-        data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+        data = obj if isinstance(obj, bytes) else json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
         parent = path.rsplit("/", 1)[0]
         if not self.has_buckets:
             self.fs.makedirs(parent, exist_ok=True)
@@ -236,6 +410,10 @@ class ArtifactStore:
             raise
         except (OSError, ValueError) as e:
             raise FileNotFoundError(f"{path}: unreadable ({e})") from e
+
+
+def _lease_json(lease: LeaseInfo) -> bytes:
+    return json.dumps({"holder": lease.holder, "expires": lease.expires, "released": lease.released}).encode()
 
 
 class RunDir:

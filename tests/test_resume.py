@@ -1,4 +1,5 @@
-"""Kill a real `diffpipe run` with SIGKILL mid-training; the rerun resumes to identical weights."""
+"""Kill a real `diffpipe run` with SIGKILL mid-training; the rerun takes its expired lease over and resumes to
+identical weights."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def _spec_file(tmp_path: Path, name: str) -> Path:
     spec = tiny_digits_spec(tmp_path / name)
     spec["stages"] = spec["stages"][:1]
     spec["stages"][0].update({"steps": STEPS, "checkpoint_every": EVERY, "log_every": EVERY})
+    spec["storage"]["lease_ttl_s"] = 3.0  # the killed run's lease on its key expires 3 s after its last heartbeat
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -67,6 +69,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     assert not list(root.glob("objects/*/*/model"))  # nothing published for the killed stage
 
     out = _finish(_start(killed_spec, tmp_path))
+    assert "expired" in out  # the killed holder's lease on the key, taken over
     assert f"resumed from the checkpoint at step {killed_at}" in out
     _finish(_start(_spec_file(tmp_path, "straight"), tmp_path))
     for folder in ("model", "model_online"):

@@ -73,7 +73,8 @@ def test_countdown_pipeline_end_to_end(tmp_path: Path, prefect_api) -> None:
     # per rollout: 8 decoding steps; ESPO's ELBO = num_mc 2 pairs = 4 passes, old + ref for each of mu = 2
     # iterations at rollout time (16), 4 with gradient per iteration (8)
     assert metrics["forwards_per_rollout"] == {"sampling": 8.0, "scoring": 16.0, "grad": 8.0}
-    assert {"train_wall_s", "steps_per_s", "resumed_from_step"} <= set(metrics) and "train_flops" not in metrics
+    timings = store.manifest(refs["rl"].sha256)["lineage"]["timings"]["metrics.json"]  # run facts: not hashed
+    assert {"train_wall_s", "steps_per_s", "resumed_from_step"} <= set(timings) and "train_flops" not in metrics
     log = read_json(rl_dir / "reward_log.json")
     assert [r is not None for r in log["reward"]] == [True, False] * 4
     # exact_verifier (at most 1) plus countdown_closeness (at most 1) at countdown.yaml's weight 0.4

@@ -71,8 +71,9 @@ def collect(store: ArtifactStore, keep_last: int | None = None, older_than_days:
     for entry in inv.staging.values():
         if entry.age_s >= max(GRACE_S, min_age):
             report.removals.append(Removal("staging", entry.path, entry.nbytes, "left by a killed upload"))
+    leased = store.active_leases()  # keys being computed now: their checkpoints are live
     for key, entry in inv.runs.items():
-        why = _stale_run(key, entry, inv, min_age)
+        why = None if key in leased else _stale_run(key, entry, inv, min_age)
         if why:
             report.removals.append(Removal("checkpoints", entry.path, entry.nbytes, why))
     if not dry_run:

@@ -91,7 +91,7 @@ def test_two_runs_of_one_spec_at_once_compute_each_stage_once(tmp_path: Path) ->
                              env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
     outs = [r.communicate(timeout=600) for r in runs]
-    for r, (out, err) in zip(runs, outs, strict=True):
+    for r, (_, err) in zip(runs, outs, strict=True):
         assert r.returncode == 0, err[-3000:]
     summaries = [{s["name"]: s for s in json.loads(out)["stages"]} for out, _ in outs]
     for name in summaries[0]:

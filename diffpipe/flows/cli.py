@@ -14,6 +14,7 @@ from diffpipe.errors import DiffpipeError, InputError, Interrupted
 from diffpipe.tasks.registry import COMMAND_MODULES
 
 from .store_commands import add_store_commands
+from .sweep_commands import add_sweep_arguments, add_sweep_command, is_sweep, sweep_show, sweep_status
 
 if TYPE_CHECKING:
     from diffpipe.schemas import PipelineSpec
@@ -142,7 +143,9 @@ def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Per stage: cached / stale / never run, and why."""
+    """Per stage: cached / stale / never run, and why (per cell and stage for a sweep)."""
+    if is_sweep(args):
+        return sweep_status(args)
     spec = _spec(args)
     from .plan import status
 
@@ -156,7 +159,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """A stage's artifact, lineage, metrics and files."""
+    """A stage's artifact, lineage, metrics and files (for a sweep: its comparison, or the stage in every cell)."""
+    if is_sweep(args):
+        return sweep_show(args)
+    if args.stage is None:
+        raise InputError("stage", "show needs a stage name (only a sweep's comparison is shown without one)",
+                         "a stage name or 'data'", "none")
     spec = _spec(args)
     from .plan import status
 
@@ -265,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help_)
         c.add_argument("spec", type=Path, help="pipeline YAML file")
         if name == "show":
-            c.add_argument("stage", help="stage name (or 'data')")
+            c.add_argument("stage", nargs="?", help="stage name (or 'data'); none: a sweep's comparison")
+        if name in ("status", "show"):
+            add_sweep_arguments(c)
         c.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                        help="override a field, e.g. stages.pretrain.steps=500 (repeatable)")
         if name in ("run", "status", "show"):
@@ -278,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(fn=fn)
     sub.add_parser("schema", help="JSON Schema of specs, for editor completion").set_defaults(fn=cmd_schema)
     add_domain_commands(sub)
+    add_sweep_command(sub)
     add_store_commands(sub)
     return p
 

@@ -46,12 +46,24 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         problem = str(e).splitlines()[0]
         raise SpecError(f"--set {path}", f"the value is not valid YAML ({problem})", "a YAML value",
                         repr(text)) from None
+    set_field(raw, path, value, f"--set {path}")
+
+
+def set_field(raw: dict[str, Any], path: str, value: Any, where: str | None = None) -> None:
+    """Set the field at dotted path `path` (`stages.rl.lr`, `stages[0].lr`) of a raw spec to `value`.
+
+    Missing mappings on the way are created (validation then names an unknown field); `where` prefixes errors.
+    """
+    where = where or path
+    keys = [k for k in path.replace("[", ".").replace("]", "").split(".") if k]
+    if not keys:
+        raise SpecError(where, "empty field path", "a dotted path such as stages.pretrain.lr", repr(path))
     node: Any = raw
     for i, key in enumerate(keys):
         last = i == len(keys) - 1
-        where = ".".join(keys[: i + 1])
+        here = ".".join(keys[: i + 1])
         if isinstance(node, list):
-            idx = _list_index(node, key, where)
+            idx = _list_index(node, key, here, where)
             if last:
                 node[idx] = value
             node = node[idx]
@@ -61,19 +73,20 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
             else:
                 node = node.setdefault(key, {})
         else:
-            raise SpecError(f"--set {path}", f"cannot descend into '{where}'", "a mapping or list", type(node).__name__)
+            raise SpecError(where, f"cannot descend into '{here}'", "a mapping or list", type(node).__name__)
 
 
-def _list_index(items: list[Any], key: str, where: str) -> int:
+def _list_index(items: list[Any], key: str, here: str, where: str) -> int:
     if key.lstrip("-").isdigit():
         idx = int(key)
         if -len(items) <= idx < len(items):
             return idx
-        raise SpecError(f"--set {where}", "index out of range", f"0..{len(items) - 1}", key)
+        raise SpecError(f"{where} ({here})", "index out of range", f"0..{len(items) - 1}", key)
     names = [it.get("name") if isinstance(it, dict) else None for it in items]
     if key in names:
         return names.index(key)
-    raise SpecError(f"--set {where}", "no list item with that name", "one of " + ", ".join(map(str, names)), key)
+    raise SpecError(f"{where} ({here})", "no list item with that name", "one of " + ", ".join(map(str, names)),
+                    key)
 
 
 FIELD_IN_MESSAGE = re.compile(r"^Value error, (?P<field>[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): (?P<problem>.*)$",

@@ -53,3 +53,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def publish_comparison_artifacts(sweep: str, report: dict[str, Any], images: dict[str, Path]) -> None:
+    """A sweep's comparison as a Prefect table artifact (one row per group) and a markdown one with plots."""
+    from .comparison import markdown_table
+
+    slug = artifact_slug(f"{sweep}-sweep")
+    rows = [{**{p: str(g["params"][p]) for p in report["parameters"]}, "seeds": len(g["seeds"]),
+             **{m: f"{s['mean']:.4g} ± {s['std']:.2g}" for m, s in g["metrics"].items() if m in report["headline"]}}
+            for g in report["groups"]]
+    create_table_artifact(rows, key=f"{slug}-table", description=f"sweep {sweep}: mean ± std over seeds")
+    md = [f"## sweep {sweep}", f"{len(report['cells'])} cells, {len(report['groups'])} settings", "",
+          markdown_table(report), ""]
+    md += [image_markdown(metric, path) for metric, path in images.items()]
+    create_markdown_artifact("\n".join(md), key=f"{slug}-comparison", description=f"sweep {sweep} comparison")

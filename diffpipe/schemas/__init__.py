@@ -8,11 +8,12 @@ from .pipeline import STAGE_CLASSES, CrossReferenceError, PipelineSpec, StageSpe
 from .runtime import RuntimeSpec
 from .stages import EvaluateStage, PretrainStage, SampleStage, SchedulerSpec, StageBase
 from .storage import StorageSpec
+from .sweep import SweepSpec
 
 __all__ = [
     "DDPM", "EDM", "STAGE_CLASSES", "ArtifactKind", "ArtifactRef", "CrossReferenceError", "DataSpec",
     "DiTSpec", "DigitsData", "EvaluateStage", "FlowMatching", "ModelSpec", "Objective", "PipelineSpec",
     "PretrainStage", "Regression", "RuntimeSpec", "SampleStage", "SchedulerSpec", "StageBase", "StageSpec",
-    "StorageSpec",
+    "StorageSpec", "SweepSpec",
     "UNet2DSpec",
 ]

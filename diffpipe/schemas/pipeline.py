@@ -16,6 +16,7 @@ from .samplers import SAMPLER_CLASSES, NeuralSamplerStage
 from .self_train import SelfTrainStage
 from .stages import EvaluateStage, PretrainStage, SampleStage, StageBase
 from .storage import StorageSpec
+from .sweep import SweepSpec
 
 # Adding a stage kind: write its class (a StageBase subclass with `stage: Literal[...]`) and add it here.
 STAGE_CLASSES: tuple[type[StageBase], ...] = (PretrainStage, SampleStage, EvaluateStage, RLStage, MidtrainStage,
@@ -53,6 +54,8 @@ class PipelineSpec(Strict):
     """Device, precision, seed, Dask."""
     storage: StorageSpec = Field(default_factory=StorageSpec)
     """Artifact root."""
+    sweep: SweepSpec | None = None
+    """A grid over this pipeline, run by `diffpipe sweep` (`diffpipe run` runs the pipeline as written)."""
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> PipelineSpec:

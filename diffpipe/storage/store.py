@@ -5,6 +5,7 @@ Layout under the root:
     manifests/<sha>.json            file list with per-file digests, kind, lineage; written last = commit
     keys/<cache key>.json           cache index: which artifact a stage's cache key produced, and why
     names/<pipeline>/<stage>.json   the newest cache key of each named stage (for `status` explanations)
+    sweeps/<name>.json              the newest comparison of a sweep and its cells
     runs/<cache key>/step-<n>/      resumable training checkpoints
     leases/<cache key>/<gen>.json   who is computing a cache key right now (see `ArtifactStore.lease`)
     tmp/<uuid>/                     uploads in flight (never read)
@@ -248,6 +249,17 @@ class ArtifactStore:
             log.warning("index record keys/%s.json is not a JSON object and will be recomputed", key[:12])
             return None
         return record
+
+    def record_sweep(self, name: str, record: dict[str, Any]) -> None:
+        """Remember the newest comparison of sweep `name` (its artifact and its cells)."""
+        self._write_json(self._path("sweeps", f"{name}.json"), record)
+
+    def sweep_record(self, name: str) -> dict[str, Any] | None:
+        """The newest record of sweep `name`, if any."""
+        try:
+            return self._read_json(self._path("sweeps", f"{name}.json"))
+        except FileNotFoundError:
+            return None
 
     # -- leases: one computation per cache key ------------------------------------------------
     @contextmanager

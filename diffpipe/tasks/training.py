@@ -43,6 +43,7 @@ from diffpipe.storage.formats import (  # noqa: E402
     save_tensors,
     write_json,
 )
+from diffpipe.tasks.plotting import serialized  # noqa: E402
 
 from .context import StageContext  # noqa: E402
 from .distributed import (  # noqa: E402
@@ -270,6 +271,7 @@ def count_spikes(values: list[float], factor: float = 3.0, window: int = 50) -> 
     return sum(v > factor * statistics.median(values[i - window:i]) for i, v in enumerate(values) if i >= window)
 
 
+@serialized
 def plot_losses(losses: list[float], path: Path, title: str) -> Path:
     """Loss curve (raw and a running mean) as a PNG."""
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -288,6 +290,7 @@ def plot_losses(losses: list[float], path: Path, title: str) -> Path:
     return path
 
 
+@serialized
 def plot_against_budget(samples: torch.Tensor, wall_s: torch.Tensor, series: dict[str, torch.Tensor], path: Path,
                         title: str, ylabel: str) -> Path:
     """Curves against samples generated (left) and wall time (right), as a PNG (RL reward curves)."""

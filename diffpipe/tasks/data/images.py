@@ -10,7 +10,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from diffpipe.tasks.plotting import serialized
 
+
+@serialized
 def save_grid(images: torch.Tensor, path: Path, labels: torch.Tensor | None = None, columns: int = 10,
               max_images: int = 100, title: str = "") -> Path:
     """Save up to `max_images` single-channel images in [-1, 1] as a labelled PNG grid."""

@@ -28,6 +28,8 @@ import xarray as xr
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from diffpipe.tasks.plotting import serialized
+
 PERIOD = (2080, 2100)
 SPACE = ("lat", "lon")
 
@@ -181,6 +183,7 @@ def _figure(ncols: int, width: float = 4.2, height: float = 3.0) -> tuple[Figure
     return fig, [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
 
 
+@serialized
 def plot_mean_maps(
     prediction: xr.DataArray, target: xr.DataArray, path: Path, title: str, period: tuple[int, int] = PERIOD
 ) -> Path:
@@ -213,6 +216,7 @@ def plot_mean_maps(
     return path
 
 
+@serialized
 def plot_global_series(series: dict[str, xr.DataArray], path: Path, title: str, units: str = "") -> Path:
     """PNG of area-weighted global means over time: ensemble mean line and min-max member band per source."""
     fig, (ax,) = _figure(1, width=7.0, height=3.6)

@@ -26,6 +26,7 @@ from diffpipe.schemas import Objective  # noqa: E402
 from diffpipe.schemas.cei import CeiDetector  # noqa: E402
 from diffpipe.tasks.metrics.cei import cei_metrics  # noqa: E402
 from diffpipe.tasks.objectives import NetFn  # noqa: E402
+from diffpipe.tasks.plotting import serialized
 from diffpipe.tasks.sampling import CountingNet, sample  # noqa: E402
 from diffpipe.tasks.search.run import SearchRun  # noqa: E402
 
@@ -121,6 +122,7 @@ def _principal_axes(points: np.ndarray) -> np.ndarray:
     return axes[:, ::-1]
 
 
+@serialized
 def preview(samples: xr.Dataset, reference_positions: np.ndarray, molecule_names: list[str], path: Path,
             title: str) -> Path:
     """Predicted (every draw, and their mean) vs true geometry for a few events of different molecules."""

@@ -121,8 +121,6 @@ def _prefect_server_configured() -> bool:
 
 def _run_flow(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the flow; SIGTERM / SIGINT stop it within seconds, and nothing it started outlives it."""
-    for k, v in PREFECT_DEFAULTS.items():
-        os.environ.setdefault(k, v)
     from .graph import GraphFailed
     from .signals import stop_on_signals
     from .watchdog import start_watchdog
@@ -295,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: exit 0 on success, 2 on bad input, 1 on a failure inside a stage."""
+    for k, v in PREFECT_DEFAULTS.items():  # before anything imports Prefect: it reads its settings then
+        os.environ.setdefault(k, v)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -15,11 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffpipe.errors import StageError
+from diffpipe.errors import Interrupted, StageError
 from diffpipe.schemas import ArtifactRef, PipelineSpec, RuntimeSpec
+from diffpipe.tasks.stopping import stop_requested
 
 from .node_task import node_task, store_of
 from .plan import Node, node_key, nodes
+from .signals import stop_on_signals
 from .watch import link_cached
 
 
@@ -80,11 +82,15 @@ class Running:
 def run_graph(pipelines: dict[str, PipelineSpec]) -> dict[str, list[dict[str, Any]]]:
     """Run every node of every pipeline (cell name -> spec); returns each cell's node entries, in node order.
 
-    Raises GraphFailed (after every runnable node has finished) when a node failed.
+    Raises GraphFailed (after every runnable node has finished) when a node failed, and Interrupted when the
+    run was asked to stop (SIGTERM / SIGINT: running stages checkpoint, nothing new starts).
     """
     runtime = next(iter(pipelines.values())).runtime
     graph = _Graph(pipelines, parallel_stages(runtime), stage_threads(runtime))
-    graph.run()
+    with stop_on_signals():  # stages run in worker threads: the flow's thread takes the signals for them
+        graph.run()
+    if graph.interrupted is not None:
+        raise graph.interrupted
     summary = {cell: [job.entry for job in graph.jobs if job.cell == cell] for cell in pipelines}
     failed = [job for job in graph.jobs if job.entry["state"] == "failed"]
     if failed:
@@ -99,6 +105,7 @@ class _Graph:
         self.limit, self.threads = limit, threads
         self.running: dict[str, Running] = {}
         self.finished: queue.Queue[str] = queue.Queue()
+        self.interrupted: Interrupted | None = None
 
     def run(self) -> None:
         pending = list(self.jobs)
@@ -112,6 +119,9 @@ class _Graph:
 
     def _advance(self, job: Job) -> bool:
         """Settle or submit `job` if its inputs allow; True when it left the pending list."""
+        if stop_requested():
+            job.entry = _entry(job, "not run", error="the run was asked to stop")
+            return True
         sources = [self.by_name[(job.cell, src)] for src in job.node.upstream.values()]
         broken = [s for s in sources if s.entry is not None and s.entry["state"] in ("failed", "not run")]
         if broken:
@@ -144,6 +154,8 @@ class _Graph:
         try:
             result = done.future.result()
         except Exception as e:  # the stage failed: its jobs fail, their descendants will not run
+            if isinstance(e, Interrupted) and self.interrupted is None:
+                self.interrupted = e
             for job in done.jobs:
                 job.entry = _entry(job, "failed", key=done.key, error=str(e) or e.__class__.__name__)
             return

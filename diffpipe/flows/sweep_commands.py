@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -54,10 +53,6 @@ def _load(args: argparse.Namespace):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Validate every cell, then run them all at once under one parent flow run and print the comparison."""
-    from .cli import PREFECT_DEFAULTS
-
-    for k, v in PREFECT_DEFAULTS.items():  # before Prefect is imported: it reads its settings then
-        os.environ.setdefault(k, v)
     from .node_task import store_of
 
     base, sweep, cells = _load(args)

@@ -1,4 +1,4 @@
-"""Run facts (wall times, speeds, the step a run resumed from) kept out of the hashed files of an artifact.
+"""Run facts (wall times, speeds, energy, the step a run resumed from) kept out of the hashed files of an artifact.
 
 An artifact's digest must depend on its content only, so that a deterministic stage republishes the same
 digest and nothing downstream reruns. Stages put timings into their metrics; before publishing, every
@@ -13,9 +13,10 @@ from typing import Any
 
 from diffpipe.storage.formats import read_json, write_json
 
-TIMING_SUFFIXES = ("wall_s", "_per_s", "_seconds")
-"""A key ending like this holds a run fact, not content (`train_wall_s`, `steps_per_s`, `rollout_seconds`)."""
-TIMING_KEYS = frozenset({"resumed_from_step", "seconds"})
+TIMING_SUFFIXES = ("_s", "_per_s", "_seconds", "_j")
+"""A key ending like this holds a run fact, not content: seconds, speeds and joules (`train_wall_s`,
+`flop_count_s`, `steps_per_s`, `rollout_seconds`, `cpu_energy_j`)."""
+TIMING_KEYS = frozenset({"resumed_from_step", "seconds", "wall_s"})
 """Keys that are run facts by name."""
 
 

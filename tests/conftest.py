@@ -13,7 +13,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from tiny_specs import tiny_digits_spec  # noqa: E402
+from tiny_specs import run_spec, tiny_digits_spec  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -45,3 +45,9 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def run_pipeline(prefect_api):
+    """`run_pipeline(raw)`: validate a spec dict and run it through the real flow; stage name -> summary entry."""
+    return run_spec

@@ -9,11 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from prefect import flow
+from tiny_specs import run_spec as _run
 
 from diffpipe.flows.cli import main
-from diffpipe.flows.pipeline import execute
-from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
 from diffpipe.storage.formats import open_dataset, read_json
 from diffpipe.tasks.metrics.collapse import farthest_point_selection, kl_entropy, memorisation, nearest_distance
@@ -82,9 +80,6 @@ def test_selection_on_data_without_entropy_exits_2(tmp_path: Path, capsys) -> No
     assert "error: stages[1].selection: self_train selects and measures by the entropy" in capsys.readouterr().err
 
 
-def _run(raw: dict) -> dict[str, dict]:
-    summary = flow(name="diffpipe-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    return {s["name"]: s for s in summary}
 
 
 def test_generations_are_cached_nodes_and_a_longer_run_reuses_them(tiny_spec: dict, prefect_api) -> None:

@@ -25,3 +25,26 @@ def tiny_digits_spec(root: Path) -> dict:
     spec["storage"] = {"root": str(root)}
     spec["runtime"] = {"device": "cpu", "seed": 0}
     return spec
+
+
+def run_spec(raw: dict) -> dict[str, dict]:
+    """Validate a spec dict and run it through the real Prefect flow; stage name -> summary entry."""
+    from prefect import flow
+
+    from diffpipe.flows.pipeline import execute
+    from diffpipe.flows.spec_loading import validate_spec
+
+    summary = flow(name="diffpipe-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    return {s["name"]: s for s in summary}
+
+
+def rl_log_first(store_root: str, entry: dict, column: str) -> float:
+    """The mean of the first tenth of rollout batches of `column` in an rl stage's reward_log.json."""
+    from diffpipe.schemas import ArtifactRef
+    from diffpipe.storage import ArtifactStore
+    from diffpipe.storage.formats import read_json
+
+    path = ArtifactStore(store_root).local_path(ArtifactRef.model_validate(entry["artifact"]))
+    values = [v for v in read_json(path / "reward_log.json")[column] if v is not None]
+    k = max(1, len(values) // 10)
+    return sum(values[:k]) / k

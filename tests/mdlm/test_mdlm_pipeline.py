@@ -13,8 +13,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 from pydantic import TypeAdapter, ValidationError  # noqa: E402
+from tiny_specs import run_spec as run  # noqa: E402
 
-from diffpipe.flows.pipeline import execute  # noqa: E402
 from diffpipe.flows.plan import status  # noqa: E402
 from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
 from diffpipe.schemas import PipelineSpec  # noqa: E402
@@ -46,12 +46,6 @@ def tiny_countdown_spec(root: Path, algorithm: str = "espo") -> dict:
     return spec
 
 
-def run(raw: dict) -> dict[str, dict]:
-    """Run a spec dict through the real flow; stage name -> summary entry."""
-    from prefect import flow
-
-    summary = flow(name="diffpipe-mdlm-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    return {s["name"]: s for s in summary}
 
 
 @pytest.mark.slow

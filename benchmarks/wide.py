@@ -1,0 +1,120 @@
+"""Running wide: independent stages at once, and sweeps whose cells share stages, measured through the CLI.
+
+    python benchmarks/wide.py cei          # pipelines/cei.yaml: concurrent / serial wall time, same digests
+    python benchmarks/wide.py rl_sweep     # 4 algorithms x 3 seeds on digits: pretrain runs, concurrent / serial
+    python benchmarks/wide.py rl_sweep --dask   # the same sweep on a 2-worker Dask cluster on loopback
+
+Step counts are cut with --set overrides so each measurement takes minutes on a shared 2-core machine
+(the JSON records the overrides); both arms of a ratio run in this process's session one after the other,
+with one torch thread per stage, on fresh artifact roots. Writes benchmarks/results/wide_<what>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from harness import REPO, run_diffpipe, write_result
+
+CEI_QUICK = ["stages.diffusion.steps=300", "stages.baseline.steps=300", "stages.diffusion.checkpoint_every=300",
+             "stages.baseline.checkpoint_every=300", "data.geometries_per_molecule=8",
+             "stages.sample_diffusion.num_samples=60", "stages.sample_baseline.num_samples=60",
+             "runtime.device=cpu", "runtime.num_threads=1"]
+RL_QUICK = ["model.block_out_channels=[16,32]", "model.norm_num_groups=8", "stages.pretrain.steps=60",
+            "stages.pretrain.batch_size=32", "stages.pretrain.checkpoint_every=60", "stages.rl.steps=4",
+            "stages.rl.group_size=4", "stages.rl.groups_per_step=2", "stages.rl.checkpoint_every=4",
+            "stages.sample.num_samples=50", "stages.sample.scheduler.steps=8", "runtime.device=cpu",
+            "runtime.num_threads=1"]
+ALGORITHMS = ("[{algorithm: flow_grpo, sampler_steps: 6}, {algorithm: diffusion_nft, sampler_steps: 6, "
+              "train_timesteps: 2}, {algorithm: awm, sampler_steps: 6, timesteps_per_sample: 2}, "
+              "{algorithm: ddrl, sampler_steps: 6, timesteps_per_sample: 2}]")
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def cei(work: Path) -> dict:
+    """pipelines/cei.yaml with the diffusion model and the baseline side by side vs one stage at a time."""
+    arms = {}
+    for name, parallel in (("serial", 1), ("concurrent", 2)):
+        sets = [*CEI_QUICK, f"storage.root={work / name}", f"runtime.max_parallel_stages={parallel}"]
+        doc, wall = run_diffpipe(["run", str(REPO / "pipelines" / "cei.yaml"), *_sets(sets)], work / name)
+        arms[name] = {"wall_s": wall, "digests": {s["name"]: s["artifact"]["sha256"] for s in doc["stages"]},
+                      "states": {s["name"]: s["state"] for s in doc["stages"]}}
+        print(f"cei {name}: {wall:.1f} s", flush=True)
+    return {"what": "pipelines/cei.yaml, concurrent (max_parallel_stages=2) / serial (1), 1 torch thread per stage",
+            "overrides": CEI_QUICK, "serial": arms["serial"], "concurrent": arms["concurrent"],
+            "wall_ratio_concurrent_over_serial": arms["concurrent"]["wall_s"] / arms["serial"]["wall_s"],
+            "bit_identical": arms["concurrent"]["digests"] == arms["serial"]["digests"]}
+
+
+def rl_sweep(work: Path, dask: bool) -> dict:
+    """4 RL algorithms x 3 seeds on digits: cells at once (threads or Dask) vs one cell at a time."""
+    grid = ["--grid", f"stages.rl.algorithm={ALGORITHMS}", "--repeat-seeds", "3"]
+    arms, cluster = {}, None
+    try:
+        extra = []
+        if dask:
+            cluster = _start_dask(work)
+            extra = ["runtime.dask_address=tcp://127.0.0.1:8797"]
+        for name, parallel in (("serial", 1), ("concurrent", 2)):
+            if dask and name == "serial":
+                sets = [*RL_QUICK, f"storage.root={work / name}", "runtime.max_parallel_stages=1"]
+            else:
+                sets = [*RL_QUICK, *extra, f"storage.root={work / name}", f"runtime.max_parallel_stages={parallel}"]
+            report, wall = run_diffpipe(["sweep", str(REPO / "pipelines" / "digits_rl.yaml"), *grid, *_sets(sets)],
+                                        work / name)
+            executed = {stage: sum(c["states"][stage] == "executed" for c in report["cells"])
+                        for stage in report["cells"][0]["states"]}
+            arms[name] = {"wall_s": wall, "executions": executed, "cells": len(report["cells"]),
+                          "digests_by_cell": {c["cell"]: c["metrics"] for c in report["cells"]}}
+            print(f"rl sweep {name}: {wall:.1f} s, executions {executed}", flush=True)
+    finally:
+        for proc in cluster or []:
+            proc.terminate()
+            proc.wait(timeout=30)
+    same = arms["serial"]["digests_by_cell"] == arms["concurrent"]["digests_by_cell"]
+    for arm in arms.values():
+        arm.pop("digests_by_cell")
+    runner = "a 2-worker Dask cluster on 127.0.0.1 (DaskTaskRunner), 1 thread each" if dask else "threads"
+    return {"what": f"digits_rl sweep, 4 algorithms x 3 seeds = 12 cells; concurrent on {runner} "
+                    "(max_parallel_stages=2) / one stage at a time in threads (max_parallel_stages=1)",
+            "overrides": RL_QUICK, "serial": arms["serial"], "concurrent": arms["concurrent"],
+            "pretrain_executions": arms["concurrent"]["executions"]["pretrain"],
+            "wall_ratio_concurrent_over_serial": arms["concurrent"]["wall_s"] / arms["serial"]["wall_s"],
+            "same_metrics": same}
+
+
+def _start_dask(work: Path) -> list[subprocess.Popen]:
+    """A distributed scheduler and two 1-thread workers on loopback."""
+    bin_dir, quiet = Path(sys.executable).parent, {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", "8797",
+                               "--no-dashboard"], **quiet)]
+    time.sleep(5)
+    for i in range(2):
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", "tcp://127.0.0.1:8797", "--nthreads", "1",
+                                       "--no-dashboard", "--name", f"w{i}"], **quiet))
+    time.sleep(10)
+    return procs
+
+
+def main() -> None:
+    """Run one measurement and write its JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["cei", "rl_sweep"])
+    parser.add_argument("--dask", action="store_true", help="rl_sweep: run the concurrent arm on Dask")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="diffpipe-wide-") as tmp:
+        result = cei(Path(tmp)) if args.what == "cei" else rl_sweep(Path(tmp), args.dask)
+    result["note"] = ("shared, busy 2-core machine (other engineers' jobs ran beside it; see the load average): "
+                      "step counts cut with --set so each arm takes minutes; ratios are noisy")
+    write_result(f"wide_{args.what}{'_dask' if args.dask else ''}", result)
+
+
+if __name__ == "__main__":
+    main()

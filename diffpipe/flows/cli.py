@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: finished stages are cached; rerun to continue", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from diffpipe.errors import Interrupted, StageError
+from diffpipe.errors import InputError, Interrupted, StageError
 from diffpipe.schemas import ArtifactRef, PipelineSpec, RuntimeSpec
 from diffpipe.tasks.stopping import stop_requested
 
@@ -45,11 +45,15 @@ def stage_threads(runtime: RuntimeSpec) -> int:
 
 
 class GraphFailed(StageError):
-    """Some nodes failed: `summary` holds every node's entry (executed, cached, failed or not run)."""
+    """Some nodes failed: `summary` holds every node's entry (executed, cached, failed or not run).
 
-    def __init__(self, message: str, summary: dict[str, list[dict[str, Any]]]):
+    Its exit code is 2 (bad input) when every failure was bad input (a DataError inside a stage, say), else 1.
+    """
+
+    def __init__(self, message: str, summary: dict[str, list[dict[str, Any]]], bad_input: bool = False):
         super().__init__(message)
         self.summary = summary
+        self.exit_code = 2 if bad_input else 1
 
 
 @dataclass(eq=False)
@@ -61,6 +65,8 @@ class Job:
     node: Node
     entry: dict[str, Any] | None = None
     ref: ArtifactRef | None = None
+    bad_input: bool = False
+    """True when this job failed on bad input (an InputError), not inside the stage's own code."""
 
     @property
     def label(self) -> str:
@@ -94,7 +100,7 @@ def run_graph(pipelines: dict[str, PipelineSpec]) -> dict[str, list[dict[str, An
     summary = {cell: [job.entry for job in graph.jobs if job.cell == cell] for cell in pipelines}
     failed = [job for job in graph.jobs if job.entry["state"] == "failed"]
     if failed:
-        raise GraphFailed(_failure_message(graph.jobs), summary)
+        raise GraphFailed(_failure_message(graph.jobs), summary, bad_input=all(job.bad_input for job in failed))
     return summary
 
 
@@ -158,6 +164,7 @@ class _Graph:
                 self.interrupted = e
             for job in done.jobs:
                 job.entry = _entry(job, "failed", key=done.key, error=str(e) or e.__class__.__name__)
+                job.bad_input = isinstance(e, InputError)
             return
         store = store_of(done.jobs[0].spec)
         ref = store.lookup(done.key, verify=False)  # the index decides, whatever Prefect handed back

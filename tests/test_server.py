@@ -100,6 +100,8 @@ def test_runs_are_named_keyed_and_followed_through_the_api(server, tmp_path: Pat
     assert f"artifact: `file://{tmp_path}/art/objects/" in summary["data"]  # absolute URI
     (progress,) = _artifacts(api, f"digits-{v}-pretrain-progress")  # one artifact, updated as training ran
     assert progress["type"] == "progress" and progress["data"] == 100.0
+    (sampled,) = _artifacts(api, f"digits-{v}-sample-samples-progress")  # sampling shows its progress too
+    assert sampled["type"] == "progress" and sampled["data"] == 100.0
     assert len(_artifacts(api, f"digits-{v}-pretrain-loss-table")) >= 2  # drawn during training, then at the end
     assert "data:image/png;base64," in _artifacts(api, f"digits-{v}-pretrain-loss-curve")[0]["data"]
 

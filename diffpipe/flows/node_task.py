@@ -24,7 +24,7 @@ from diffpipe.tasks.launch import stage_function
 from diffpipe.tasks.registry import get_domain
 
 from .cache import canonical_json, sha256_text
-from .progress import LiveProgress
+from .progress import LiveProgress, WorkProgress
 from .signals import stage_stops_at_step
 from .timings import move_timings
 from .ui import publish_stage_artifacts
@@ -63,7 +63,8 @@ def _build(spec: PipelineSpec, store: ArtifactStore, node: str, kind: str, key: 
     refs = {name: ArtifactRef.model_validate(r) for name, r in upstream.items()}
     with tempfile.TemporaryDirectory(prefix=f"diffpipe-{node}-") as tmp:
         ctx = StageContext(spec, node, key, refs, store, Path(tmp), log=logger.info,
-                           on_progress=LiveProgress(artifact_prefix(spec, node), node))
+                           on_progress=LiveProgress(artifact_prefix(spec, node), node),
+                           on_work=WorkProgress(artifact_prefix(spec, node), node))
         t0 = time.perf_counter()
         with stage_stops_at_step():
             output = _compute(ctx, kind)

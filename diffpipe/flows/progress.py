@@ -1,4 +1,5 @@
-"""Live training progress in the Prefect UI: a progress artifact, and the loss curve and table as training runs.
+"""Live progress in the Prefect UI: training (a progress artifact, the loss curve and table as training runs)
+and other long work (sampling, data builds: one progress artifact each).
 
 `LiveProgress` is the `StageContext.on_progress` hook of a node's task. Its progress artifact is updated on
 every call (every `log_every` steps); the loss table and the markdown loss curve are published again at
@@ -55,3 +56,20 @@ class LiveProgress:
             png = plot_losses(losses, Path(tmp) / "loss.png", f"{self.node}: step {step}/{steps}")
             md = f"## {self.node}: step {step}/{steps}\n\n" + image_markdown("loss", png)
         create_markdown_artifact(md, key=f"{self.prefix}-loss-curve", description=f"{self.node}: loss curve, live")
+
+
+class WorkProgress:
+    """Publishes the progress of a stage's other long work (`StageContext.on_work`) under `<prefix>-<what>-progress`."""
+
+    def __init__(self, prefix: str, node: str):
+        self.prefix, self.node = prefix, node
+        self.artifacts: dict[str, UUID] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        """Report `done` of `total` units of `what`."""
+        pct, text = 100.0 * done / max(1, total), f"{self.node}: {what} {done}/{total}"
+        if what not in self.artifacts:
+            slug = "".join(c if c.isalnum() else "-" for c in what.lower()).strip("-")
+            self.artifacts[what] = create_progress_artifact(pct, key=f"{self.prefix}-{slug}-progress", description=text)
+        else:
+            update_progress_artifact(self.artifacts[what], pct, description=text)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,29 @@ class StageContext:
     progress: bool = True
     on_progress: Callable[[int, int, list[float]], None] | None = None
     """Live progress for the UI: called by training loops every `log_every` steps with (step, steps, losses)."""
+
+    on_work: Callable[[str, int, int], None] | None = None
+    """Live progress of other long work (sampling, data builds, evaluation): called with (what, done, total)."""
+
+    @contextmanager
+    def progress_bar(self, what: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A terminal bar over `total` units of `what` (tqdm) that also reaches `on_work` (the Prefect UI);
+        yields `advance(n)`."""
+        from tqdm.auto import tqdm
+
+        bar, done = tqdm(total=total, desc=f"{self.node}: {what}", disable=not self.progress, leave=False), 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            bar.update(n)
+            if self.on_work is not None:
+                self.on_work(what, done, total)
+
+        try:
+            yield advance
+        finally:
+            bar.close()
 
     def report_progress(self, step: int, steps: int, losses: list[float]) -> None:
         """Tell whoever watches (the Prefect UI) how far training is; a no-op when nobody does."""

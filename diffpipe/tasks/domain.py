@@ -157,13 +157,15 @@ class ImageDomain:
         net = CountingNet(guided(self.net(model), null_label(model), spec.guidance_scale))
         search = make_search(ctx, spec)
         gen, chunks, t0 = ctx.generator(offset=1000 + spec.seed), [], time.perf_counter()
-        for start in range(0, spec.num_samples, spec.batch_size):
-            n = min(spec.batch_size, spec.num_samples - start)
-            lab = None if labels is None else labels[start:start + n].to(device)
-            shape = (n, *ctx.pipeline.data.sample_shape)
-            with ctx.autocast():
-                chunks.append(sample(net, objective, scheduler, spec.scheduler.steps, shape, lab, gen, device,
-                                     search).cpu())
+        with ctx.progress_bar("samples", spec.num_samples) as advance:
+            for start in range(0, spec.num_samples, spec.batch_size):
+                n = min(spec.batch_size, spec.num_samples - start)
+                lab = None if labels is None else labels[start:start + n].to(device)
+                shape = (n, *ctx.pipeline.data.sample_shape)
+                with ctx.autocast():
+                    chunks.append(sample(net, objective, scheduler, spec.scheduler.steps, shape, lab, gen, device,
+                                         search).cpu())
+                advance(n)
         wall = time.perf_counter() - t0
         x = torch.cat(chunks).float()
         ds = xr.Dataset({"x": (("sample", "channel", "y", "x"), x.numpy())}, attrs={"stage": ctx.node})

@@ -198,12 +198,14 @@ class ReasoningDomain(ABC):
         steps, block_length = self.sampler_settings(ctx, spec, scheduler, test.sizes["completion_pos"])
         net, search, length = CountingNet(model), make_search(ctx, spec), test.sizes["completion_pos"]
         chunks, gen, t0 = [], ctx.generator(offset=1000 + spec.seed), time.perf_counter()
-        for start in range(0, len(prompts), spec.batch_size):
-            batch = prompts[start:start + spec.batch_size].to(ctx.device)
-            with ctx.autocast():
-                out = complete(search, net, batch, length, steps, block_length, MASK, gen) if search else \
-                    sample_completions(net, batch, length, MASK, steps=steps, block_length=block_length)
-            chunks.append(out.cpu())
+        with ctx.progress_bar("completions", len(prompts)) as advance:
+            for start in range(0, len(prompts), spec.batch_size):
+                batch = prompts[start:start + spec.batch_size].to(ctx.device)
+                with ctx.autocast():
+                    out = complete(search, net, batch, length, steps, block_length, MASK, gen) if search else \
+                        sample_completions(net, batch, length, MASK, steps=steps, block_length=block_length)
+                chunks.append(out.cpu())
+                advance(len(batch))
         wall = time.perf_counter() - t0
         completions = torch.cat(chunks)
         ds = xr.Dataset({"prompt": (("sample", "prompt_pos"), prompts.numpy()),

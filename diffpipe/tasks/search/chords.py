@@ -16,8 +16,10 @@ order of their start, the highest first; the stage returns finish number `hit` (
 exactly sequential Euler). Latency in rounds: 1 + T - s_k against T for the sequential solve (core 0
 makes its first step in round 0).
 
-Workers are forked processes, one torch thread each, that inherit the network and the batch's
-conditions; only states and velocities cross process boundaries.
+Workers are spawned processes, one torch thread each, handed the network and the batch's conditions once
+when they start; then only states and velocities cross process boundaries. (Forking is not safe here: the
+stage runs in a worker thread of a process whose other threads, Prefect's, the lease renewer's and torch's
+own, may hold locks at the moment of the fork, and a forked child that needs one waits forever.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import multiprocessing
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
 import torch
 
 from diffpipe.schemas.search import Chords
@@ -35,7 +38,7 @@ from ..rl.continuous.common import velocity
 from .particles import ContinuousProblem, SearchResult
 
 WORKER: dict[str, Any] = {}
-"""The network and conditions the forked workers inherit (set just before the pool forks)."""
+"""In a worker process: the network and conditions it was started with."""
 
 
 def worker_velocity(job: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -45,9 +48,15 @@ def worker_velocity(job: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return velocity(WORKER["net"], x, t.expand(x.shape[0]), WORKER["cond"])
 
 
-def one_thread() -> None:
-    """Worker initializer: one torch thread per core."""
+def start_worker(payload: bytes) -> None:
+    """Worker initializer: one torch thread per core, and the network and conditions every job uses.
+
+    They come as one cloudpickle payload, since the network may be a closure over the model (plain pickle
+    refuses those).
+    """
     torch.set_num_threads(1)
+    net, cond = cloudpickle.loads(payload)
+    WORKER.update(net=net, cond=cond)
 
 
 @dataclass
@@ -96,24 +105,22 @@ def chords(spec: Chords, problem: ContinuousProblem) -> SearchResult:
     cores = [Core(s, x0 + (grid[s] - grid[0]) * v0, anchor_index=s) for s in spec.starts(steps)]
     cores[0] = Core(1, x0 + (grid[1] - grid[0]) * v0)  # core 0's first step is round 0's
     evaluations, rounds, hits = n, 1, []
-    WORKER.update(net=problem.net, cond=problem.cond)
-    try:
-        with multiprocessing.get_context("fork").Pool(spec.cores, initializer=one_thread) as pool:
-            while len(hits) <= spec.hit:
-                active = [k for k, c in enumerate(cores) if c.index < steps]
-                need = [k for k in active if cores[k].v is None]
-                for k, v in zip(need, pool.map(worker_velocity, [(cores[k].x, grid[cores[k].index]) for k in need],
-                                               chunksize=1), strict=True):
-                    cores[k].v = v
-                evaluations, rounds = evaluations + n * len(need), rounds + bool(need)
-                lowers = {k: cores[k - 1] if k > 0 and cores[k - 1].index < steps else None for k in active}
-                moved = {k: corrected_step(cores[k], lowers[k], grid) for k in active}
-                for k in active:
-                    core = cores[k]
-                    core.x, core.v, core.index = moved[k], None, core.index + 1
-                    if core.index == steps:
-                        hits.append(core.x)
-    finally:
-        WORKER.clear()
+    context = multiprocessing.get_context("spawn")
+    payload = cloudpickle.dumps((problem.net, problem.cond))
+    with context.Pool(spec.cores, initializer=start_worker, initargs=(payload,)) as pool:
+        while len(hits) <= spec.hit:
+            active = [k for k, c in enumerate(cores) if c.index < steps]
+            need = [k for k in active if cores[k].v is None]
+            for k, v in zip(need, pool.map(worker_velocity, [(cores[k].x, grid[cores[k].index]) for k in need],
+                                           chunksize=1), strict=True):
+                cores[k].v = v
+            evaluations, rounds = evaluations + n * len(need), rounds + bool(need)
+            lowers = {k: cores[k - 1] if k > 0 and cores[k - 1].index < steps else None for k in active}
+            moved = {k: corrected_step(cores[k], lowers[k], grid) for k in active}
+            for k in active:
+                core = cores[k]
+                core.x, core.v, core.index = moved[k], None, core.index + 1
+                if core.index == steps:
+                    hits.append(core.x)
     stats = {"rounds": rounds, "sequential_rounds": steps, "speedup_in_rounds": steps / rounds}
     return SearchResult(hits[spec.hit], None, evaluations, stats)

@@ -65,8 +65,13 @@ class Job:
     node: Node
     entry: dict[str, Any] | None = None
     ref: ArtifactRef | None = None
-    bad_input: bool = False
-    """True when this job failed on bad input (an InputError), not inside the stage's own code."""
+    error: Exception | None = None
+    """The exception this job failed with (GraphFailed is raised from the first one)."""
+
+    @property
+    def bad_input(self) -> bool:
+        """True when this job failed on bad input (an InputError), not inside the stage's own code."""
+        return isinstance(self.error, InputError)
 
     @property
     def label(self) -> str:
@@ -100,7 +105,8 @@ def run_graph(pipelines: dict[str, PipelineSpec]) -> dict[str, list[dict[str, An
     summary = {cell: [job.entry for job in graph.jobs if job.cell == cell] for cell in pipelines}
     failed = [job for job in graph.jobs if job.entry["state"] == "failed"]
     if failed:
-        raise GraphFailed(_failure_message(graph.jobs), summary, bad_input=all(job.bad_input for job in failed))
+        bad_input = all(job.bad_input for job in failed)
+        raise GraphFailed(_failure_message(graph.jobs), summary, bad_input=bad_input) from failed[0].error
     return summary
 
 
@@ -164,7 +170,7 @@ class _Graph:
                 self.interrupted = e
             for job in done.jobs:
                 job.entry = _entry(job, "failed", key=done.key, error=str(e) or e.__class__.__name__)
-                job.bad_input = isinstance(e, InputError)
+                job.error = e
             return
         store = store_of(done.jobs[0].spec)
         ref = store.lookup(done.key, verify=False)  # the index decides, whatever Prefect handed back

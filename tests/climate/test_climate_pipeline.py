@@ -20,6 +20,7 @@ from tiny_specs import rl_log_first  # noqa: E402
 from tiny_specs import run_spec as run  # noqa: E402
 
 from diffpipe.errors import DataError, SpecError  # noqa: E402
+from diffpipe.flows.graph import GraphFailed  # noqa: E402
 from diffpipe.flows.plan import status  # noqa: E402
 from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
 from diffpipe.schemas.climate import ClimateBuilderSource  # noqa: E402
@@ -189,16 +190,20 @@ def test_climatebench_files_pipeline_and_bad_inputs(tmp_path: Path, prefect_api)
             outputs = outputs.drop_vars("pr90")
         write_pair(bad, name, (inputs, outputs))
     root = tmp_path / "bad_artifacts"
-    with pytest.raises(DataError) as info:
+    with pytest.raises(GraphFailed) as info:
         run(files_spec(root, bad))
-    assert "outputs_ssp126.nc" in info.value.where and "pr90" in info.value.where
+    error = info.value.__cause__
+    assert info.value.exit_code == 2 and isinstance(error, DataError)
+    assert "outputs_ssp126.nc" in error.where and "pr90" in error.where
     assert not any(root.rglob("climate.zarr")), "nothing half-written"
 
     (bad / "outputs_ssp126.nc").unlink()
     (bad / "inputs_ssp126.nc").unlink()
-    with pytest.raises(DataError) as info:
+    with pytest.raises(GraphFailed) as info:
         run(files_spec(root, bad))
-    assert str(bad) in info.value.where and "ssp126" in info.value.problem
+    error = info.value.__cause__
+    assert info.value.exit_code == 2 and isinstance(error, DataError)
+    assert str(bad) in error.where and "ssp126" in error.problem
 
 
 def test_rl_on_the_emulator_with_the_global_mean_response_reward(built: tuple[dict, dict[str, dict]]) -> None:

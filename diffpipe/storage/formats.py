@@ -39,8 +39,16 @@ def open_dataset(path: Path | str) -> xr.Dataset:
 
 
 def save_model(model: ModelMixin, path: Path) -> None:
-    """Save a diffusers model folder (config.json + safetensors weights)."""
+    """Save a diffusers model folder (config.json + safetensors weights).
+
+    The config loses diffusers' `_name_or_path` (the folder the model was loaded from): a location is not
+    content, and an artifact's digest must not depend on where its init checkpoint lay.
+    """
     model.save_pretrained(path, safe_serialization=True)
+    config_file = path / "config.json"
+    config = json.loads(config_file.read_text())
+    if config.pop("_name_or_path", None) is not None:
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -247,12 +247,11 @@ def reward_summary(state: RLState, spec: RLStage) -> dict[str, Any]:
 
 
 def plot_rewards(state: RLState, spec: RLStage, path: Path, title: str) -> Path:
-    """Reward of each plugin against samples generated and against wall time, as a PNG."""
+    """Reward of each plugin against samples generated, as a PNG."""
     log, cols = state.log.cpu(), state.columns
     rows = log[~torch.isnan(log[:, cols.index("reward")])]
     series = {r.name: rows[:, cols.index(f"reward/{r.name}")] for r in spec.rewards}
-    return plot_against_budget(rows[:, cols.index("samples")], rows[:, cols.index("wall_s")], series, path, title,
-                               "mean reward of the rollout batch")
+    return plot_against_budget(rows[:, cols.index("samples")], series, path, title, "mean reward of the rollout batch")
 
 
 @stage("rl")

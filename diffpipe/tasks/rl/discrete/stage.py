@@ -221,11 +221,10 @@ def summary_metrics(state: DiscreteState) -> dict[str, Any]:
 
 
 def plot_rewards(state: DiscreteState, path: Path, title: str) -> Path:
-    """Mean rollout reward and accuracy against samples generated and against wall time, as a PNG."""
+    """Mean rollout reward and accuracy against samples generated, as a PNG."""
     rows = log_rows(state, "reward")
     series = {name: rows[:, LOG_COLUMNS.index(name)] for name in ("reward", "accuracy")}
-    return plot_against_budget(rows[:, LOG_COLUMNS.index("samples")], rows[:, LOG_COLUMNS.index("wall_s")], series,
-                               path, title, "rollout batch mean")
+    return plot_against_budget(rows[:, LOG_COLUMNS.index("samples")], series, path, title, "rollout batch mean")
 
 
 def run_discrete_rl(ctx: StageContext) -> StageOutput:

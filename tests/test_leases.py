@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -17,6 +18,8 @@ import pytest
 import yaml
 from tiny_specs import tiny_digits_spec
 
+from diffpipe.flows.plan import status
+from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
 
 KEY = "k" * 64
@@ -83,22 +86,34 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_two_runs_of_one_spec_at_once_compute_each_stage_once(tmp_path: Path) -> None:
-    spec = tiny_digits_spec(tmp_path / "artifacts")
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    runs = [subprocess.Popen([sys.executable, "-m", "diffpipe.flows.cli", "run", str(path), "--json"], cwd=tmp_path,
-                             env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
+def test_runs_of_one_spec_and_of_another_on_one_root_at_once(tmp_path: Path) -> None:
+    """Two runs of spec A and one of spec B (same data and pretrain, its own sample) on one root, at once."""
+    root = tmp_path / "artifacts"
+    a = tiny_digits_spec(root)
+    b = {**copy.deepcopy(a), "name": "digits_other"}
+    b["stages"][1]["num_samples"] = 32
+    paths = {"a": tmp_path / "a.yaml", "b": tmp_path / "b.yaml"}
+    paths["a"].write_text(yaml.safe_dump(a))
+    paths["b"].write_text(yaml.safe_dump(b))
+    runs = [subprocess.Popen([sys.executable, "-m", "diffpipe.flows.cli", "run", str(paths[which]), "--json"],
+                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for which in ("a", "a", "b")]
     outs = [r.communicate(timeout=600) for r in runs]
     for r, (_, err) in zip(runs, outs, strict=True):
         assert r.returncode == 0, err[-3000:]
-    summaries = [{s["name"]: s for s in json.loads(out)["stages"]} for out, _ in outs]
-    for name in summaries[0]:
-        states = sorted(s[name]["state"] for s in summaries)
-        assert states == ["cached", "executed"], (name, states)  # built once, reused by the other run
-        assert summaries[0][name]["artifact"] == summaries[1][name]["artifact"]
-    root = tmp_path / "artifacts"
-    assert len(list(root.glob("objects/*/*"))) == len(list(root.glob("manifests/*.json"))) == 4
-    assert len(list(root.glob("keys/*.json"))) == 4
+    a1, a2, b1 = ({s["name"]: s for s in json.loads(out)["stages"]} for out, _ in outs)
+    for name in ("data", "pretrain"):  # shared by both specs: built once, reused by the two other runs
+        assert sorted(run[name]["state"] for run in (a1, a2, b1)) == ["cached", "cached", "executed"], name
+        assert a1[name]["artifact"] == a2[name]["artifact"] == b1[name]["artifact"]
+    for name in ("sample", "evaluate"):  # A's built once; B's its own
+        assert sorted(run[name]["state"] for run in (a1, a2)) == ["cached", "executed"], name
+        assert a1[name]["artifact"] == a2[name]["artifact"] and b1[name]["state"] == "executed"
+        assert b1[name]["artifact"]["sha256"] != a1[name]["artifact"]["sha256"]
+    assert len(list(root.glob("objects/*/*"))) == len(list(root.glob("manifests/*.json"))) == 6
+    assert len(list(root.glob("keys/*.json"))) == 6
     assert all(json.loads(p.read_text())["released"] for p in root.glob("leases/*/*.json"))
+    store = ArtifactStore(str(root))
+    for raw, run in ((a, a1), (b, b1)):  # the index agrees with what each run reported, and every object verifies
+        rows = status(validate_spec(copy.deepcopy(raw)), store, verify=True)
+        assert {r.name: (r.state, r.ref.sha256) for r in rows} == {
+            n: ("cached", s["artifact"]["sha256"]) for n, s in run.items()}

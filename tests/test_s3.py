@@ -21,6 +21,8 @@ import pytest
 import yaml
 from tiny_specs import tiny_digits_spec
 
+from diffpipe.storage.remote import cached_artifacts
+
 BIN = Path(sys.executable).parent
 BUCKET = "diffpipe-test"
 
@@ -99,8 +101,8 @@ def test_digits_pipeline_runs_on_s3_with_gc_running_beside_it(s3_env, tmp_path: 
 
     rerun = _cli(["run", str(path), "--json"], env, tmp_path)
     assert {s["state"] for s in json.loads(rerun.stdout)["stages"]} == {"cached"}
-    cached = list((tmp_path / "cache" / "objects").iterdir())
-    assert len(cached) == 4 and not [p for p in cached if p.name.startswith(".part-")]
+    cached = cached_artifacts(tmp_path / "cache")  # one known folder, one copy per artifact
+    assert len(cached) == 4 and {c.store for c in cached} == {f"s3://{BUCKET}/runs/digits"}
 
 
 PUBLISHER = """
@@ -201,3 +203,89 @@ def test_training_checkpoints_resume_from_s3(s3_env, tmp_path: Path) -> None:
     back = run.load(24, tmp_path / "loaded")
     assert sorted(p.name for p in back.iterdir()) == ["COMPLETE", "part-0000.bin", "part-0001.bin", "part-0002.bin"]
     assert (back / "part-0001.bin").read_bytes() == (tmp_path / "ckpt-24" / "part-0001.bin").read_bytes()
+
+
+READER = """
+import sys
+from diffpipe.storage import ArtifactStore
+store = ArtifactStore(sys.argv[1])
+for key in sys.argv[3:]:
+    print(store.local_path(store.lookup(key, verify=False)), flush=True)
+if sys.argv[2] == "hold":
+    sys.stdin.readline()
+"""
+
+
+def _reader(root: str, keys: list[str], cache: Path, hold: bool = False) -> subprocess.Popen:
+    """A process on another 'machine' (its own read cache) that reads artifacts; with `hold`, it stays alive."""
+    env = {**os.environ, "DIFFPIPE_CACHE_DIR": str(cache)}
+    return subprocess.Popen([sys.executable, "-c", READER, root, "hold" if hold else "exit", *keys], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _read(root: str, keys: list[str], cache: Path) -> subprocess.CompletedProcess:
+    proc = _reader(root, keys, cache)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _publish(store, tmp_path: Path, name: str, key: str, files: int, size: int):
+    ref = store.publish(_folder(tmp_path / name, files, size), "samples", {"node": name})
+    store.record_key(key, ref, {"node": name})
+    return ref
+
+
+def test_a_second_read_is_served_from_the_read_cache(s3_env, tmp_path: Path) -> None:
+    from diffpipe.storage import ArtifactStore
+
+    root = f"s3://{BUCKET}/cached"
+    ref = _publish(ArtifactStore(root), tmp_path, "src", "c" * 64, files=5, size=3000)
+    first = _read(root, ["c" * 64], tmp_path / "reader")
+    assert first.returncode == 0, first.stderr[-2000:]
+    folder = Path(first.stdout.strip())
+    (entry,) = cached_artifacts(tmp_path / "reader")
+    assert entry.path == folder and folder.name == ref.sha256 and entry.store == root
+    assert sorted(p.name for p in folder.iterdir()) == [f"part-{i:04d}.bin" for i in range(5)]
+
+    (folder / "part-0003.bin").write_bytes(b"cut")  # a download killed half-way: fetched again
+    again = _read(root, ["c" * 64], tmp_path / "reader")
+    assert again.returncode == 0 and (folder / "part-0003.bin").read_bytes() == bytes([3]) * 3000
+
+    _s3().rm(f"{BUCKET}/cached/objects/{ref.sha256[:2]}/{ref.sha256}", recursive=True)  # the bytes leave S3
+    cached = _read(root, ["c" * 64], tmp_path / "reader")
+    assert cached.returncode == 0, cached.stderr[-2000:]
+    assert cached.stdout.strip() == str(folder)  # served from the cache: nothing left to download
+    cold = _read(root, ["c" * 64], tmp_path / "elsewhere")  # a machine without the copy needs S3
+    assert cold.returncode != 0 and "FileNotFoundError" in cold.stderr
+
+
+def test_gc_prunes_the_read_cache_but_not_what_a_live_process_holds(s3_env, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffpipe.storage import ArtifactStore
+    from diffpipe.storage.gc import collect
+
+    root, cache = f"s3://{BUCKET}/pruned", tmp_path / "reader"
+    old = _publish(ArtifactStore(root), tmp_path, "old", "o" * 64, files=2, size=5000)
+    kept = _publish(ArtifactStore(root), tmp_path, "kept", "k" * 64, files=3, size=7000)
+    assert _read(root, ["o" * 64, "k" * 64], cache).returncode == 0
+    holder = _reader(root, ["k" * 64], cache, hold=True)
+    assert holder.stdout.readline().strip().endswith(kept.sha256)  # a live stage reading `kept`
+    fs = _s3()  # the store drops `old` (as a gc on another machine would)
+    fs.rm([f"{BUCKET}/pruned/keys/{'o' * 64}.json", f"{BUCKET}/pruned/manifests/{old.sha256}.json"])
+    fs.rm(f"{BUCKET}/pruned/objects/{old.sha256[:2]}/{old.sha256}", recursive=True)
+
+    monkeypatch.setenv("DIFFPIPE_CACHE_DIR", str(cache))
+    store = ArtifactStore(root)
+    dry = collect(store, dry_run=True)
+    assert [(r.what, Path(r.path).name, r.nbytes) for r in dry.removals] == [("cached copy", old.sha256, 10000)]
+    assert {c.sha for c in cached_artifacts(cache)} == {old.sha256, kept.sha256}
+    assert collect(store).freed == 10000
+    assert {c.sha for c in cached_artifacts(cache)} == {kept.sha256}
+
+    monkeypatch.setenv("DIFFPIPE_CACHE_MAX_GB", "0")  # over the bound, but held by a live process: kept
+    assert collect(store).removals == [] and len(cached_artifacts(cache)) == 1
+    holder.communicate("\n", timeout=60)
+    report = collect(store)
+    assert [(r.what, r.nbytes) for r in report.removals] == [("cached copy", 21000)]
+    assert "over the 0 GB bound" in report.removals[0].why and cached_artifacts(cache) == []
+    assert _read(root, ["k" * 64], cache).returncode == 0  # still in the store: read again on demand

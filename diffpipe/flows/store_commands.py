@@ -51,11 +51,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
     """Print the store's named stages, artifacts, runs in progress and leftovers."""
     from diffpipe.storage.inventory import take
 
-    inv = take(open_store(args.store))
+    store = open_store(args.store)
+    inv = take(store)
+    cache = None if store.is_local else _read_cache(store)
     if args.json:
         print(json.dumps({"names": inv.names, **{k: {n: vars(e) for n, e in getattr(inv, k).items()} for k in
-                                                 ("keys", "objects", "partial_objects", "runs", "staging")}},
-                         indent=2, default=str))
+                                                 ("keys", "objects", "partial_objects", "runs", "staging")},
+                          "read_cache": cache}, indent=2, default=str))
         return 0
     by_key = {key: entry.info.get("sha256") for key, entry in inv.keys.items()}
     for pipeline, stages in sorted(inv.names.items()):
@@ -75,7 +77,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
             for name, e in entries.items():
                 steps = f"  steps {e.info['steps']}" if "steps" in e.info else ""
                 print(f"  {name.rsplit('/', 1)[-1][:12]}  {_size(e.nbytes):>10}  {_age(e.age_s):>9}{steps}")
+    if cache is not None:
+        print(f"read cache on this machine: {cache['folder']}: {cache['artifacts']} artifacts, "
+              f"{_size(cache['nbytes'])} (all stores: {_size(cache['all_nbytes'])} of {_size(cache['max_bytes'])})")
     return 0
+
+
+def _read_cache(store: Any) -> dict[str, Any]:
+    """Where this machine caches a remote store's artifacts, how many and how big, and the cache's bound."""
+    from diffpipe.storage import remote
+
+    entries = remote.cached_artifacts()
+    mine = [c for c in entries if c.path.parent == store.read_cache.folder]
+    return {"folder": str(store.read_cache.folder), "artifacts": len(mine), "nbytes": sum(c.nbytes for c in mine),
+            "all_nbytes": sum(c.nbytes for c in entries), "max_bytes": remote.cache_max_bytes()}
 
 
 def cmd_gc(args: argparse.Namespace) -> int:

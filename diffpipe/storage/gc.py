@@ -11,13 +11,19 @@ Kept, always:
 Removed: unreferenced cache keys and artifacts (manifest first, so nothing half-deleted looks complete),
 object folders without a manifest and staging folders (a killed publish), and training checkpoints of
 keys that are already published or whose run stopped long ago.
+
+For a remote store, also this machine's read cache (storage/remote.py): cached copies of artifacts the
+store no longer holds (or is removing now), then the least recently used copies until the cache is within
+`DIFFPIPE_CACHE_MAX_GB`. A copy a live process has read is pinned and stays.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from . import remote
 from .inventory import Entry, Inventory, take
 from .store import ArtifactStore
 
@@ -32,7 +38,7 @@ class Removal:
     """One thing gc removes (or would remove, in a dry run)."""
 
     what: str
-    """`key`, `artifact`, `partial object`, `staging` or `checkpoints`."""
+    """`key`, `artifact`, `partial object`, `staging`, `checkpoints` or `cached copy` (the local read cache)."""
     path: str
     nbytes: int
     why: str
@@ -76,9 +82,26 @@ def collect(store: ArtifactStore, keep_last: int | None = None, older_than_days:
         why = None if key in leased else _stale_run(key, entry, inv, min_age)
         if why:
             report.removals.append(Removal("checkpoints", entry.path, entry.nbytes, why))
+    if not store.is_local:
+        kept = set(inv.objects) - {r.path.rstrip("/").rsplit("/", 1)[-1] for r in report.removals
+                                   if r.what == "artifact"}
+        report.removals.extend(_read_cache_removals(store, kept))
     if not dry_run:
         _remove(store, report)
     return report
+
+
+def _read_cache_removals(store: ArtifactStore, kept: set[str]) -> list[Removal]:
+    """Cached copies of artifacts the store does not keep, then the oldest ones over the size bound."""
+    entries = remote.cached_artifacts()
+    mine = store.read_cache.folder
+    gone = [c for c in entries if c.path.parent == mine and c.sha not in kept]
+    out = [Removal("cached copy", str(c.path), c.nbytes, "the store no longer holds it") for c in gone]
+    rest = [c for c in entries if c not in gone]
+    bound = remote.cache_max_bytes()
+    out += [Removal("cached copy", str(c.path), c.nbytes, f"least recently used, over the {bound / 1e9:g} GB bound")
+            for c in remote.over_bound(bound, rest)]
+    return out
 
 
 def _kept_keys(inv: Inventory, keep_last: int | None) -> set[str]:
@@ -121,12 +144,18 @@ def _stale_run(key: str, entry: Entry, inv: Inventory, min_age: float) -> str | 
 
 
 def _remove(store: ArtifactStore, report: GcReport) -> None:
-    order = ("key", "artifact", "checkpoints", "partial object", "staging")
+    order = ("key", "artifact", "checkpoints", "partial object", "staging", "cached copy")
+    pinned = []
     for removal in sorted(report.removals, key=lambda r: order.index(r.what)):
+        if removal.what == "cached copy":
+            if not remote.evict(Path(removal.path)):
+                pinned.append(removal)  # a live process reads it: kept, and not counted as freed
+            continue
         if removal.what == "artifact":  # uncommit first: a half-deleted object never looks complete
             sha = removal.path.rstrip("/").rsplit("/", 1)[-1]
             _rm(store, store.path("manifests", f"{sha}.json"))
         _rm(store, removal.path)
+    report.removals = [r for r in report.removals if r not in pinned]
 
 
 def _rm(store: ArtifactStore, path: str) -> None:

@@ -107,6 +107,14 @@ class ArtifactStore:
         self.is_local = isinstance(self.fs, LocalFileSystem)
         self.has_buckets = remote.has_buckets(self.fs)
         """An object store (s3://...): no folders to create, and creating one would create a missing bucket."""
+        self._read_cache: remote.ReadCache | None = None
+
+    @property
+    def read_cache(self) -> remote.ReadCache:
+        """This machine's cache of a remote store's artifacts (fsspec's `simplecache`; see storage/remote.py)."""
+        if self._read_cache is None:
+            self._read_cache = remote.ReadCache(self.fs, self._path("objects"), self.fs.unstrip_protocol(self.root))
+        return self._read_cache
 
     def check_reachable(self) -> None:
         """Raise InputError when a remote root's bucket is missing or its credentials are refused."""
@@ -148,8 +156,7 @@ class ArtifactStore:
         """A local folder holding the artifact's files (the store itself when it is local, else the read cache)."""
         if self.is_local:
             return Path(self.object_path(ref.sha256))
-        files = self.manifest(ref.sha256)["files"]
-        return remote.cached_copy(self.fs, self.object_path(ref.sha256), ref.sha256, files, file_sha256)
+        return self.read_cache.object_folder(ref.sha256, self.manifest(ref.sha256)["files"], file_sha256)
 
     # -- publish -----------------------------------------------------------------------------
     def publish(self, local_dir: Path, kind: ArtifactKind, lineage: dict[str, Any]) -> ArtifactRef:
@@ -164,7 +171,7 @@ class ArtifactStore:
         if not self._has_valid_object(ref):
             self._upload(local_dir, ref)
         if not self.is_local:
-            remote.seed_cache(local_dir, sha, listing, file_sha256)
+            self.read_cache.seed(local_dir, sha, listing)
         self._write_json(self._path("manifests", f"{sha}.json"), manifest)
         return ref
 
@@ -207,7 +214,7 @@ class ArtifactStore:
                 raise CorruptArtifact(f"artifact {ref.sha256[:12]}: file '{rel}' is missing") from e
             if digest != meta["sha256"]:
                 if not self.is_local:
-                    remote.drop_cached(ref.sha256)
+                    self.read_cache.drop(ref.sha256)
                 raise CorruptArtifact(f"artifact {ref.sha256[:12]}: file '{rel}' does not match its checksum")
 
     # -- cache-key index ---------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 One digits run end to end through the CLI (run, status, show, cached rerun) with `gc` collecting the store
 beside it (nothing lost), atomic publish against a
-killed writer and two concurrent writers of one key, and the bad inputs: missing bucket, no credentials.
+killed writer and two concurrent writers of one key, the bad inputs (missing bucket, no credentials), and the
+read cache: a second read served from it, and `gc` pruning it without touching what a live process holds.
 """
 
 from __future__ import annotations

@@ -209,15 +209,16 @@ class TR2D2(DiscreteAlgorithmBase):
 
     Source: sophtang/TR2-D2 4e90f71 (tr2d2-dna/train.sh; argparse defaults where the script sets none).
     The search spends mcts_iterations x num_children reward evaluations per prompt, at most the stage's
-    `group_size` (so specs shrink the reference's 5 x 32).
+    `group_size` (so specs shrink the reference's 5 x 32). Its steps are random-order (the positions to
+    unmask do not depend on the model), so each trajectory's log Radon-Nikodym derivative is exact.
     """
 
     algorithm: Literal["tr2d2"] = "tr2d2"
     reference_group_size: ClassVar[int] = 160
     num_iterations: int = Field(default=5, ge=1)
     """Gradient steps per search (the reference resamples every 5 epochs)."""
-    temperature: float = Field(default=1.0, ge=0.0)
-    """Sampling temperature of expansions and rollouts."""
+    temperature: float = Field(default=1.0, gt=0.0)
+    """Sampling temperature of expansions and rollouts (the sampler whose path measure the weights divide by)."""
     mcts_iterations: int = Field(default=5, ge=1)
     """Selection-expansion-rollout iterations per prompt (train.sh 5)."""
     num_children: int = Field(default=32, ge=1)
@@ -225,7 +226,10 @@ class TR2D2(DiscreteAlgorithmBase):
     exploration: float = Field(default=0.1, ge=0.0)
     """Weight of the log-probability exploration term of the selection score (train.sh 0.1)."""
     buffer_size: int | None = Field(default=None, ge=1)
-    """Distinct top-reward completions kept per prompt (None: all the search found; reference: 160 = 5 x 32)."""
+    """Distinct top completions kept per prompt (None: mcts_iterations x num_children; train.sh 160 = 5 x 32)."""
+    keep_buffer: bool = True
+    """Keep each prompt's buffer across searches and checkpoints (off: empty it before each of the prompt's
+    searches, as the reference's code does for its single unconditional buffer)."""
     alpha: float = Field(default=0.1, gt=0.0)
     """Temperature of the target p_pre exp(r / alpha) (train.sh 0.1; argparse default 0.001)."""
     reward_clip: float = Field(default=15.0, gt=0.0)
@@ -234,8 +238,6 @@ class TR2D2(DiscreteAlgorithmBase):
     """Subtract each buffer's mean weight (train.sh sets centering)."""
     num_replicates: int = Field(default=16, ge=1)
     """Random masks per buffer row of the weighted denoising cross-entropy (reference R = 16)."""
-    elbo_forwards: int = Field(default=4, ge=2, multiple_of=2)
-    """Antithetic passes of each ELBO in the log-ratio ELBO_pre - ELBO_theta (ours; see the module)."""
 
     def check_stage(self, stage: Any) -> None:
         """The search's reward evaluations per prompt must fit the stage's rollout budget `group_size`."""

@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
 from diffpipe.tasks.mdlm.plans import MaskPlan, plan_estimate, weighted_token_logps
@@ -62,6 +63,11 @@ class DiscreteAlgorithm(ABC):
         """Advantages (or weights) per row."""
         return group_advantages(rollouts.rewards, rollouts.group_size, leave_one_out=self.leave_one_out,
                                 scale=self.spec.scale_rewards)
+
+    @property
+    def state(self) -> nn.Module | None:
+        """What the algorithm carries from one rollout batch to the next, checkpointed with the run (None)."""
+        return None
 
     @property
     def beta(self) -> float:

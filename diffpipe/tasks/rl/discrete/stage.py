@@ -42,7 +42,8 @@ from .core import Rollouts, zero_std_ratio
 from .update import count_forwards, make_algorithm
 
 LOG_COLUMNS = ("samples", "wall_s", "reward", "accuracy", "zero_std_ratio", "sampling_forwards",
-               "scoring_forwards", "grad_forwards", "clip_fraction", "kl", "abs_log_ratio", "positive_weight_ess")
+               "scoring_forwards", "grad_forwards", "clip_fraction", "kl", "abs_log_ratio", "positive_weight_ess",
+               "buffer_reward")
 """Per-step log; rollout columns (reward .. scoring_forwards) are set on steps that drew a rollout batch."""
 
 Hook = Callable[[int, "DiscreteRun"], None]
@@ -50,12 +51,15 @@ Hook = Callable[[int, "DiscreteRun"], None]
 
 
 class DiscreteState(nn.Module):
-    """What the loop checkpoints besides the policy: the step counter and the per-step log."""
+    """What the loop checkpoints besides the policy: the step counter, the per-step log and the algorithm's
+    own state (TR2-D2's replay buffer), if it has one."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, algorithm: nn.Module | None = None):
         super().__init__()
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("log", torch.full((steps, len(LOG_COLUMNS)), math.nan, dtype=torch.float64))
+        if algorithm is not None:
+            self.algorithm = algorithm
 
 
 @dataclass
@@ -188,7 +192,7 @@ def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = Non
     reference = copy.deepcopy(policy).requires_grad_(False).eval().to(ctx.device)
     policy.to(ctx.device)
     train_split = domain.batches(ctx, ctx.device)
-    state = DiscreteState(spec.steps).to(ctx.device)
+    state = DiscreteState(spec.steps, algorithm.state).to(ctx.device)
     run = DiscreteRun(spec, policy, reference, algorithm, make_reward_fn(ctx, spec, domain),
                       train_split.labels, train_split.x.shape[1], state, hook)
     result, ema = train(ctx, policy, run.step_loss, train_config(spec, spec.algorithm.num_iterations),

@@ -1,28 +1,39 @@
 """`algorithm: tr2d2`: TR2-D2, a replay buffer filled by tree search over denoising steps, fit by WDCE.
 
-Search (per prompt, every `num_iterations` optimizer steps). The tree's root is the fully masked
-completion; an edge is one step of the rollout sampler (low-confidence remasking in blocks). Each of
-`mcts_iterations` iterations selects a leaf from the root by the score
+Search (per drawn prompt, every `num_iterations` optimizer steps). The tree's root is the fully masked
+completion; an edge is one random-order denoising step: within the current semi-autoregressive block,
+the step's share of the block's masked positions is chosen uniformly at random and each is filled
+with a token drawn from the policy at `temperature` (the reference's MDLM reverse step, in which the
+positions to unmask do not depend on the model). Each of `mcts_iterations` iterations selects a leaf
+from the root by the score
 
     normalised Q(child) + exploration * log p_policy(step) * sqrt(N(parent)) / N(child),
 
-expands it into `num_children` children (one sampled step each), completes every child with the
-policy's sampler and scores the completions with the reward; each reward is backed up the path. So a
-search spends mcts_iterations x num_children reward evaluations per prompt, which the stage's
+expands it into `num_children` children (one sampled step each), completes every child with the same
+random-order steps and scores the completions with the reward; each reward is backed up the path. So
+a search spends mcts_iterations x num_children reward evaluations per prompt, which the stage's
 `group_size` bounds (the rollout budget every algorithm gets).
 
-Buffer and loss. Every completion found is a row of the batch; the buffer is the top `buffer_size`
-distinct completions by reward, the rest get weight 0. Over the buffer, w = softmax(log RND), with
-log RND = (ELBO_pre - ELBO_theta) + min(r, reward_clip) / alpha, centred to w - mean(w) when
-`centering`. The loss is the weighted denoising cross-entropy: `num_replicates` masks per row, each
-token masked with probability lambda ~ U(0, 1) and weighted 1 / lambda (at most 1e5),
--sum_i w_i mean_r (1 / lambda) sum_masked log p, averaged over prompts.
+Weights. Along every trajectory the search sums, step by step, log p_pre(step) - log p_v(step): the
+log-probability of the tokens the step committed under the frozen pretrained model minus under the
+sampler that drew them (the policy at `temperature`), given the same partially masked state. The
+position choice has the same probability under both and cancels, so with the clipped reward
 
-Where this differs from the reference code: its trajectory log-ratio sums per-step log-probabilities
-of the reverse process; our rollout sampler commits the most confident tokens, whose step
-probabilities are not the model's path measure, so the log-ratio is the ELBO difference (the estimate
-DMPO uses). Our network has no time input, so lambda only masks and weights. The buffer is rebuilt by
-each search rather than merged across searches (a drawn prompt is rarely drawn again).
+    log RND = sum_steps [log p_pre(step) - log p_v(step)] + min(r, reward_clip) / alpha
+
+is exactly log dP*/dP^v of the trajectory for the target P* proportional to P_pre exp(r / alpha), up to
+the constant log Z that the softmax removes (the reference computes the same sum in its MCTS).
+
+Buffer and loss. Every completion found is offered to its prompt's replay buffer (diffpipe/tasks/rl/
+discrete/replay.py): the top `buffer_size` distinct completions by (reward, log RND), each with the log
+RND of the search that found it. With `keep_buffer` the buffers persist across searches (and are saved
+with every checkpoint, so a resumed run continues with them); without it a prompt's buffer is emptied
+before each of its searches, as the reference's code does. Over a prompt's buffer of B entries,
+w = softmax(log RND), minus its mean when `centering`. The loss is the weighted denoising cross-entropy:
+`num_replicates` masks per entry, each token masked with probability lambda ~ U(0, 1) and weighted
+1 / lambda (at most 1e5), -(1 / B) sum_i w_i mean_r (1 / lambda) sum_masked log p (the reference's mean
+over buffer rows), averaged over the drawn prompts. Our network has no time input, so lambda only masks
+and weights.
 """
 
 from __future__ import annotations
@@ -31,16 +42,16 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from diffusers import BlockRefinementScheduler
+import torch.nn.functional as F
 
 from diffpipe.schemas.rl_discrete import TR2D2
-from diffpipe.tasks.mdlm.elbo import draw_elbo_plan
 from diffpipe.tasks.mdlm.plans import MaskPlan, plan_estimate
-from diffpipe.tasks.mdlm.sampler import NO_THRESHOLD, block_schedule
+from diffpipe.tasks.mdlm.sampler import block_schedule
 from diffpipe.tasks.registry import implements
 
-from .base import DiscreteAlgorithm
+from .base import DiscreteAlgorithm, Prepared
 from .core import RewardFn, Rollouts
+from .replay import ReplayBuffer
 
 MAX_INVERSE_RATIO = 1e5
 """Cap of the 1 / lambda weight (reference)."""
@@ -53,7 +64,9 @@ class Node:
     completion: torch.Tensor
     depth: int
     log_p: float = 0.0
-    """Policy log-probability of the tokens committed by the step into this node."""
+    """Sampler log-probability of the tokens committed by the step into this node."""
+    log_rnd: float = 0.0
+    """Sum of log p_pre(step) - log p_v(step) over the steps from the root to this node."""
     parent: Node | None = None
     children: list[Node] = field(default_factory=list)
     visits: int = 0
@@ -63,32 +76,56 @@ class Node:
 
 @dataclass(frozen=True)
 class StepSchedule:
-    """The rollout sampler's steps, flattened over blocks: (block start, end, steps, step in block)."""
+    """The search's denoising steps, flattened over blocks: (block start, block end, tokens committed)."""
 
-    steps: tuple[tuple[int, int, int, int], ...]
+    steps: tuple[tuple[int, int, int], ...]
 
     @classmethod
     def of(cls, length: int, total_steps: int, block_length: int | None) -> StepSchedule:
-        """The schedule of the block sampler for completions of `length`."""
-        return cls(tuple((start, end, n, k) for start, end, n in block_schedule(length, total_steps, block_length)
-                         for k in range(n)))
+        """Steps of completions of `length`: the block sampler's blocks, each split evenly over its steps."""
+        return cls(tuple((start, end, (end - start) // n + (k < (end - start) % n))
+                         for start, end, n in block_schedule(length, total_steps, block_length) for k in range(n)))
+
+    @property
+    def length(self) -> int:
+        """Completion length covered by the schedule."""
+        return max(end for _, end, _ in self.steps)
 
 
-def denoise_step(model: torch.nn.Module, prompt: torch.Tensor, completion: torch.Tensor, schedule: StepSchedule,
-                 depth: int, mask_token_id: int, temperature: float, generator: torch.Generator | None,
-                 copies: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step `depth` of the block sampler, `copies` samples per row from one forward: next completions and the
-    log-probabilities of the tokens each committed (rows copy-major within a row)."""
-    start, end, block_steps, k = schedule.steps[depth]
-    scheduler = BlockRefinementScheduler(threshold=NO_THRESHOLD)
-    scheduler.set_timesteps(block_steps, device=completion.device, block_length=end - start)
-    logits = model(torch.cat([prompt, completion], dim=1))[:, prompt.shape[1] + start:prompt.shape[1] + end]
+@dataclass(frozen=True)
+class Step:
+    """One denoising step of a batch: the next completions and the step's log-probabilities per row."""
+
+    completion: torch.Tensor
+    log_sampler: torch.Tensor
+    """log p_v of the committed tokens under the policy at the sampling temperature (float64)."""
+    log_pretrained: torch.Tensor
+    """log p_pre of the same tokens under the frozen pretrained model (float64)."""
+
+
+def unmask_step(policy: torch.nn.Module, pretrained: torch.nn.Module, prompt: torch.Tensor,
+                completion: torch.Tensor, schedule: StepSchedule, depth: int, mask_token_id: int,
+                temperature: float, generator: torch.Generator | None, copies: int = 1) -> Step:
+    """Step `depth` in random order, `copies` draws per row (copy-major within a row) from one forward each."""
+    start, end, count = schedule.steps[depth]
+    inputs = torch.cat([prompt, completion], dim=1)
+    span = slice(prompt.shape[1] + start, prompt.shape[1] + end)
+    sampler = F.log_softmax(policy(inputs)[:, span].double() / temperature, dim=-1).cpu()
+    reference = F.log_softmax(pretrained(inputs)[:, span].double(), dim=-1).cpu()
+    sampler, reference = sampler.repeat_interleave(copies, 0), reference.repeat_interleave(copies, 0)
     following = completion.repeat_interleave(copies, dim=0)
-    out = scheduler.step(logits.float().repeat_interleave(copies, dim=0), k, following[:, start:end],
-                         mask_token_id=mask_token_id, temperature=temperature, generator=generator)
-    following[:, start:end] = out.prev_sample
-    log_p = (out.sampled_probs.clamp(min=1e-30).log() * out.transfer_index).sum(dim=1)
-    return following, log_p
+    masked = (following[:, start:end] == mask_token_id).cpu()
+    noise = torch.rand(masked.shape, generator=generator).masked_fill(~masked, -1.0)
+    chosen = noise.topk(count, dim=1).indices
+    vocab = sampler.shape[-1]
+    picked = sampler.gather(1, chosen.unsqueeze(-1).expand(-1, -1, vocab))
+    tokens = torch.multinomial(picked.exp().reshape(-1, vocab), 1, generator=generator).view(len(chosen), count)
+    log_sampler = picked.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(dim=1)
+    log_pretrained = (reference.gather(1, chosen.unsqueeze(-1).expand(-1, -1, vocab))
+                      .gather(-1, tokens.unsqueeze(-1)).squeeze(-1).sum(dim=1))
+    block = following[:, start:end].cpu().scatter(1, chosen, tokens.to(following.dtype))
+    following[:, start:end] = block.to(following.device)
+    return Step(following, log_sampler, log_pretrained)
 
 
 def score(child: Node, parent: Node, low: float, high: float, exploration: float) -> float:
@@ -109,46 +146,53 @@ def select(root: Node, terminal: int, low: float, high: float, exploration: floa
 
 @dataclass
 class Search:
-    """One prompt's search: the tree and every rollout (completion, reward, correctness) in the order found."""
+    """One prompt's search: the tree and every rollout (completion, reward, correctness, log RND) found."""
 
     root: Node
     completions: torch.Tensor
     rewards: torch.Tensor
     correct: torch.Tensor
+    log_rnd: torch.Tensor
+
+
+@dataclass(frozen=True)
+class SearchRollouts(Rollouts):
+    """The rollouts of the searches, with each trajectory's log RND."""
+
+    log_rnd: torch.Tensor
 
 
 @torch.no_grad()
-def tree_search(model: torch.nn.Module, prompt: torch.Tensor, reward_fn: RewardFn, spec: TR2D2,
-                schedule: StepSchedule, mask_token_id: int, generator: torch.Generator | None) -> Search:
+def tree_search(policy: torch.nn.Module, pretrained: torch.nn.Module, prompt: torch.Tensor, reward_fn: RewardFn,
+                spec: TR2D2, schedule: StepSchedule, mask_token_id: int, generator: torch.Generator | None) -> Search:
     """mcts_iterations rounds of select, expand into num_children, complete each child, score, back up."""
     terminal, children = len(schedule.steps), spec.num_children
-    root = Node(torch.full((1, completion_length(schedule)), mask_token_id, dtype=prompt.dtype,
-                           device=prompt.device), 0)
-    found: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    root = Node(torch.full((1, schedule.length), mask_token_id, dtype=prompt.dtype, device=prompt.device), 0)
+    found: list[tuple[torch.Tensor, ...]] = []
     low, high = math.inf, -math.inf
+    prompts = prompt.expand(children, -1)
     for _ in range(spec.mcts_iterations):
         leaf = select(root, terminal, low, high, spec.exploration)
-        states, log_p = denoise_step(model, prompt, leaf.completion, schedule, leaf.depth, mask_token_id,
-                                     spec.temperature, generator, copies=children)
-        prompts, completions = prompt.expand(children, -1), states
+        first = unmask_step(policy, pretrained, prompt, leaf.completion, schedule, leaf.depth, mask_token_id,
+                            spec.temperature, generator, copies=children)
+        path = leaf.log_rnd + first.log_pretrained - first.log_sampler
+        completions, log_rnd = first.completion, path
         for depth in range(leaf.depth + 1, terminal):
-            completions, _ = denoise_step(model, prompts, completions, schedule, depth, mask_token_id,
-                                          spec.temperature, generator)
+            step = unmask_step(policy, pretrained, prompts, completions, schedule, depth, mask_token_id,
+                               spec.temperature, generator)
+            completions, log_rnd = step.completion, log_rnd + step.log_pretrained - step.log_sampler
         rewards, correct = reward_fn(prompts, completions)
-        rewards = rewards.float()
+        rewards = rewards.float().cpu()
+        log_rnd = log_rnd + rewards.double().clamp(max=spec.reward_clip) / spec.alpha
         for i in range(children):
-            child = Node(states[i:i + 1], leaf.depth + 1, float(log_p[i]), leaf)
+            child = Node(first.completion[i:i + 1], leaf.depth + 1, float(first.log_sampler[i]), float(path[i]),
+                         leaf)
             leaf.children.append(child)
             backup(child, float(rewards[i]))
         low, high = min(low, float(rewards.min())), max(high, float(rewards.max()))
-        found.append((completions, rewards, correct))
-    completions, rewards, correct = (torch.cat(parts) for parts in zip(*found, strict=True))
-    return Search(root, completions, rewards.to(prompt.device), correct)
-
-
-def completion_length(schedule: StepSchedule) -> int:
-    """Completion length covered by the schedule."""
-    return max(end for _, end, _, _ in schedule.steps)
+        found.append((completions, rewards, correct.cpu(), log_rnd))
+    completions, rewards, correct, log_rnd = (torch.cat(parts) for parts in zip(*found, strict=True))
+    return Search(root, completions, rewards.to(prompt.device), correct, log_rnd)
 
 
 def backup(node: Node | None, reward: float) -> None:
@@ -159,28 +203,13 @@ def backup(node: Node | None, reward: float) -> None:
         node = node.parent
 
 
-def buffer_mask(rollouts: Rollouts, size: int) -> torch.Tensor:
-    """Rows in each prompt's buffer: its top `size` distinct completions by reward (first found on ties)."""
-    keep = torch.zeros(rollouts.completion.shape[0], dtype=torch.bool)
-    g = rollouts.group_size
-    for group in range(rollouts.completion.shape[0] // g):
-        rows = range(group * g, (group + 1) * g)
-        order = sorted(rows, key=lambda i: (-float(rollouts.rewards[i]), i))
-        seen: set[tuple[int, ...]] = set()
-        for i in order:
-            key = tuple(rollouts.completion[i].tolist())
-            if key not in seen and len(seen) < size:
-                seen.add(key)
-                keep[i] = True
-    return keep.to(rollouts.completion.device)
-
-
-def buffer_weights(log_rnd: torch.Tensor, in_buffer: torch.Tensor, centering: bool) -> torch.Tensor:
-    """softmax of log RND over each group's buffer rows (rows of (groups, N)); optionally minus its mean there."""
-    weights = torch.softmax(log_rnd.masked_fill(~in_buffer, -math.inf), dim=1)
+def buffer_weights(log_rnd: torch.Tensor, filled: torch.Tensor, centering: bool) -> torch.Tensor:
+    """softmax of log RND over each prompt's buffer entries (rows of (prompts, capacity)); optionally minus
+    its mean there; zero on padding rows."""
+    weights = torch.softmax(log_rnd.masked_fill(~filled, -math.inf), dim=1)
     if centering:
-        mean = weights.sum(dim=1, keepdim=True) / in_buffer.sum(dim=1, keepdim=True)
-        weights = torch.where(in_buffer, weights - mean, torch.zeros_like(weights))
+        mean = weights.sum(dim=1, keepdim=True) / filled.sum(dim=1, keepdim=True)
+        weights = torch.where(filled, weights - mean, torch.zeros_like(weights))
     return weights
 
 
@@ -192,11 +221,29 @@ def wdce_plan(batch_size: int, length: int, num_replicates: int, generator: torc
     return MaskPlan(masks, weights)
 
 
+@dataclass
+class BufferPrepared(Prepared):
+    """What a search round prepared: the drawn prompts' buffer rows train every inner iteration."""
+
+    rows: Rollouts | None = None
+    filled: torch.Tensor | None = None
+    """True on the rows that are buffer entries (the others pad each prompt's buffer to its capacity)."""
+
+
 @implements("algorithm", "tr2d2")
 class TR2D2Algorithm(DiscreteAlgorithm):
     """TR2-D2: tree-search replay buffer, softmax(log RND) weights, weighted denoising cross-entropy."""
 
     spec: TR2D2
+
+    def __init__(self, spec: TR2D2, mask_token_id: int, eos_token_id: int):
+        super().__init__(spec, mask_token_id, eos_token_id)
+        self.buffer = ReplayBuffer(spec.buffer_size or spec.mcts_iterations * spec.num_children)
+
+    @property
+    def state(self) -> ReplayBuffer:
+        """The replay buffer: checkpointed with the run, so a resumed run continues with it."""
+        return self.buffer
 
     @property
     def uses_old(self) -> bool:
@@ -205,16 +252,42 @@ class TR2D2Algorithm(DiscreteAlgorithm):
 
     def collect(self, policy: torch.nn.Module, reference: torch.nn.Module, prompts: torch.Tensor,
                 reward_fn: RewardFn, group_size: int, completion_length: int,
-                generator: torch.Generator | None) -> Rollouts:
+                generator: torch.Generator | None) -> SearchRollouts:
         """Every rollout of a tree search per prompt (mcts_iterations x num_children rows each)."""
         spec = self.spec
         schedule = StepSchedule.of(completion_length, spec.rollout_steps or completion_length, spec.block_length)
-        searches = [tree_search(policy, prompt.unsqueeze(0), reward_fn, spec, schedule, self.mask_token_id,
-                                generator) for prompt in prompts]
-        completions, rewards, correct = (torch.cat([getattr(s, name) for s in searches])
-                                         for name in ("completions", "rewards", "correct"))
+        searches = [tree_search(policy, reference, prompt.unsqueeze(0), reward_fn, spec, schedule,
+                                self.mask_token_id, generator) for prompt in prompts]
+        completions, rewards, correct, log_rnd = (torch.cat([getattr(s, name) for s in searches])
+                                                  for name in ("completions", "rewards", "correct", "log_rnd"))
         budget = spec.mcts_iterations * spec.num_children
-        return Rollouts(prompts.repeat_interleave(budget, dim=0), completions, rewards, correct, budget)
+        return SearchRollouts(prompts.repeat_interleave(budget, dim=0), completions, rewards, correct, budget,
+                              log_rnd)
+
+    @torch.no_grad()
+    def prepare(self, model: torch.nn.Module, ref_model: torch.nn.Module, rollouts: SearchRollouts,
+                generator: torch.Generator | None) -> BufferPrepared:
+        """Offer the searches' rollouts to the buffers; the drawn prompts' buffers, their weights and plans."""
+        drawn = rollouts.prompt[::rollouts.group_size]
+        if not self.spec.keep_buffer:
+            self.buffer.forget(drawn)
+        self.buffer.add(rollouts.prompt, rollouts.completion, rollouts.rewards, rollouts.log_rnd, rollouts.correct)
+        batch = self.buffer.batch(drawn)
+        rows = Rollouts(batch.prompt, batch.completion, batch.rewards, batch.correct, self.buffer.capacity)
+        filled = rows.grouped(batch.filled)
+        weights = buffer_weights(rows.grouped(batch.log_rnd), filled, self.spec.centering)
+        signal = (weights / filled.sum(dim=1, keepdim=True)).reshape(-1).float()
+        plans = [self.draw_plan(rows, generator).to(rows.prompt.device) for _ in range(self.spec.num_iterations)]
+        return BufferPrepared(plans, signal, rows=rows, filled=batch.filled)
+
+    def loss(self, model: torch.nn.Module, rollouts: Rollouts, prepared: BufferPrepared,
+             iteration: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """The WDCE loss of one inner iteration on the buffer rows (not on the fresh rollouts)."""
+        rows = prepared.rows
+        current = self.surrogate(model, rows, prepared.plans[iteration])
+        loss, stats = self.objective(current, current.detach(), None, prepared.signal, rows)
+        stats["buffer_reward"] = float(rows.rewards[prepared.filled].mean())
+        return loss, stats
 
     def draw_plan(self, rollouts: Rollouts, generator: torch.Generator | None) -> MaskPlan:
         """The WDCE plan."""
@@ -225,21 +298,9 @@ class TR2D2Algorithm(DiscreteAlgorithm):
         """mean over replicates of (1 / lambda) sum of the masked tokens' log-probabilities (N,)."""
         return plan_estimate(model, rollouts.prompt, rollouts.completion, plan, self.mask_token_id)
 
-    def signal(self, model: torch.nn.Module, ref_model: torch.nn.Module, rollouts: Rollouts,
-               generator: torch.Generator | None) -> torch.Tensor:
-        """Buffer weights from log RND = ELBO_pre - ELBO_theta + min(r, clip) / alpha (zero outside the buffer)."""
-        spec = self.spec
-        rows, length = rollouts.completion.shape
-        plan = draw_elbo_plan("antithetic", rows, length, spec.elbo_forwards, generator).to(rollouts.prompt.device)
-        log_rnd = (plan_estimate(ref_model, rollouts.prompt, rollouts.completion, plan, self.mask_token_id)
-                   - plan_estimate(model, rollouts.prompt, rollouts.completion, plan, self.mask_token_id))
-        log_rnd = log_rnd + rollouts.rewards.to(log_rnd).clamp(max=spec.reward_clip) / spec.alpha
-        in_buffer = rollouts.grouped(buffer_mask(rollouts, spec.buffer_size or rollouts.group_size))
-        return buffer_weights(rollouts.grouped(log_rnd), in_buffer, spec.centering).reshape(-1)
-
     def objective(self, current: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None,
                   signal: torch.Tensor, rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
-        """-sum_i w_i WDCE_i per prompt, averaged over prompts."""
+        """-sum_i (w_i / B) WDCE_i per prompt, averaged over prompts."""
         loss = -rollouts.grouped(signal * current).sum(dim=1).mean()
         positive = rollouts.grouped(signal.clamp(min=0))
         ess = positive.sum(dim=1) ** 2 / (positive ** 2).sum(dim=1).clamp(min=1e-12)

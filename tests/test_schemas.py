@@ -111,3 +111,17 @@ def test_json_schema_export(capsys: pytest.CaptureFixture[str]) -> None:
     for path in SPECS:
         jsonschema.validate(yaml.safe_load(path.read_text()), schema)
     assert PipelineSpec.model_json_schema()["additionalProperties"] is False
+
+
+def test_a_stage_is_found_by_any_of_its_node_names() -> None:
+    """`stage_index`, `stage` and `field_path` take a stage's name or one of its expanded nodes (self_train's
+    generations), which is what a running node knows."""
+    spec = load_spec(Path(__file__).resolve().parents[1] / "pipelines" / "digits_self_train.yaml",
+                     ["stages.self_train.generations=3"])
+    assert spec.stage_index("self_train.gen2") == spec.stage_index("self_train") == 1
+    assert spec.stage("self_train.gen2").generations == 2 and spec.stage("self_train").generations == 3
+    assert spec.field_path("self_train.gen3", "selection") == "stages[1].selection"
+    assert spec.stage("pretrain") is spec.stages[0] and spec.field_path("pretrain", "lr") == "stages[0].lr"
+    for missing in ("self_train.gen4", "nosuch"):
+        with pytest.raises(KeyError):
+            spec.stage_index(missing)

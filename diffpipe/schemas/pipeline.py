@@ -138,12 +138,22 @@ class PipelineSpec(Strict):
                     f"'{stage.scheduler.name}'",
                 )
 
-    def stage(self, name: str) -> StageBase:
-        """The stage called `name`."""
-        for s in self.stages:
-            if s.name == name:
-                return s
-        raise KeyError(name)
+    def stage_index(self, node: str) -> int:
+        """Position in `stages` of the stage that runs node `node`: the stage of that name, or the stage that
+        `node` is one expanded node of (`StageBase.expand`, e.g. self_train's generation `NAME.genk`)."""
+        for i, s in enumerate(self.stages):
+            if s.name == node or node in dict(s.expand()):
+                return i
+        raise KeyError(node)
+
+    def stage(self, node: str) -> StageBase:
+        """The options node `node` runs with: the stage of that name, or the options of one of its expanded nodes."""
+        stage = self.stages[self.stage_index(node)]
+        return dict(stage.expand()).get(node, stage)
+
+    def field_path(self, node: str, field: str) -> str:
+        """Spec path of a field of the stage that runs node `node`, e.g. `stages[1].search.reward` (error messages)."""
+        return f"stages[{self.stage_index(node)}].{field}"
 
     def upstream(self, stage: StageBase) -> dict[str, str]:
         """Reference field -> name of the stage it points at, for every set reference."""

@@ -70,6 +70,10 @@ class StageContext:
         if self.on_progress is not None:
             self.on_progress(step, steps, losses)
 
+    def field_path(self, field: str) -> str:
+        """Spec path of a field of the stage this node runs, e.g. `stages[1].metrics` (`PipelineSpec.field_path`)."""
+        return self.pipeline.field_path(self.node, field)
+
     def input_path(self, name: str) -> Path:
         """Local folder of the input artifact bound to `name` (`data`, `model`, `init`, ...)."""
         return self.store.local_path(self.inputs[name])

@@ -82,7 +82,7 @@ def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
     if dist.backend == "nccl" and device.type != "cuda":
         raise InputError("runtime.distributed.backend", "nccl runs collectives on CUDA devices only",
                          "gloo or auto on the CPU", "nccl")
-    index = next(i for i, s in enumerate(spec.stages) if s.name == node)
+    index = spec.stage_index(node)
     if kind == "rl" and dist.strategy == "fsdp":
         raise InputError("runtime.distributed.strategy", f"stage '{node}' (rl) keeps frozen copies of the policy "
                          "that are refreshed from its weights, which FSDP2 would shard", "ddp", "fsdp")

@@ -29,7 +29,7 @@ import xarray as xr
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import EvaluateStage, SampleStage
-from diffpipe.schemas.self_train import GENERATION_SEPARATOR, SelfTrainStage
+from diffpipe.schemas.self_train import SelfTrainStage
 from diffpipe.storage.formats import open_dataset, write_dataset, write_json
 
 from .context import StageContext, StageOutput
@@ -48,9 +48,8 @@ POOL_SEED, EVAL_SEED = 7919, 104729
 
 def generation_spec(ctx: StageContext) -> tuple[int, SelfTrainStage, int]:
     """Index of the running stage in the pipeline, its options as generation k, and k."""
-    name, k = ctx.node.rsplit(GENERATION_SEPARATOR, 1)
-    index = next(i for i, s in enumerate(ctx.pipeline.stages) if s.name == name)
-    return index, ctx.pipeline.stages[index].generation(int(k)), int(k)
+    spec: SelfTrainStage = ctx.pipeline.stage(ctx.node)
+    return ctx.pipeline.stage_index(ctx.node), spec, spec.generations
 
 
 def self_train_domain(ctx: StageContext, index: int) -> ImageDomain:

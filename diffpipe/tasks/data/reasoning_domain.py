@@ -57,12 +57,6 @@ SCHEDULER_OPTIONS = frozenset({"block_length"})
 PREVIEW_ROWS = 8
 
 
-def stage_path(ctx: StageContext, field: str) -> str:
-    """`stages[i].field` of the running stage (for error messages)."""
-    index = next(i for i, s in enumerate(ctx.pipeline.stages) if s.name == ctx.node)
-    return f"stages[{index}].{field}"
-
-
 def token_tensors(ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt (N, P) and completion (N, L) token ids of a split or of a samples set."""
     return torch.from_numpy(ds["prompt"].values), torch.from_numpy(ds["completion"].values)
@@ -176,16 +170,16 @@ class ReasoningDomain(ABC):
         """(steps, block_length) of the block sampler, checked against the completion length."""
         unknown = sorted(set(spec.scheduler.options) - SCHEDULER_OPTIONS)
         if unknown:
-            raise SpecError(stage_path(ctx, "scheduler.options"), "the block sampler takes only a block length",
+            raise SpecError(ctx.field_path("scheduler.options"), "the block sampler takes only a block length",
                             "block_length", ", ".join(unknown))
         if spec.samples_per_condition != 1:
-            raise SpecError(stage_path(ctx, "samples_per_condition"), "greedy decoding gives one completion "
+            raise SpecError(ctx.field_path("samples_per_condition"), "greedy decoding gives one completion "
                             "per prompt", "1", str(spec.samples_per_condition))
         block_length = min(int(scheduler.config.block_length), completion_len)
         try:
             block_schedule(completion_len, spec.scheduler.steps, block_length)
         except ValueError as e:
-            raise SpecError(stage_path(ctx, "scheduler.steps"), str(e), "a multiple of the number of blocks",
+            raise SpecError(ctx.field_path("scheduler.steps"), str(e), "a multiple of the number of blocks",
                             str(spec.scheduler.steps)) from e
         return spec.scheduler.steps, block_length
 
@@ -226,7 +220,7 @@ class ReasoningDomain(ABC):
     def evaluate(self, ctx: StageContext, spec: EvaluateStage) -> StageOutput:
         """Accuracy and mean reward under the exact verifiers, with the reference completions as floor."""
         if "domain" not in spec.metrics:
-            raise SpecError(stage_path(ctx, "metrics"), f"{self.task} is scored by its exact verifiers",
+            raise SpecError(ctx.field_path("metrics"), f"{self.task} is scored by its exact verifiers",
                             "a list containing domain", str(spec.metrics))
         samples = open_dataset(ctx.input_path("samples") / SAMPLES_FILE).load()
         if samples.attrs.get("task") != self.task:

@@ -195,11 +195,6 @@ def log_columns(spec: RLStage, algorithm: ContinuousAlgorithm) -> list[str]:
             *extra, *marble]
 
 
-def stage_index(ctx: StageContext) -> int:
-    """Position of this stage in the pipeline (for error paths)."""
-    return next(i for i, s in enumerate(ctx.pipeline.stages) if s.name == ctx.node)
-
-
 @dataclass
 class FineTuned:
     """What `fine_tune` returns: the trained policy, its state (log), the EMA, the loop's result, checkpoint info."""
@@ -213,7 +208,7 @@ class FineTuned:
 
 def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> FineTuned:
     """Run (or resume) RL fine-tuning of the `init` checkpoint; nothing is published."""
-    index, kind = stage_index(ctx), ctx.pipeline.data.kind
+    index, kind = ctx.pipeline.stage_index(ctx.node), ctx.pipeline.data.kind
     domain = get_domain(kind)
     rewards = [resolve_reward(r.name, kind, f"stages[{index}].rewards[{j}].name") for j, r in enumerate(spec.rewards)]
     policy, objective, info = load_checkpoint(ctx.input_path("init"), spec.init_weights)

@@ -77,19 +77,13 @@ class SearchRun:
         return out
 
 
-def stage_field(ctx: StageContext, name: str) -> str:
-    """Spec path of a field of the running stage, e.g. `stages[1].search`."""
-    names = [s.name for s in ctx.pipeline.stages]
-    return f"stages[{names.index(ctx.node)}].{name}"
-
-
 def make_search(ctx: StageContext, spec: SampleStage) -> SearchRun | None:
     """The bound search of a sample stage (None when it samples plainly), with RFG's reference model loaded."""
     if spec.search is None:
         return None
     name = getattr(spec.search, "reward", None)
     reward = None if name is None else resolve_reward(name, ctx.pipeline.data.kind,
-                                                      stage_field(ctx, "search.reward"))
+                                                      ctx.field_path("search.reward"))
     reference = None
     if "reference" in ctx.inputs:
         model, _, _ = load_checkpoint(ctx.input_path("reference"), spec.weights)

@@ -57,12 +57,6 @@ SAMPLES_FILE = "samples.zarr"
 DASK_ONLY_OPTIONS = ("dask_address", "dask_workers")
 
 
-def stage_path(ctx: StageContext, field: str) -> str:
-    """`stages[i].field` of the running stage, for error messages."""
-    names = [s.name for s in ctx.pipeline.stages]
-    return f"stages[{names.index(ctx.node)}].{field}"
-
-
 def builder_options(data: ClimateData, ctx: StageContext) -> ClimateBuildOptions:
     """The builder's options from the spec (one to one) plus the runtime's Dask settings."""
     fields = data.source.model_dump(exclude={"kind"})
@@ -202,7 +196,7 @@ class ClimateDomain:
         spec = ctx.pipeline.stage(ctx.node)
         dropout = getattr(spec, "cond_dropout", 0.0)
         if dropout:
-            raise SpecError(stage_path(ctx, "cond_dropout"), "the climate emulator is always conditioned on "
+            raise SpecError(ctx.field_path("cond_dropout"), "the climate emulator is always conditioned on "
                             "its forcing (no classifier-free guidance)", "0", str(dropout))
         samples, static = self.samples(ctx, list(data.train_scenarios)), self.static(ctx)
         megabytes = training_megabytes(samples, static[0].numel())
@@ -228,9 +222,9 @@ class ClimateDomain:
     def check_sampling(self, ctx: StageContext, spec: SampleStage) -> None:
         """SpecError for sample options that have no meaning for the emulator (classes, guidance)."""
         if spec.classes is not None:
-            raise SpecError(stage_path(ctx, "classes"), "climate samples have no classes", "null", str(spec.classes))
+            raise SpecError(ctx.field_path("classes"), "climate samples have no classes", "null", str(spec.classes))
         if spec.guidance_scale != 1.0:
-            raise SpecError(stage_path(ctx, "guidance_scale"), "the climate emulator has no classifier-free guidance",
+            raise SpecError(ctx.field_path("guidance_scale"), "the climate emulator has no classifier-free guidance",
                             "1.0", str(spec.guidance_scale))
 
     @torch.no_grad()
@@ -276,7 +270,7 @@ class ClimateDomain:
         over all its blocks and members; the yearly level is `samples.zarr`, coarser ones `level_<k>.zarr`."""
         data: ClimateData = ctx.pipeline.data
         if getattr(spec, "search", None) is not None:
-            raise SpecError(stage_path(ctx, "search"), "the pyramid samples its levels without inference-time search",
+            raise SpecError(ctx.field_path("search"), "the pyramid samples its levels without inference-time search",
                             "null", spec.search.method)
         levels = ctx.pipeline.model.levels
         test = self.samples(ctx, [data.test_scenario])
@@ -336,7 +330,7 @@ class ClimateDomain:
     def evaluate(self, ctx: StageContext, spec: EvaluateStage) -> StageOutput:
         """ClimateBench NRMSE and ensemble scores on the held-out period, pattern scaling and floors beside them."""
         if set(spec.metrics) != {"domain"}:
-            raise SpecError(stage_path(ctx, "metrics"), "climate evaluation computes the domain scores only",
+            raise SpecError(ctx.field_path("metrics"), "climate evaluation computes the domain scores only",
                             "[domain]", str(spec.metrics))
         data: ClimateData = ctx.pipeline.data
         with dask_client(ctx.runtime.dask_address, 0):

@@ -140,14 +140,9 @@ class DiscreteRun:
                 log[step, LOG_COLUMNS.index(name)] = value
 
 
-def stage_index(ctx: StageContext) -> int:
-    """Position of this stage in the pipeline (for error paths)."""
-    return next(i for i, s in enumerate(ctx.pipeline.stages) if s.name == ctx.node)
-
-
 def make_reward_fn(ctx: StageContext, spec: RLStage, domain: ReasoningDomain) -> Callable:
     """(prompts, completions) -> (weighted sum of the reward plugins, exact correctness)."""
-    index, kind, data_path = stage_index(ctx), ctx.pipeline.data.kind, ctx.input_path("data")
+    index, kind, data_path = ctx.pipeline.stage_index(ctx.node), ctx.pipeline.data.kind, ctx.input_path("data")
     plugins: list[tuple[RewardPlugin, float]] = [
         (resolve_reward(r.name, kind, f"stages[{index}].rewards[{j}].name"), r.weight)
         for j, r in enumerate(spec.rewards)]
@@ -180,7 +175,7 @@ def train_config(spec: RLStage, num_iterations: int) -> TrainConfig:
 
 def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> FineTuned:
     """Run (or resume) RL fine-tuning of the masked-diffusion `init` checkpoint; nothing is published."""
-    index, kind = stage_index(ctx), ctx.pipeline.data.kind
+    index, kind = ctx.pipeline.stage_index(ctx.node), ctx.pipeline.data.kind
     domain = get_domain(kind)
     policy, objective, info = load_checkpoint(ctx.input_path("init"), spec.init_weights)
     if not isinstance(objective, MaskedDiffusion) or not isinstance(domain, ReasoningDomain):

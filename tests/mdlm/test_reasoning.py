@@ -21,12 +21,15 @@ from diffpipe.tasks.data.reasoning import (
     closeness_completions,
     countdown_closeness,
     countdown_key,
+    countdown_problem_counts,
     countdown_reward,
     parse_countdown_prompt,
     reward_fn_for,
     score_completions,
+    sudoku_puzzle_counts,
     sudoku_reward,
     sudoku_solutions,
+    unique_puzzles_by_blanks,
     verify_countdown,
     verify_sudoku,
 )
@@ -148,3 +151,33 @@ def test_reward_fn_scores_token_tensors(sudoku):
 def test_bad_dataset_raises_data_error(sudoku):
     with pytest.raises(DataError, match="completion"):
         check_reasoning_dataset(sudoku["test"].drop_vars("completion"), "sudoku.zarr")
+
+
+def test_countdown_problem_counts_are_exact_and_the_build_meets_them():
+    """The split sizes `validate` checks against are reachable: asking for every problem of both splits builds."""
+    counts = countdown_problem_counts([3], 4, 20, 0.25)
+    splits = build_countdown(counts["train"], counts["test"], max_number=4, max_target=20, test_fraction=0.25)
+    assert {s: ds.sizes["problem"] for s, ds in splits.items()} == counts
+    with pytest.raises(DataError, match="not enough distinct problems"):
+        build_countdown(counts["train"] + 1, 1, max_number=4, max_target=20, test_fraction=0.25)
+    assert countdown_problem_counts([4], 30, 99, 0.2) is None  # too many to enumerate at validate
+
+
+def test_sudoku_puzzle_counts_agree_with_brute_force():
+    """Per grid, the uniquely solvable patterns of 11 and 12 blanks, against trying every pattern; a split's count
+    is the sum over its grids."""
+    import itertools
+
+    grids = all_sudoku_grids()
+    for grid in grids[::140]:
+        counts = unique_puzzles_by_blanks(grid)
+        for b in (11, 12):
+            unique = 0
+            for blanks in itertools.combinations(range(16), b):
+                puzzle = grid.copy()
+                puzzle[list(blanks)] = 0
+                unique += len(sudoku_solutions(puzzle)) == 1
+            assert counts[b] == unique > 0
+        assert counts[0] == 1 and counts[13:].sum() == 0  # at least 4 givens (the known minimum for 4x4)
+    split = sudoku_puzzle_counts(11, 12, 0.2)
+    assert sum(split.values()) == sum(int(unique_puzzles_by_blanks(g)[11:13].sum()) for g in grids)

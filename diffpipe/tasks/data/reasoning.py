@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -281,6 +282,32 @@ def build_countdown(num_train: int, num_test: int, *, num_numbers: Sequence[int]
             for split, problems in found.items()}
 
 
+COUNTING_BUDGET = 250_000
+"""Most expressions `countdown_problem_counts` evaluates (about a second on one core)."""
+
+
+def countdown_problem_counts(num_numbers: Sequence[int], max_number: int, max_target: int,
+                             test_fraction: float) -> dict[str, int] | None:
+    """Distinct problems of each split, exactly: every multiset of numbers with every target in 1..max_target it
+    reaches, assigned to a split by its hash as `build_countdown` assigns it. None when that enumeration would
+    evaluate more than COUNTING_BUDGET expressions (k numbers: at most k! Catalan(k-1) 4^(k-1) each)."""
+    sizes = set(num_numbers)
+    if sum(math.comb(max_number + k - 1, k) * _most_expressions(k) for k in sizes) > COUNTING_BUDGET:
+        return None
+    counts = {"train": 0, "test": 0}
+    for k in sizes:
+        for numbers in itertools.combinations_with_replacement(range(1, max_number + 1), k):
+            for target in _reachable_targets(numbers):
+                if target <= max_target:
+                    counts[_split_of(countdown_key(numbers, target), test_fraction)] += 1
+    return counts
+
+
+def _most_expressions(k: int) -> int:
+    """Expressions over k distinct numbers: k! orders, Catalan(k - 1) tree shapes, an operator per inner node."""
+    return math.factorial(k) * math.comb(2 * k - 2, k - 1) // k * len(OPERATORS) ** (k - 1)
+
+
 def _countdown_dataset(problems: list[tuple[tuple[int, ...], int]], split: str, width: int, prompt_len: int,
                        completion_len: int, rng: np.random.Generator) -> xr.Dataset:
     """Token arrays of Countdown problems; the completion is one brute-force solution chosen at random."""
@@ -372,6 +399,40 @@ def sudoku_reward(text: str, puzzle: Sequence[int]) -> float:
     blanks = [i for i, p in enumerate(puzzle) if p == 0]
     hits = sum(1 for i in blanks if i < len(text) and text[i] == str(solution[i]))
     return hits / max(len(blanks), 1)
+
+
+def unique_puzzles_by_blanks(grid: Sequence[int]) -> np.ndarray:
+    """How many blank patterns with b blanks (b = 0..16) leave `grid` the puzzle's only solution.
+
+    Relabelling the digits maps one grid's puzzles one to one onto another's, so the count is computed once
+    per relabelled form with first row 1 2 3 4 (12 of the 288 grids)."""
+    relabel = {int(d): i + 1 for i, d in enumerate(grid[:4])}
+    return _unique_patterns(tuple(relabel[int(d)] for d in grid))
+
+
+@lru_cache(maxsize=16)
+def _unique_patterns(grid: tuple[int, ...]) -> np.ndarray:
+    """`unique_puzzles_by_blanks` of one grid: a pattern is ambiguous when it blanks every cell where some other
+    grid differs from this one."""
+    grids, weights = all_sudoku_grids(), 1 << np.arange(16)
+    others = grids[(grids != np.array(grid)).any(1)]
+    differences = np.unique(((others != np.array(grid)) * weights).sum(1))
+    patterns = np.arange(1 << 16)
+    ambiguous = np.zeros(len(patterns), dtype=bool)
+    for d in differences:
+        ambiguous |= (patterns & d) == d
+    blanks = ((patterns[:, None] >> np.arange(16)) & 1).sum(1)
+    return np.bincount(blanks[~ambiguous], minlength=17)
+
+
+def sudoku_puzzle_counts(min_blanks: int, max_blanks: int, test_fraction: float) -> dict[str, int]:
+    """Distinct puzzles of each split, exactly: the uniquely solvable patterns of min..max blanks of every grid of
+    the split (the split is a hash of the grid, as `build_sudoku` assigns it)."""
+    counts = {"train": 0, "test": 0}
+    for grid in all_sudoku_grids():
+        n = int(unique_puzzles_by_blanks(grid)[min_blanks:max_blanks + 1].sum())
+        counts[_split_of("".join(map(str, grid)), test_fraction)] += n
+    return counts
 
 
 def _make_puzzle(grid: np.ndarray, blanks: int, rng: np.random.Generator) -> np.ndarray | None:

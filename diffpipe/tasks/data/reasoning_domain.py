@@ -49,7 +49,9 @@ from .reasoning import (
     build_countdown,
     build_sudoku,
     check_reasoning_dataset,
+    countdown_problem_counts,
     score_completions,
+    sudoku_puzzle_counts,
 )
 
 SCHEDULER_OPTIONS = frozenset({"block_length"})
@@ -236,11 +238,29 @@ class ReasoningDomain(ABC):
         return StageOutput("metrics", metrics, metrics_table(metrics))
 
 
+def check_split_sizes(data: CountdownData | SudokuData, counts: dict[str, int], what: str) -> None:
+    """SpecError naming `data.num_train` / `data.num_test` when a split has fewer distinct `what` than asked."""
+    for split, field in (("train", "num_train"), ("test", "num_test")):
+        wanted = getattr(data, field)
+        if wanted > counts[split]:
+            raise SpecError(f"data.{field}", f"the {split} split has only {counts[split]} distinct {what}",
+                            f"at most {counts[split]}", str(wanted))
+
+
 @domain("countdown")
 class CountdownDomain(ReasoningDomain):
     """Countdown with 3-4 numbers and + - * /."""
 
     task = "countdown"
+
+    def check_spec(self, spec: PipelineSpec) -> None:
+        """The reasoning checks, and the split sizes against the distinct problems each split holds (counted
+        exactly where that takes about a second; larger spaces rely on the schema's upper bound)."""
+        super().check_spec(spec)
+        data: CountdownData = spec.data
+        counts = countdown_problem_counts(data.num_numbers, data.max_number, data.max_target, data.test_fraction)
+        if counts is not None:
+            check_split_sizes(data, counts, f"problems with targets up to {data.max_target}")
 
     def splits(self, ctx: StageContext) -> dict[str, xr.Dataset]:
         """Countdown splits from the data spec."""
@@ -255,6 +275,13 @@ class SudokuDomain(ReasoningDomain):
     """4x4 Sudoku with unique solutions."""
 
     task = "sudoku"
+
+    def check_spec(self, spec: PipelineSpec) -> None:
+        """The reasoning checks, and the split sizes against the distinct puzzles each split holds (exact)."""
+        super().check_spec(spec)
+        data: SudokuData = spec.data
+        counts = sudoku_puzzle_counts(data.min_blanks, data.max_blanks, data.test_fraction)
+        check_split_sizes(data, counts, f"puzzles with {data.min_blanks}..{data.max_blanks} blanks")
 
     def splits(self, ctx: StageContext) -> dict[str, xr.Dataset]:
         """Sudoku splits from the data spec."""

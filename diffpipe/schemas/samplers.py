@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .artifact import ArtifactKind
 from .base import Strict
@@ -157,13 +157,24 @@ class AdjointSampler(NeuralSamplerBase, ContinuousSDE):
 
     method: Literal["adjoint"] = "adjoint"
     sigma_max: float = Field(default=2.0, gt=0.0)
-    """Largest noise level of the VE schedule."""
+    """Largest noise level of the VE schedule (the reference's terminal variance is sigma_max^2 - sigma_min^2).
+
+    The Euler chain moves x by (sigma_max^2 - sigma_min^2) / sde_steps times the network per step; near the
+    end the network approaches grad log pi, so the chain is stable only if that factor times the largest
+    curvature of -log pi stays below 2: raise sde_steps with sigma_max."""
     sigma_min: float = Field(default=0.01, gt=0.0)
     """Smallest noise level of the VE schedule."""
     buffer_size: int = Field(default=4096, ge=1)
     """FIFO replay buffer of terminal samples."""
     adjoint_clip: float = Field(default=100.0, gt=0.0)
     """Clip on the norm of the energy gradient (the reference code uses 100)."""
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> AdjointSampler:
+        if self.sigma_max <= self.sigma_min:
+            raise ValueError(f"sigma_max: the VE schedule needs sigma_max > sigma_min ({self.sigma_min}); "
+                             f"found {self.sigma_max}")
+        return self
 
 
 NeuralSamplerStage = Annotated[PDNSSampler | MDNSSampler | NAASSampler | PISSampler | AdjointSampler,

@@ -35,6 +35,8 @@ def gmm(spec: dict) -> None:
     (lambda s: s["stages"][0].update(method="pis"), "stages[0].method", "pis samples continuous targets"),
     (lambda s: s.update(model={"arch": "time_mlp"}), "stages[0].method", "model.arch mdlm"),
     (lambda s: s["stages"][0].update(method="langevin"), "stages[0].method", "unknown choice"),
+    (lambda s: (gmm(s), s["stages"][0].update(method="adjoint", sigma_max=0.005)), "stages[0]",
+     "sigma_max: the VE schedule needs sigma_max > sigma_min"),
 ])
 def test_bad_sampler_specs_exit_2_naming_the_field(tmp_path: Path, capsys, edit, where: str, words: str) -> None:
     spec = copy.deepcopy(GOOD)

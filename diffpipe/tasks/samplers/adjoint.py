@@ -1,10 +1,12 @@
 """Adjoint Sampling baseline (Havens et al. 2025): on-policy buffer, regression on the terminal adjoint.
 
-Reference: X_0 = 0, f = 0, geometric VE diffusion g_t. The network is score-like: the control is
-g_t net(t, x). With no drift and no state cost the lean adjoint is constant in time, so the regression
-target of net(t, X_t) is grad r(X_1) = grad log pi~(X_1) + X_1 / V (V = int g^2; the energy gradient is
-clipped), with X_t drawn from the Brownian bridge between 0 and a buffer sample X_1:
-X_t = s X_1 + sqrt(V s (1 - s)) z, s = int_0^t g^2 / V. No importance weights in the loss.
+Reference: X_0 = 0, f = 0, geometric VE diffusion g_t, on the grid with equal variance per Euler step
+(sde.DiracBrownian). The network is score-like: the control is g_t net(t, x), the drift g_t^2 net. With
+no drift and no state cost the lean adjoint is constant in time, so the regression target of net(t, X_t)
+is grad r(X_1) = grad log pi~(X_1) + X_1 / V (r = log pi~ - log N(0, V), V = int_0^1 g^2; the energy
+gradient's norm is clipped), with X_t drawn from the Brownian bridge between 0 and a buffer sample X_1 at
+a grid time t_k, k uniform (the times the rollout queries): X_t = s X_1 + sqrt(V s (1 - s)) z,
+s = c(t_k) / V. No importance weights in the loss.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from diffpipe.schemas.samplers import AdjointSampler
 
 from ..registry import implements
 from .common import CountingTarget, SamplerState
-from .sde import DiracBrownian, log_weights, rollout, ve_schedule
+from .sde import DiracBrownian, log_weights, rollout, ve_clock
 
 
 @implements("method", "adjoint")
@@ -25,7 +27,7 @@ class AdjointSampling(SamplerState):
     def __init__(self, spec: AdjointSampler, target: CountingTarget, model: torch.nn.Module, device: torch.device):
         super().__init__(target)
         self.spec, self.model, self.device = spec, model, device
-        self.ref = DiracBrownian(target.dim, spec.sde_steps, ve_schedule(spec.sigma_min, spec.sigma_max))
+        self.ref = DiracBrownian(target.dim, spec.sde_steps, ve_clock(spec.sigma_min, spec.sigma_max))
         self.variance = self.ref.terminal_variance()
 
     def control(self, model: torch.nn.Module):
@@ -46,18 +48,22 @@ class AdjointSampling(SamplerState):
         self.tensors["x"] = x[-self.spec.buffer_size:].detach().cpu()
         self.tensors["adjoint"] = adjoint[-self.spec.buffer_size:].detach().cpu()
 
+    def bridge(self, x1: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A grid time t_k (k uniform) per row and X_{t_k} from the reference bridge between 0 and x1."""
+        k = torch.randint(0, self.ref.steps, (len(x1),), generator=gen)
+        s = (self.ref.levels[k] / self.variance).float()[:, None]
+        return self.ref.grid[k].float(), s * x1 + (self.variance * s * (1 - s)).sqrt() * torch.randn(
+            x1.shape, generator=gen)
+
     def step_loss(self, gen: torch.Generator) -> torch.Tensor:
         """Bridge regression of net(t, X_t) on the buffer's adjoints."""
         if self.tick(self.spec.resample_every):
             self.refill(gen)
         buf_x, buf_a = self.tensors["x"], self.tensors["adjoint"]
         idx = torch.randint(0, len(buf_x), (self.spec.samples_per_step,), generator=gen)
-        x1, a1 = buf_x[idx], buf_a[idx]
-        t = torch.rand(len(idx), generator=gen) * (1 - self.ref.dt)
-        s = (self.ref.cumulative(t) / self.variance).float()[:, None]
-        xt = s * x1 + (self.variance * s * (1 - s)).sqrt() * torch.randn(x1.shape, generator=gen)
+        t, xt = self.bridge(buf_x[idx], gen)
         pred = self.model(t.to(self.device), xt.to(self.device))
-        return (pred - a1.to(self.device)).square().sum(-1).mean()
+        return (pred - buf_a[idx].to(self.device)).square().sum(-1).mean()
 
     def sample(self, model: torch.nn.Module, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples and post-hoc log importance weights (Girsanov) from `model`."""

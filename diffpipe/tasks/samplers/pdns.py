@@ -49,7 +49,7 @@ class ContinuousPDNS(SamplerState):
         idx = torch.multinomial(self.tensors["weights"].double(), self.spec.samples_per_step, replacement=True,
                                 generator=gen)
         x1 = self.tensors["x"][idx]
-        t = torch.rand(len(idx), generator=gen) * (1 - self.ref.dt)
+        t = torch.rand(len(idx), generator=gen) * float(self.ref.times()[-1])
         b = self.ref.decay_to_end(t)[:, None]
         sigma = self.ref.sigma
         xt = b * x1 + sigma * (1 - b.square()).sqrt() * torch.randn(x1.shape, generator=gen)

@@ -12,7 +12,7 @@ from diffpipe.schemas.samplers import PISSampler
 
 from ..registry import implements
 from .common import CountingTarget, SamplerState
-from .sde import DiracBrownian, log_weights, rollout
+from .sde import DiracBrownian, constant_clock, log_weights, rollout
 
 
 @implements("method", "pis")
@@ -22,7 +22,7 @@ class PIS(SamplerState):
     def __init__(self, spec: PISSampler, target: CountingTarget, model: torch.nn.Module, device: torch.device):
         super().__init__(target)
         self.spec, self.model, self.device = spec, model, device
-        self.ref = DiracBrownian(target.dim, spec.sde_steps, lambda t: spec.sigma)
+        self.ref = DiracBrownian(target.dim, spec.sde_steps, constant_clock(spec.sigma))
 
     def step_loss(self, gen: torch.Generator) -> torch.Tensor:
         """Minus the mean log weight of a fresh batch of paths."""

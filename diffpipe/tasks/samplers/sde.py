@@ -1,7 +1,7 @@
 """Continuous samplers' shared parts: reference SDEs on [0, 1] and the controlled Euler-Maruyama rollout.
 
-Controlled step: x_{k+1} = x_k + (f_k(x_k) + g_k u_k) dt + g_k sqrt(dt) z_k. The log ratio of the reference
-and controlled transition densities is exact for the discrete chain: -1/2 |u_k|^2 dt - u_k . sqrt(dt) z_k.
+Controlled step: x_{k+1} = x_k + (f_k(x_k) + g_k u_k) dt_k + g_k sqrt(dt_k) z_k. The log ratio of the
+reference and controlled transition densities is exact for the discrete chain: -1/2 |u_k|^2 dt_k - u_k . sqrt(dt_k) z_k.
 With the discrete chain's own terminal marginal p_K of the reference,
 log w = log pi~(x_K) - log p_K(x_K) + sum_k (log ratio)_k has E[w] = Z exactly.
 """
@@ -19,14 +19,21 @@ Control = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Reference:
-    """A reference SDE dX = f_t(X) dt + g_t dW on a grid of `steps` Euler steps."""
+    """A reference SDE dX = f_t(X) dt + g_t dW on a grid of `steps` Euler steps (uniform unless a subclass
+    sets `grid`)."""
 
     def __init__(self, dim: int, steps: int):
-        self.dim, self.steps, self.dt = dim, steps, 1.0 / steps
+        self.dim, self.steps = dim, steps
+        self.grid = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        """Times t_0 = 0 < ... < t_K = 1 of the Euler chain."""
 
     def times(self) -> torch.Tensor:
-        """Left ends t_k = k dt of the steps."""
-        return torch.arange(self.steps, dtype=torch.float64) * self.dt
+        """Left ends t_k of the steps."""
+        return self.grid[:-1]
+
+    def step_sizes(self) -> torch.Tensor:
+        """dt_k = t_{k+1} - t_k."""
+        return self.grid.diff()
 
     def diffusion(self, t: float) -> float:
         """g_t."""
@@ -50,39 +57,65 @@ class Reference:
         return -0.5 * x.double().square().sum(-1) / v - 0.5 * self.dim * math.log(2 * math.pi * v)
 
 
-class DiracBrownian(Reference):
-    """X_0 = 0, f = 0, g_t given by `schedule` (constant for PIS, geometric VE for adjoint sampling)."""
+VarianceClock = Callable[[torch.Tensor], torch.Tensor]
+"""c(t) = int_0^t g_s^2 ds of a driftless reference: increasing, c(0) = 0 (float64 times in, float64 out)."""
 
-    def __init__(self, dim: int, steps: int, schedule: Callable[[float], float]):
+
+def constant_clock(sigma: float) -> VarianceClock:
+    """c(t) = sigma^2 t: constant diffusion sigma (PIS)."""
+    return lambda t: sigma**2 * t
+
+
+def ve_clock(sigma_min: float, sigma_max: float) -> VarianceClock:
+    """c(t) = sigma_max^2 (1 - (sigma_max / sigma_min)^(-2t)): the clock of the geometric VE diffusion
+    g_t = sigma_min (sigma_max / sigma_min)^(1 - t) sqrt(2 ln(sigma_max / sigma_min)) (needs sigma_max > sigma_min)."""
+    ratio = sigma_max / sigma_min
+    return lambda t: sigma_max**2 * (1 - ratio ** (-2 * t))
+
+
+def equal_variance_grid(clock: VarianceClock, steps: int, iters: int = 60) -> torch.Tensor:
+    """Times 0 = t_0 < ... < t_K = 1 with equal variance increments c(t_{k+1}) - c(t_k) = c(1) / K (bisection)."""
+    levels = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) * clock(torch.tensor(1.0, dtype=torch.float64))
+    lo, hi = torch.zeros_like(levels), torch.ones_like(levels)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        below = clock(mid) < levels
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    grid = 0.5 * (lo + hi)
+    grid[0], grid[-1] = 0.0, 1.0
+    return grid
+
+
+class DiracBrownian(Reference):
+    """X_0 = 0, f = 0, diffusion given by its variance clock c(t) (constant for PIS, geometric VE for
+    adjoint sampling), on the grid with equal variance per step.
+
+    Only c matters to the chain: in the clock's time the reference is a plain Brownian motion and the
+    controlled drift g^2 net moves x by (c(t_{k+1}) - c(t_k)) net per step. Equal increments c(1) / K keep
+    that step the same size everywhere; a uniform grid in t would put most of the variance (and the
+    largest, least stable Euler steps) in the first few steps of a geometric schedule. On each step g is
+    the constant with g_k^2 dt_k = c(t_{k+1}) - c(t_k), so the chain's variance at t_k is exactly c(t_k).
+    """
+
+    def __init__(self, dim: int, steps: int, clock: VarianceClock):
         super().__init__(dim, steps)
-        self.schedule = schedule
+        self.grid = equal_variance_grid(clock, steps)
+        self.levels = clock(self.grid)
+        """c(t_k), the chain's variance at each grid time."""
+        self.g = (self.levels.diff() / self.step_sizes()).sqrt()
 
     def diffusion(self, t: float) -> float:
-        """g_t."""
-        return self.schedule(t)
+        """g_k on the step that starts at or before t."""
+        k = int(torch.searchsorted(self.grid, torch.tensor(t, dtype=torch.float64), right=True)) - 1
+        return float(self.g[min(max(k, 0), self.steps - 1)])
 
     def initial(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """A Dirac at the origin."""
         return torch.zeros(n, self.dim)
 
     def terminal_variance(self) -> float:
-        """sum_k g_k^2 dt."""
-        return float(sum(self.diffusion(float(t)) ** 2 for t in self.times()) * self.dt)
-
-    def cumulative(self, t: torch.Tensor) -> torch.Tensor:
-        """int_0^t g^2 on the grid (piecewise constant g), per time in t."""
-        g2 = torch.tensor([self.diffusion(float(s)) ** 2 for s in self.times()], dtype=torch.float64) * self.dt
-        cum = torch.cat([torch.zeros(1, dtype=torch.float64), g2.cumsum(0)])
-        k = (t.double() / self.dt).clamp(0, self.steps - 1e-9)
-        lo = k.floor().long()
-        return cum[lo] + (k - lo) * g2[lo]
-
-
-def ve_schedule(sigma_min: float, sigma_max: float) -> Callable[[float], float]:
-    """g_t = sigma_min (sigma_max / sigma_min)^(1 - t) sqrt(2 ln(sigma_max / sigma_min))."""
-    ratio = sigma_max / sigma_min
-    scale = math.sqrt(2 * math.log(ratio)) if ratio > 1 else 1.0
-    return lambda t: sigma_min * ratio ** (1 - t) * scale
+        """c(1) = sum_k g_k^2 dt_k."""
+        return float(self.levels[-1])
 
 
 class StationaryVP(Reference):
@@ -112,9 +145,9 @@ class StationaryVP(Reference):
     def terminal_variance(self) -> float:
         """The Euler chain's variance: v <- (1 - beta_k dt / 2)^2 v + sigma^2 beta_k dt from v_0 = sigma^2."""
         v = self.sigma**2
-        for t in self.times():
-            b = self.beta(float(t))
-            v = (1 - 0.5 * b * self.dt) ** 2 * v + self.sigma**2 * b * self.dt
+        for t, dt in zip(self.times().tolist(), self.step_sizes().tolist(), strict=True):
+            b = self.beta(t)
+            v = (1 - 0.5 * b * dt) ** 2 * v + self.sigma**2 * b * dt
         return v
 
     def decay_to_end(self, t: torch.Tensor) -> torch.Tensor:
@@ -142,12 +175,12 @@ def rollout(control: Control, ref: Reference, n: int, gen: torch.Generator, devi
     x = ref.initial(n, gen).to(device)
     log_ratio = torch.zeros(n, dtype=torch.float64, device=device)
     path = [x] if keep_path else None
-    for t in ref.times():
-        g = ref.diffusion(float(t))
-        u = control(torch.full((n,), float(t), device=device), x)
-        z = math.sqrt(ref.dt) * torch.randn(x.shape, generator=gen).to(device)
-        x = x + (ref.drift(float(t), x) + g * u) * ref.dt + g * z
-        log_ratio = log_ratio + (-0.5 * u.square().sum(-1) * ref.dt - (u * z).sum(-1)).double()
+    for t, dt in zip(ref.times().tolist(), ref.step_sizes().tolist(), strict=True):
+        g = ref.diffusion(t)
+        u = control(torch.full((n,), t, device=device), x)
+        z = math.sqrt(dt) * torch.randn(x.shape, generator=gen).to(device)
+        x = x + (ref.drift(t, x) + g * u) * dt + g * z
+        log_ratio = log_ratio + (-0.5 * u.square().sum(-1) * dt - (u * z).sum(-1)).double()
         if path is not None:
             path.append(x)
     return Rollout(x, log_ratio, path)

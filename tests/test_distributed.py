@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -27,7 +29,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from tiny_specs import tiny_digits_spec
+from tiny_specs import REPO, tiny_digits_spec
 
 from diffpipe.errors import InputError, StageError
 from diffpipe.flows.plan import node_key, nodes
@@ -40,10 +42,19 @@ from diffpipe.tasks.registry import get_domain
 
 WEIGHT_ATOL = 1e-3
 LOSS_RTOL = 1e-5
+RL_WEIGHT_ATOL = 1e-4
+"""Discrete RL: the rollouts agree to 1e-5, but the attention's key bias has an exactly zero gradient (softmax
+ignores a shift), so Adam turns float noise of ~1e-9 into steps; measured up to 3e-5 at lr 1e-3."""
 STEPS, EVERY = 40, 8
 RL = {"name": "rl", "stage": "rl", "init": "pretrain", "group_size": 4, "groups_per_step": 2, "steps": 4,
       "checkpoint_every": 2, "log_every": 2, "lr": 1e-4, "algorithm": {"algorithm": "flow_grpo", "sampler_steps": 4},
       "rewards": [{"name": "classifier_logprob"}]}
+DISCRETE_RL = {"steps": 4, "groups_per_step": 2, "group_size": 4, "checkpoint_every": 4, "log_every": 2, "lr": 1e-3,
+               "algorithm": {"algorithm": "coupled_grpo", "num_iterations": 2, "block_length": 8, "rollout_steps": 4,
+                             "temperature": 1.0}}
+"""Sampled rollouts (temperature 1: the sampler's noise must be the same at both world sizes), mu = 2 (old
+surrogates and two updates per batch); coupled_grpo's loss is a token mean over the whole batch and its
+advantages are leave-one-out over each group, so a rank that saw only its own rows would get other numbers."""
 
 
 def spec_dict(root: Path, **distributed) -> dict:
@@ -55,12 +66,29 @@ def spec_dict(root: Path, **distributed) -> dict:
     return raw
 
 
+def sudoku_spec_dict(root: Path, **distributed) -> dict:
+    """Tiny 4x4 Sudoku data -> masked-diffusion pretrain -> discrete rl (DISCRETE_RL), with `runtime.distributed`.
+
+    Sudoku's verifier gives partial credit (the share of blanks filled right), so even a barely trained
+    model's rollouts get rewards that differ within groups, hence non-zero advantages."""
+    raw = yaml.safe_load((REPO / "pipelines" / "sudoku.yaml").read_text())
+    raw["data"].update(num_train=64, num_test=16)
+    raw["model"] = {"arch": "mdlm", "d_model": 16, "num_layers": 1, "num_heads": 2}
+    pretrain, rl = (next(s for s in raw["stages"] if s["name"] == name) for name in ("pretrain", "rl"))
+    pretrain.update({"steps": 6, "batch_size": 32, "checkpoint_every": 6, "log_every": 6, "warmup_steps": 2})
+    rl.update(copy.deepcopy(DISCRETE_RL))
+    raw["stages"] = [pretrain, rl]
+    raw["storage"] = {"root": str(root)}
+    raw["runtime"] = {"device": "cpu", "seed": 0, "distributed": distributed}
+    return raw
+
+
 class Built:
     """The data artifact (built once) and a way to run a stage on it in one process or across processes."""
 
-    def __init__(self, root: Path):
-        self.root = root
-        self.spec = validate_spec(spec_dict(root))
+    def __init__(self, root: Path, make_spec: Callable[..., dict] = spec_dict):
+        self.root, self.make_spec = root, make_spec
+        self.spec = validate_spec(make_spec(root))
         self.store = ArtifactStore(self.spec.storage.root)
         data = nodes(self.spec)[0]
         key, _ = node_key(self.spec, data, {})
@@ -72,7 +100,7 @@ class Built:
     def run(self, stage: str, key: str, logs: list[str] | None = None, extra: list[dict] | None = None,
             progress: list[tuple] | None = None, **distributed) -> dict:
         """Run `stage` (of the spec, or of `extra` stages appended to it) under cache key `key`: its outputs."""
-        raw = spec_dict(self.root, **distributed)
+        raw = self.make_spec(self.root, **distributed)
         raw["stages"] += copy.deepcopy(extra or [])
         spec = validate_spec(raw)
         node = next(n for n in nodes(spec) if n.name == stage)
@@ -83,10 +111,13 @@ class Built:
                                on_progress=None if progress is None else lambda *p: progress.append(copy.deepcopy(p)))
             out = stage_function(node.kind, spec.runtime)(ctx)
             result = {"weights": load_file(Path(tmp, "model", "diffusion_pytorch_model.safetensors")),
-                      "online": load_file(Path(tmp, "model_online", "diffusion_pytorch_model.safetensors")),
                       "metrics": out.metrics, "files": sorted(p.name for p in Path(tmp).iterdir())}
+            online = Path(tmp, "model_online", "diffusion_pytorch_model.safetensors")
+            if online.exists():  # with EMA
+                result["online"] = load_file(online)
             if node.kind == "rl":
-                result["rewards"] = read_json(Path(tmp, "reward_log.json"))["reward"]
+                result["log"] = read_json(Path(tmp, "reward_log.json"))
+                result["rewards"] = result["log"]["reward"]
             else:
                 result["losses"] = read_json(Path(tmp, "losses.json"))["losses"]
                 self.refs.setdefault(stage, self.store.publish(Path(tmp), out.kind, {"node": stage}))
@@ -238,6 +269,45 @@ def test_rl_stage_at_two_ranks(built: Built) -> None:
     torch.testing.assert_close(torch.tensor([r for r in two["rewards"] if r is not None]),
                                torch.tensor([r for r in one["rewards"] if r is not None]), rtol=1e-4, atol=1e-5)
     assert_weights_close(two["weights"], one["weights"])
+
+
+def test_row_sharded_model_splits_rows_and_gives_the_gradient_of_the_whole_batch(tmp_path: Path) -> None:
+    """Two real ranks: each model call runs half the rows, every rank gets the whole output, and after DDP's
+    average the gradient of a loss coupling rows across ranks is one process's (float64, to 1e-12)."""
+    worker = Path(__file__).with_name("row_sharded_worker.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(worker), str(tmp_path)], check=True, timeout=300, capture_output=True)
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert result["even"]["seen"] == [4, 4]  # its own 4 of the 8 rows, with and without gradients
+        assert result["odd"]["seen"] == [5, 5]  # 5 rows do not split over 2 ranks: run whole on each
+        for case in ("even", "odd"):
+            assert result[case]["output"] < 1e-14
+            assert result[case]["grad"] < 1e-12, (case, result[case])
+        assert result["score_rows"] == [4] and result["scores_exact"]
+
+
+def rollout_log(log: dict[str, list[float | None]]) -> torch.Tensor:
+    """The reward log's columns that depend only on the rollouts (rows: steps; NaN where a step drew none)."""
+    columns = ["samples", "reward", "accuracy", "zero_std_ratio", "sampling_forwards", "scoring_forwards"]
+    return torch.tensor([[math.nan if v is None else v for v in log[c]] for c in columns]).T
+
+
+def test_discrete_rl_at_two_ranks_matches_one_process(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Masked-diffusion RL: rollouts sampled, scored and differentiated on each rank's rows, advantages and
+    the token-mean loss over whole groups; the same rollouts, rewards and weights as one process."""
+    b = Built(tmp_path_factory.mktemp("distributed-sudoku") / "artifacts", sudoku_spec_dict)
+    pretrained = b.run("pretrain", "sudoku-pretrain")
+    one = b.run("rl", "sudoku-rl-one")
+    two = b.run("rl", "sudoku-rl-two", nproc_per_node=2)
+    assert two["metrics"]["processes"] == 2 and one["metrics"]["processes"] == 1
+    torch.testing.assert_close(rollout_log(two["log"]), rollout_log(one["log"]), rtol=1e-5, atol=0, equal_nan=True)
+    assert min(v for v in one["log"]["zero_std_ratio"] if v is not None) < 1  # some groups carry advantages
+    torch.testing.assert_close(torch.tensor(two["log"]["kl"], dtype=torch.float64),
+                               torch.tensor(one["log"]["kl"], dtype=torch.float64), rtol=1e-4, atol=1e-7)
+    assert_weights_close(two["weights"], one["weights"], atol=RL_WEIGHT_ATOL)
+    moved = max(float((one["weights"][k] - pretrained["weights"][k]).abs().max()) for k in one["weights"])
+    assert moved > 20 * RL_WEIGHT_ATOL, moved  # the tolerance is far below how far RL moved the weights
 
 
 def test_bad_distributed_settings_name_the_field(built: Built) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,12 +115,84 @@ def any_rank(flag: bool) -> bool:
 
 
 def all_gather_rows(value: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Every rank's rows of `value` concatenated in rank order along `dim` (the global batch)."""
+    """Every rank's rows of `value` concatenated in rank order along `dim` (the global batch), on its device."""
     if not active():
         return value
-    parts = [torch.empty_like(value) for _ in range(world_size())]
-    dist.all_gather(parts, value.contiguous())
-    return torch.cat(parts, dim)
+    sent = value.to(collective_device(), torch.uint8 if value.dtype == torch.bool else value.dtype).contiguous()
+    parts = [torch.empty_like(sent) for _ in range(world_size())]
+    dist.all_gather(parts, sent)
+    return torch.cat(parts, dim).to(value.device, value.dtype)
+
+
+def sharded_rows(fn: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """`fn` of global-batch tensors, run on this rank's rows of each; its outputs gathered from every rank.
+
+    For per-row work without gradients, such as scoring rollouts with a verifier: every rank gets the
+    whole batch's outputs, each rank having computed 1 / world_size of them (all of them when the batch
+    does not split evenly).
+    """
+    def on_own_rows(*batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if batch[0].shape[0] % world_size() or not active():
+            return fn(*batch)
+        rows = local_slice(batch[0].shape[0])
+        return tuple(all_gather_rows(out) for out in fn(*(b[rows] for b in batch)))
+
+    return on_own_rows
+
+
+class GatherRows(torch.autograd.Function):
+    """Every rank's rows in rank order; backward: the sum over ranks of the gradient of this rank's rows.
+
+    The backward is an all-reduce of the whole gradient (every backend has one; gloo has no
+    reduce-scatter) from which this rank keeps its rows, i.e. a reduce-scatter.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, own: torch.Tensor) -> torch.Tensor:
+        """Gather the ranks' rows (as `all_gather_rows`)."""
+        ctx.rows = slice(rank() * own.shape[0], (rank() + 1) * own.shape[0])
+        return all_gather_rows(own)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of the gradient summed over ranks."""
+        total = grad.to(collective_device()).contiguous()
+        dist.all_reduce(total)
+        return total[ctx.rows].to(grad.device)
+
+
+class RowSharded(nn.Module):
+    """A model called with a global batch that runs this rank's rows and returns every rank's output rows.
+
+    Every rank calls it with the same batch and gets the same output, having run 1 / world_size of the
+    rows through `model`. The gather is differentiable (`GatherRows`), so when every rank computes the
+    same loss from the whole output, each rank's parameter gradient is world_size times its rows' share
+    and the average that DDP / FSDP2 take is the gradient of that loss: a loss over whole groups of rows
+    (group-normalised advantages, token means over the batch) is sharded without being rewritten. A
+    batch that does not split evenly runs whole on every rank (replicated: the averaged gradient is then
+    each rank's own). The model's outputs are gathered, so this suits models whose output per row is
+    small (the masked-diffusion LMs' logits over a small vocabulary).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self) -> Any:
+        """The wrapped (diffusers) model's config."""
+        return self.model.config
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's output for every row of `batch`, this rank's rows computed here."""
+        if batch.shape[0] % world_size():
+            return self.model(batch)
+        return GatherRows.apply(self.model(batch[local_slice(batch.shape[0])]))
+
+
+def row_sharded(model: nn.Module) -> nn.Module:
+    """`model` itself in one process, else `RowSharded(model)`."""
+    return RowSharded(model) if active() else model
 
 
 class StepModule(nn.Module):

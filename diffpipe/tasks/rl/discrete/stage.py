@@ -7,6 +7,12 @@ exact verifiers) and prepares the algorithm's advantages, mask plans and old/ref
 those plans; every step returns the loss of one inner iteration. The loop clips gradients, steps AdamW,
 keeps the EMA and checkpoints every `checkpoint_every` steps rounded up to a multiple of mu, so a
 resumed run starts on a fresh rollout batch. The reference model is the frozen init checkpoint.
+
+Across processes every rank draws the same prompts, mask plans and sampler noise (one generator state),
+but each model forward runs only this rank's rows of the batch and the outputs are gathered
+(`distributed.RowSharded`), and each rank scores only its rows with the verifiers (rewards gathered).
+So rollouts, scoring and the loss's forwards and backwards are split over the ranks, while the
+advantages and the loss are computed over whole groups, exactly as in one process.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 from ...context import StageContext, StageOutput
 from ...data.reasoning import EOS
 from ...data.reasoning_domain import ReasoningDomain
+from ...distributed import row_sharded, sharded_rows
 from ...registry import get_domain
 from ...sample import load_checkpoint
 from ...training import TrainConfig, TrainResult, plot_against_budget, plot_losses, save_trained, train
@@ -79,7 +86,9 @@ class DiscreteRun:
                  reward_fn: Callable, prompts: torch.Tensor, completion_length: int, state: DiscreteState,
                  hook: Hook | None = None):
         self.spec, self.policy, self.reference, self.algorithm = spec, policy, reference, algorithm
-        self.reward_fn, self.prompts, self.state = reward_fn, prompts, state
+        self.sharded_policy, self.sharded_reference = row_sharded(policy), row_sharded(reference)
+        """What the algorithm calls: the models with each forward split over the ranks (themselves in one process)."""
+        self.reward_fn, self.prompts, self.state = sharded_rows(reward_fn), prompts, state
         self.completion_length, self.hook = completion_length, hook
         self.current: Batch | None = None
         self.clock: tuple[float, float] | None = None
@@ -90,12 +99,12 @@ class DiscreteRun:
         index = torch.randint(0, self.prompts.shape[0], (self.spec.groups_per_step,), generator=gen)
         self.policy.eval()
         try:
-            with count_forwards(self.policy, self.reference) as sampling:
-                rollouts = self.algorithm.collect(self.policy, self.reference,
-                                                  self.prompts[index.to(self.prompts.device)], self.reward_fn,
-                                                  self.spec.group_size, self.completion_length, gen)
-            with count_forwards(self.policy, self.reference) as scoring:
-                prepared = self.algorithm.prepare(self.policy, self.reference, rollouts, gen)
+            policy, reference = self.sharded_policy, self.sharded_reference
+            with count_forwards(policy, reference) as sampling:
+                rollouts = self.algorithm.collect(policy, reference, self.prompts[index.to(self.prompts.device)],
+                                                  self.reward_fn, self.spec.group_size, self.completion_length, gen)
+            with count_forwards(policy, reference) as scoring:
+                prepared = self.algorithm.prepare(policy, reference, rollouts, gen)
         finally:
             self.policy.train()
         rows = rollouts.completion.shape[0]
@@ -112,8 +121,9 @@ class DiscreteRun:
         iteration = step % self.spec.algorithm.num_iterations
         if iteration == 0:
             self.current = self.collect(gen)
-        with count_forwards(self.policy) as counts:
-            loss, stats = self.algorithm.loss(self.policy, self.current.rollouts, self.current.prepared, iteration)
+        with count_forwards(self.sharded_policy) as counts:
+            loss, stats = self.algorithm.loss(self.sharded_policy, self.current.rollouts, self.current.prepared,
+                                              iteration)
         stats["grad_forwards"] = counts["grad"] / self.current.rollouts.completion.shape[0]
         if iteration == 0:
             stats.update(self.rollout_stats())

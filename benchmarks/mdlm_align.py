@@ -1,18 +1,22 @@
-"""SDPO and TR2-D2 against coupled-GRPO and GDPO on Countdown, and the RNA design task's reward and diversity.
+"""SDPO and TR2-D2 against coupled-GRPO and GDPO on Countdown and Sudoku, and on RNA design (reward, diversity).
 
-Every number comes from the real pipeline: `pipelines/countdown.yaml` or `pipelines/rna_design.yaml`
-(shrunk to CPU size) runs pretrain -> evaluate the pretrained model -> rl with one algorithm -> sample ->
-evaluate, so held-out accuracy is the evaluate stage's (greedy, held-out problems). Every algorithm
-gets the same reward evaluations: steps / num_iterations rollout batches of groups_per_step prompts x
-group_size rewards (tr2d2: mcts_iterations x num_children = group_size per prompt). Wall time is the
-rl stage's training wall time. The pretrain stage is shared by the algorithms of a seed (cached).
+Every number comes from the real pipeline: `pipelines/countdown.yaml`, `pipelines/sudoku.yaml` or
+`pipelines/rna_design.yaml` (shrunk to CPU size) runs pretrain -> evaluate the pretrained model -> rl
+with one algorithm -> sample -> evaluate, so held-out accuracy is the evaluate stage's (greedy,
+held-out problems). Every algorithm gets the same reward evaluations: steps / num_iterations rollout
+batches of groups_per_step prompts x group_size rewards (tr2d2: mcts_iterations x num_children =
+group_size per prompt). Wall time is the rl stage's training wall time. The pretrain stage is shared by
+the algorithms of a seed (cached).
 
 RNA diversity: for the first `--diversity-targets` held-out structures, `--diversity-samples`
 completions each at temperature 1 with the rollout sampler the rl stage uses; reported are the share
 of distinct sequences and the mean pairwise Hamming distance per target (in nucleotides), beside the
 mean base-pair F1 of those samples.
 
-Prints and writes benchmarks/results/mdlm_align.json. One thread; a busy shared 2-core machine.
+Sudoku scores partial credit (the exact verifier's share of blanks filled right) besides exact solves.
+
+Prints and writes benchmarks/results/mdlm_align.json (the environment from benchmarks/harness.py).
+One thread; a busy shared 2-core machine.
 
     python benchmarks/mdlm_align.py --seeds 0 1 2
 """
@@ -23,19 +27,16 @@ import argparse
 import copy
 import itertools
 import json
-import platform
-import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
+from harness import REPO, RESULTS, environment
 from prefect import flow
 
-import diffpipe
 from diffpipe.flows.pipeline import execute
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas.rl_discrete import SDPO
@@ -45,8 +46,7 @@ from diffpipe.tasks.data.rna import RNADesignDomain, design_scores
 from diffpipe.tasks.rl.discrete import rollout
 from diffpipe.tasks.sample import load_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "mdlm_align.json"
+RESULT = RESULTS / "mdlm_align.json"
 GROUP_SIZE = 6
 ALGORITHMS = {  # num_iterations pinned so every algorithm gets the same rollout batches
     "coupled_grpo": {"algorithm": "coupled_grpo", "num_iterations": 2},
@@ -55,12 +55,14 @@ ALGORITHMS = {  # num_iterations pinned so every algorithm gets the same rollout
     "tr2d2": {"algorithm": "tr2d2", "num_iterations": 2, "mcts_iterations": 2, "num_children": 3,
               "num_replicates": 4},
 }
-TASKS = {
+TASKS = {  # sample_steps: decoding steps of the evaluation sampler (one token per step for Sudoku and RNA)
     "countdown": {"spec": "countdown.yaml", "data": {"num_train": 1500, "num_test": 200},
-                  "block_length": 4, "rewards": [{"name": "exact_verifier"}, {"name": "countdown_closeness",
-                                                                             "weight": 0.4}]},
+                  "block_length": 4, "sample_steps": 8,
+                  "rewards": [{"name": "exact_verifier"}, {"name": "countdown_closeness", "weight": 0.4}]},
+    "sudoku": {"spec": "sudoku.yaml", "data": {"num_train": 1500, "num_test": 200},
+               "block_length": 8, "sample_steps": 16, "rewards": [{"name": "exact_verifier"}]},
     "rna_design": {"spec": "rna_design.yaml", "data": {"num_train": 1500, "num_test": 100, "length": 20},
-                   "block_length": 20, "rewards": [{"name": "rna_fold"}]},
+                   "block_length": 20, "sample_steps": 20, "rewards": [{"name": "rna_fold"}]},
 }
 
 
@@ -75,9 +77,8 @@ def spec(task: str, root: Path, seed: int, algorithm: dict, args: argparse.Names
         if stage["stage"] == "pretrain":
             stage.update(steps=args.pretrain_steps, checkpoint_every=args.pretrain_steps, log_every=100)
         elif stage["stage"] == "sample":
-            steps = raw["data"].get("length", 8)
             stage.update(num_samples=raw["data"]["num_test"],
-                         scheduler={"name": "BlockRefinementScheduler", "steps": steps,
+                         scheduler={"name": "BlockRefinementScheduler", "steps": setting["sample_steps"],
                                     "options": {"block_length": length}})
         elif stage["stage"] == "rl":
             stage.update(algorithm={**algorithm, "block_length": length}, rewards=setting["rewards"],
@@ -129,15 +130,11 @@ def one_run(task: str, root: Path, seed: int, name: str, args: argparse.Namespac
     return run
 
 
-def versions() -> dict[str, str]:
-    """Commit, library versions, device, threads, date."""
-    import diffusers
+def versions() -> dict:
+    """The harness's environment (commit, libraries, device, threads, load, date) and ViennaRNA's version."""
     import RNA
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return {"commit": commit, "diffpipe": diffpipe.__version__, "torch": torch.__version__,
-            "diffusers": diffusers.__version__, "viennarna": RNA.__version__, "python": platform.python_version(),
-            "device": "cpu", "threads": torch.get_num_threads(), "date": datetime.now(UTC).isoformat()}
+    return {**environment(), "viennarna": RNA.__version__}
 
 
 def summarise(runs: dict) -> dict:
@@ -189,7 +186,7 @@ def write(args: argparse.Namespace, environment: dict, runs: dict) -> None:
     """The results JSON of the runs so far."""
     result = {"config": {**vars(args), "group_size": GROUP_SIZE, "algorithms": ALGORITHMS},
               "environment": environment, "summary": summarise(runs), "runs": runs}
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    RESULT.write_text(json.dumps(result, indent=1) + "\n")
 
 
 if __name__ == "__main__":

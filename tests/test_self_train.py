@@ -14,7 +14,11 @@ from tiny_specs import run_spec as _run
 from diffpipe.flows.cli import main
 from diffpipe.storage import ArtifactStore
 from diffpipe.storage.formats import open_dataset, read_json
+from diffpipe.tasks.data.rna import RNADesignDomain
 from diffpipe.tasks.metrics.collapse import farthest_point_selection, kl_entropy, memorisation, nearest_distance
+from diffpipe.tasks.self_train_data import TokenSelfTrain
+
+REPO = Path(__file__).resolve().parents[1]
 
 SELF_TRAIN = {"name": "st", "stage": "self_train", "generations": 1, "selection": "entropy", "real_fraction": 0.25,
               "data_size": 48, "pool_factor": 2, "steps": 8, "batch_size": 16, "checkpoint_every": 4,
@@ -70,16 +74,52 @@ def test_bad_options_exit_2_naming_the_field(tiny_spec: dict, tmp_path: Path, ca
 
 
 def test_selection_on_data_without_entropy_exits_2(tmp_path: Path, capsys) -> None:
-    spec = {"name": "x", "data": {"kind": "sudoku"}, "model": {"arch": "mdlm"},
-            "stages": [{"name": "pretrain", "stage": "pretrain", "objective": {"kind": "masked_diffusion"}},
-                       {"name": "st", "stage": "self_train", "objective": {"kind": "masked_diffusion"},
-                        "selection": "random"}]}
-    path = tmp_path / "sudoku.yaml"
+    spec = yaml.safe_load((REPO / "pipelines" / "cei.yaml").read_text())
+    pretrain = {"name": "pretrain", "stage": "pretrain", "objective": {"kind": "flow_matching"}}
+    spec["stages"] = [pretrain, {**pretrain, "name": "st", "stage": "self_train", "selection": "random"}]
+    spec["storage"] = {"root": str(tmp_path / "artifacts")}
+    path = tmp_path / "cei.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["validate", str(path)]) == 2
     assert "error: stages[1].selection: self_train selects and measures by the entropy" in capsys.readouterr().err
 
 
+def test_token_features_measure_hamming_distance() -> None:
+    data = TokenSelfTrain(RNADesignDomain(), 1)
+    x = torch.tensor([[3, 4, 5, 6], [3, 4, 6, 6], [6, 5, 4, 3]])
+    torch.testing.assert_close(torch.cdist(data.features(x), data.features(x)) ** 2,
+                               torch.tensor([[0.0, 1, 4], [1, 0, 4], [4, 4, 0]]), atol=1e-5, rtol=0)
+
+
+def test_rna_designs_self_train_end_to_end(tmp_path: Path, prefect_api) -> None:
+    """Token data: generation 1 trains on generation 0's designs for training structures, measured on held-out."""
+    spec = yaml.safe_load((REPO / "pipelines" / "rna_self_train.yaml").read_text())
+    spec["data"].update(num_train=64, num_test=8, length=14, min_pairs=2)
+    spec["model"] = {"arch": "mdlm", "d_model": 16, "num_layers": 1, "num_heads": 2}
+    tiny = {"steps": 6, "batch_size": 16, "checkpoint_every": 6, "log_every": 6, "warmup_steps": 2}
+    spec["stages"][0].update(tiny)
+    spec["stages"][1].update(tiny, generations=1, selection="entropy", real_fraction=0.25, data_size=16,
+                             eval_samples=12, scheduler={"name": "BlockRefinementScheduler", "steps": 6,
+                                                         "options": {"block_length": 7}})
+    spec["storage"] = {"root": str(tmp_path / "artifacts")}
+    spec["runtime"] = {"device": "cpu", "seed": 0}
+    states = _run(spec)
+    metrics = states["self_train.gen1"]["metrics"]
+    assert metrics["training_set"] == {"size": 16, "real": 4, "synthetic": 12, "pool": 24}
+    assert set(metrics["quality"]) == {"accuracy", "reward", "unique_sequences"}
+    assert metrics["memorisation"]["memorisation_ratio"] >= 0.0 and math.isfinite(metrics["sample_entropy"])
+    assert "quality" in metrics["generation_0"]
+    store = ArtifactStore(spec["storage"]["root"])
+    kept = open_dataset(store.local_path(store.lookup(states["self_train.gen1"]["cache_key"])) / "train.zarr").load()
+    real = open_dataset(store.local_path(store.lookup(states["data"]["cache_key"])) / "train.zarr").load()
+    assert kept.sizes["problem"] == 16 and int(kept["synthetic"].sum()) == 12
+    # the real share is real training pairs; every synthetic prompt is a training structure
+    real_pairs = {(tuple(p), tuple(c)) for p, c in zip(real["prompt"].values.tolist(),
+                                                       real["completion"].values.tolist(), strict=True)}
+    flags = kept["synthetic"].values
+    pairs = list(zip(kept["prompt"].values.tolist(), kept["completion"].values.tolist(), strict=True))
+    assert all((tuple(p), tuple(c)) in real_pairs for (p, c), f in zip(pairs, flags, strict=True) if not f)
+    assert {tuple(p) for (p, _), f in zip(pairs, flags, strict=True) if f} <= {p for p, _ in real_pairs}
 
 
 def test_generations_are_cached_nodes_and_a_longer_run_reuses_them(tiny_spec: dict, prefect_api) -> None:

@@ -31,7 +31,7 @@ def check_spec(spec: PipelineSpec) -> None:
         if isinstance(stage, SelfTrainStage) and not supports_self_train(get_domain(spec.data.kind)):
             raise SpecError(f"stages[{i}].selection", f"self_train selects and measures by the entropy of sample "
                             f"sets, which {spec.data.kind} data cannot estimate", "data with entropy features "
-                            "(digits)", spec.data.kind)
+                            "(digits, countdown, sudoku, rna_design)", spec.data.kind)
         for j, term in enumerate(getattr(stage, "rewards", None) or []):
             resolve_reward(term.name, spec.data.kind, f"stages[{i}].rewards[{j}].name")
         if isinstance(stage, MidtrainStage):

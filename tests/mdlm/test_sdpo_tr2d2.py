@@ -226,15 +226,19 @@ def test_tree_search_spends_its_budget_and_backs_up_every_reward() -> None:
     assert sorted(len(n.children) for n in expanded) == [2, 2, 2]  # three expansions of two children each
 
 
-def test_mcts_budget_over_the_rollout_budget_exits_2(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize(("change", "expected"), [
+    ({"num_children": 3}, ("algorithm.num_children", "group_size (4)")),  # 2 x 3 = 6 evaluations > group_size 4
+    ({"temperature": 0.0}, ("algorithm.temperature", "greater than 0")),  # the weights divide by a sampler density
+])
+def test_bad_tr2d2_options_exit_2(tmp_path: Path, capsys, change: dict, expected: tuple[str, str]) -> None:
     raw = tiny_countdown_spec(tmp_path / "artifacts")
     rl = next(s for s in raw["stages"] if s["name"] == "rl")
-    rl["algorithm"] = {**TR2D2, "num_children": 3}  # 2 x 3 = 6 reward evaluations > group_size 4
+    rl["algorithm"] = {**TR2D2, **change}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "algorithm.num_children" in err and "group_size (4)" in err
+    assert all(part in err for part in expected), err
 
 
 @pytest.mark.parametrize("algorithm", [SDPO, TR2D2])

@@ -5,13 +5,15 @@ benchmarks/results/climate_data.json. MB are uncompressed float32 bytes written 
 
 `loader` is the raw random-batch read from zarr (`ClimateSamples`, one request per batch) vs in-memory
 tensors. `stream` measures the two batch sources the climate domain trains with, at the full 96 x 144 grid
-and the training batch (32): `ChunkStream` (whole-chunk reads into a shuffle buffer, background reader
-threads) with a memory budget of a third of the training split, against `CachedBatches` (the split in
-memory): samples/s of each, alternately three times, without and with data echoing (`echo` 3); the peak
-RSS growth (VmHWM) of a fresh process streaming two epochs (the store is 3x the budget); and the same stream
-from a moto S3 server on loopback (real s3fs).
-`--stream-only` measures just `stream` and merges it into the JSON. One torch thread; a shared 2-core
-machine makes every rate noisy (the load average is recorded).
+and the training batch (32): `ChunkStream` (whole-chunk reads into a shuffle buffer by 2 reader threads,
+batches gathered 2 ahead by an assembler thread) with a memory budget of a third of the training split,
+against `CachedBatches` (the split in memory, gathered by the calling thread): samples/s of each,
+alternately three times, without and with data echoing (`echo` 3), and the process CPU seconds per batch
+of each (the work, whichever thread does it); the peak RSS growth (VmHWM) of a fresh process streaming two
+epochs (the store is 3x the budget); and the same stream from a moto S3 server on loopback (real s3fs).
+`--stream-only` measures just `stream` and merges it into the JSON. One torch thread per op; the stream's
+three background threads are its prefetch parallelism. A shared 2-core machine makes every rate noisy (the
+load average is recorded).
 """
 
 from __future__ import annotations
@@ -111,6 +113,7 @@ def loader_rates(store: Path, batch: int, batches: int) -> dict[str, float]:
 TRAIN_SCENARIOS = ["historical", "ssp126", "ssp370", "ssp585"]
 STREAM_SCENARIOS = ("historical", "ssp126", "ssp245", "ssp370")
 STREAM_TRAIN = ["historical", "ssp126", "ssp370"]
+READER_THREADS = 2
 
 
 def environment() -> dict[str, object]:
@@ -127,14 +130,14 @@ def environment() -> dict[str, object]:
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "load_average": os.getloadavg()}
 
 
-def _rate(source, batch: int, batches: int) -> float:
-    """Samples/s of `batches` calls of `source.next` after one warm-up call (first window, allocations)."""
+def _rate(source, batch: int, batches: int) -> tuple[float, float]:
+    """(samples/s, process CPU s per batch) of `batches` calls of `source.next` after one warm-up call."""
     gen = torch.Generator().manual_seed(0)
     source.next(gen, batch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(batches):
         source.next(gen, batch)
-    return batch * batches / (time.perf_counter() - start)
+    return batch * batches / (time.perf_counter() - start), (time.process_time() - cpu) / batches
 
 
 def stream_source(uri: str, budget_mb: float, batch: int, storage_options: dict | None = None,
@@ -143,7 +146,8 @@ def stream_source(uri: str, budget_mb: float, batch: int, storage_options: dict 
     samples = ClimateSamples(uri, STREAM_TRAIN, storage_options=storage_options)
     ds = open_climate_store(uri, storage_options=storage_options)
     static = static_channels(ds["lat"].values, ds["lon"].values)
-    return ChunkStream(samples, static, torch.device("cpu"), seed=0, batch=batch, budget_mb=budget_mb, echo=echo)
+    return ChunkStream(samples, static, torch.device("cpu"), seed=0, batch=batch, budget_mb=budget_mb, echo=echo,
+                       workers=READER_THREADS)
 
 
 def memory_source(store: Path) -> CachedBatches:
@@ -159,14 +163,17 @@ def stream_rates(uri: str, memory: CachedBatches, budget_mb: float, batch: int, 
     repeats = []
     for _ in range(3):
         stream = stream_source(uri, budget_mb, batch, storage_options, echo)
-        zarr_rate = _rate(stream, batch, batches)
+        zarr_rate, zarr_cpu = _rate(stream, batch, batches)
         stream.close()
-        memory_rate = _rate(memory, batch, batches)
+        memory_rate, memory_cpu = _rate(memory, batch, batches)
         repeats.append({"zarr_samples_per_s": zarr_rate, "memory_samples_per_s": memory_rate,
-                        "zarr_over_memory": zarr_rate / memory_rate})
+                        "zarr_over_memory": zarr_rate / memory_rate, "zarr_cpu_ms_per_batch": 1e3 * zarr_cpu,
+                        "memory_cpu_ms_per_batch": 1e3 * memory_cpu})
     ratios = sorted(r["zarr_over_memory"] for r in repeats)
     return {"repeats": repeats, "median_zarr_over_memory": ratios[1], "window_reads": stream.shape.window,
-            "read_records": stream.shape.read_records, "slot_mb": stream.shape.slot_bytes / 1e6, "echo": echo}
+            "read_records": stream.shape.read_records, "slot_mb": stream.shape.slot_bytes / 1e6,
+            "maps_mb": stream.shape.maps_bytes / 1e6, "batches_ahead": stream.shape.batches_ahead,
+            "reader_threads": READER_THREADS, "echo": echo}
 
 
 def high_water_mb() -> float:

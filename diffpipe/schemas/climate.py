@@ -128,6 +128,8 @@ class ClimateStream(Strict):
     """Reads in flight ahead of the shuffle buffer."""
     workers: int = Field(default=2, ge=1)
     """Background reader threads."""
+    batches_ahead: int = Field(default=2, ge=1)
+    """Batches a background thread gathers ahead of the training loop."""
     echo: int = Field(default=1, ge=1)
     """Data echoing: each read stays in the shuffle buffer `echo` times longer, so its records are drawn about
     `echo` times per epoch; above 1 when reads, not the model, limit training (1: every record about once)."""

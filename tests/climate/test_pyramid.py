@@ -18,7 +18,11 @@ from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas.climate import PyramidLevel, check_pyramid
 from diffpipe.storage import ArtifactStore
-from diffpipe.tasks.data.climate import pyramid
+from diffpipe.tasks.context import StageContext
+from diffpipe.tasks.data.climate import ClimateBuildOptions, ClimateSamples, build_climate_store, pyramid
+from diffpipe.tasks.data.climate.batches import CachedBatches, read_split, static_channels
+from diffpipe.tasks.data.climate.domain import ClimateDomain
+from diffpipe.tasks.data.climate.stream import ChunkStream
 
 LEVELS = (PyramidLevel(space_factor=2, period_years=10), PyramidLevel(space_factor=1, period_years=1))
 
@@ -37,9 +41,16 @@ def split(years: np.ndarray, members: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
+def blocks_of(data: dict[str, torch.Tensor], parts: int = 1) -> list[pyramid.LevelBlocks]:
+    """The level blocks of an in-memory split, accumulated over `parts` consecutive parts."""
+    cuts = np.array_split(np.arange(len(data["year"])), parts)
+    return pyramid.level_blocks(LEVELS, [{k: v[c] for k, v in data.items()} for c in cuts], pyramid.split_keys(data),
+                                torch.zeros(3, 4, 6))
+
+
 def test_level_blocks_are_block_means_pooled() -> None:
     data = split(np.arange(2015, 2031))  # decades 2010s (5 years), 2020s (10), 2030 (1)
-    blocks = pyramid.level_blocks(LEVELS, data, torch.zeros(3, 4, 6))
+    blocks = blocks_of(data)
     decadal, yearly = blocks
     assert decadal.target.shape == (6, 4, 2, 3) and yearly.target.shape == (32, 4, 4, 6)
     member1_2020s = (data["member"] == 1) & (data["year"] // 10 == 202)
@@ -50,11 +61,15 @@ def test_level_blocks_are_block_means_pooled() -> None:
     torch.testing.assert_close(yearly.target, data["target"])
     parent = pyramid.parents(blocks)[1]
     assert (parent[yearly.block_of_record] == decadal.block_of_record).all()
+    for whole, parted in zip(blocks, blocks_of(data, parts=3), strict=True):  # one pass of reads, part by part
+        torch.testing.assert_close(parted.target, whole.target)
+        torch.testing.assert_close(parted.maps, whole.maps)
+        assert (parted.block_of_record == whole.block_of_record).all()
 
 
 def test_sampling_conditions_each_member_on_its_own_coarser_sample() -> None:
     years = np.arange(2015, 2031)
-    blocks = pyramid.PyramidBatches(LEVELS, split(years, members=1), torch.zeros(3, 4, 6), torch.device("cpu"))
+    blocks = pyramid.Pyramid(blocks_of(split(years, members=1)), len(LEVELS))
     seen = []
 
     def draw(shape: tuple[int, ...], cond: pyramid.PyramidForcing) -> torch.Tensor:
@@ -72,19 +87,48 @@ def test_sampling_conditions_each_member_on_its_own_coarser_sample() -> None:
             torch.testing.assert_close(coarse[year, member], expected)
 
 
-def test_training_batches_condition_on_the_true_coarser_field() -> None:
-    data = split(np.arange(2015, 2031))
-    batches = pyramid.PyramidBatches(LEVELS, data, torch.zeros(3, 4, 6), torch.device("cpu"))
-    gen = torch.Generator().manual_seed(0)
-    levels = set()
-    for _ in range(20):
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A builder store on a 4 x 6 grid, 2 members, 8-record chunks."""
+    options = ClimateBuildOptions(nlat=4, nlon=6, members=2, scenarios=("historical", "ssp126", "ssp245"),
+                                  stats_scenarios=("historical", "ssp126"), dask_workers=0, chunk_records=8)
+    return build_climate_store(tmp_path_factory.mktemp("pyramid") / "store.zarr", options)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_training_batches_condition_on_the_true_coarser_field(small_store: Path, streamed: bool) -> None:
+    samples = ClimateSamples(small_store, ["historical", "ssp126"])
+    static = static_channels(np.linspace(-90, 90, 4), np.arange(6) * 60.0)
+    whole = read_split(samples)
+    decadal, _ = pyramid.level_blocks(LEVELS, [whole], pyramid.split_keys(whole), static)
+    coarse = pyramid.level_blocks(LEVELS[:1], pyramid.samples_parts(samples, 50), pyramid.samples_keys(samples), static)
+    torch.testing.assert_close(coarse[0].target, decadal.target)  # accumulated over parts of 50 reads
+    cpu, gen = torch.device("cpu"), torch.Generator().manual_seed(0)
+
+    def source() -> CachedBatches | ChunkStream:
+        if not streamed:
+            return CachedBatches(samples, static, cpu)
+        return ChunkStream(samples, static, cpu, seed=1, batch=5, budget_mb=0.08, prefetch=2)
+
+    finest, reference = source(), source()  # the reference repeats the finest level's draws
+    if streamed:
+        assert finest.shape.window < len(finest.reads)  # the split does not fit the buffer
+    batches = pyramid.PyramidBatches(pyramid.Pyramid(coarse, 2), finest, samples.records, static, cpu)
+    position = {int(r): i for i, r in enumerate(samples.records)}
+    for step in range(6):
+        twin = torch.Generator().set_state(gen.get_state())
         x0, cond = batches.next(gen, 5)
-        levels.add(cond.level)
-        if cond.level == 1:
-            assert x0.shape == (5, 4, 4, 6) and cond.coarse.abs().sum() > 0
-        else:
+        assert cond.level == step % 2  # levels in turn
+        if cond.level == 0:
             assert x0.shape == (5, 4, 2, 3) and cond.coarse.abs().sum() == 0
-    assert levels == {0, 1}
+            continue
+        rows = [position[int(r)] for r in reference.take(twin, 5).ids]
+        torch.testing.assert_close(x0, whole["target"][rows], rtol=0, atol=0)
+        torch.testing.assert_close(cond.maps, whole["maps"][rows], rtol=0, atol=0)
+        torch.testing.assert_close(cond.coarse, pyramid.upsample(decadal.target[decadal.block_of_record[rows]], 2))
+    for s in (finest, reference):
+        if streamed:
+            s.close()
 
 
 @pytest.mark.parametrize(("levels", "grid", "where"), [
@@ -101,13 +145,14 @@ def test_bad_pyramids_name_the_field(levels: tuple, grid: tuple[int, int] | None
 
 
 def spf_spec(root: Path) -> dict:
-    """A tiny SPF pipeline on an 8 x 12 builder grid: decadal at 4 x 6, yearly at 8 x 12."""
+    """A tiny SPF pipeline on an 8 x 12 builder grid: decadal at 4 x 6, yearly at 8 x 12. The memory budget
+    (0.6 MB) is below the training split (1.2 MB), so the yearly level streams from zarr."""
     train = {"steps": 10, "batch_size": 8, "checkpoint_every": 5, "log_every": 5, "cond_dropout": 0.0, "lr": 2e-3}
     return {
         "name": "climate-spf-test",
         "data": {"kind": "climate", "source": {"kind": "builder", "nlat": 8, "nlon": 12, "members": 2,
                                                "scenarios": ["historical", "ssp126", "ssp245"]},
-                 "train_scenarios": ["historical", "ssp126"]},
+                 "train_scenarios": ["historical", "ssp126"], "memory_budget_mb": 0.6},
         "model": {"arch": "spf", "levels": [{"space_factor": 2, "period_years": 10},
                                             {"space_factor": 1, "period_years": 1}],
                   "block_out_channels": [8, 16], "norm_num_groups": 4, "attention": False},
@@ -140,6 +185,10 @@ def test_spf_pipeline_samples_every_level(tmp_path: Path, prefect_api) -> None:
     assert yearly["tas"].shape == (86, 2, 8, 12) and decadal["tas"].shape == (10, 2, 4, 6)
     assert decadal["period"].values[0] == pytest.approx(2017.0)  # 2015-2019 of the 2010s block
     assert np.isfinite(nodes["eval"]["metrics"]["model"]["tas"]["crps"])
+    ctx = StageContext(spec, "spf", "0" * 64, {"data": refs["data"]}, store, tmp_path)
+    batches = ClimateDomain().batches(ctx, torch.device("cpu"))
+    assert isinstance(batches.finest, ChunkStream)  # the yearly level streamed: the split exceeds the budget
+    batches.finest.close()
 
     bad = copy.deepcopy(raw)
     bad["model"]["levels"][0]["space_factor"] = 3

@@ -57,6 +57,15 @@ class Forcing:
         return Forcing(self.maps.to(device), self.scalars.to(device), self.year.to(device), self.static.to(device))
 
 
+@dataclass
+class RecordBatch:
+    """A batch of records: normalised targets, their forcing and the store's record id of each row."""
+
+    target: torch.Tensor
+    forcing: Forcing
+    ids: np.ndarray
+
+
 def condition_channels(history: int) -> int:
     """Number of condition channels the network receives for `history` years of forcing."""
     return history * (len(MAP_FORCERS) + 2) + STATIC_CHANNELS
@@ -92,10 +101,17 @@ class CachedBatches:
     def __init__(self, samples: ClimateSamples, static: torch.Tensor, device: torch.device):
         whole = {k: v.to(device) for k, v in read_split(samples).items() if k in ("target", "maps", "scalars", "year")}
         self.target, self.forcing = to_batch(whole, static.to(device))
+        self.ids = samples.records
 
-    def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
-        """A random batch (indices drawn on the CPU generator)."""
+    def take(self, gen: torch.Generator, n: int) -> RecordBatch:
+        """A random batch with its record ids (indices drawn on the CPU generator)."""
         idx = torch.randint(0, self.target.shape[0], (n,), generator=gen)
+        ids = self.ids[idx.numpy()]
         if self.target.device.type != "cpu":
             idx = idx.to(self.target.device)
-        return self.target[idx], self.forcing[idx]
+        return RecordBatch(self.target[idx], self.forcing[idx], ids)
+
+    def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, Forcing]:
+        """A random batch."""
+        batch = self.take(gen, n)
+        return batch.target, batch.forcing

@@ -180,9 +180,9 @@ class ClimateDomain:
         """The emulator UNet on noisy fields and forcing (what a FlowMapNet around it calls)."""
         return call_climate_unet(model, x, timestep, cond)
 
-    def samples(self, ctx: StageContext, scenarios: list[str]) -> ClimateSamples:
-        """Normalised samples of `scenarios` from the data artifact."""
-        return ClimateSamples(self.store_path(ctx), scenarios, ctx.pipeline.data.history_years)
+    def samples(self, ctx: StageContext, scenarios: list[str], history: int | None = None) -> ClimateSamples:
+        """Normalised samples of `scenarios` from the data artifact (`history` years of forcing, default the spec's)."""
+        return ClimateSamples(self.store_path(ctx), scenarios, history or ctx.pipeline.data.history_years)
 
     def static(self, ctx: StageContext) -> torch.Tensor:
         """Static geography channels of the store's grid."""
@@ -191,27 +191,39 @@ class ClimateDomain:
 
     def batches(self, ctx: StageContext, device: torch.device) -> CachedBatches | ChunkStream | PyramidBatches:
         """Training scenarios: cached in memory up to `memory_budget_mb`, else streamed from zarr in whole chunks;
-        the pyramid's level blocks (`arch: spf`) are built from the split in memory."""
+        the pyramid (`arch: spf`) holds its coarse levels' blocks and takes its finest level's records the same way."""
         data: ClimateData = ctx.pipeline.data
         spec = ctx.pipeline.stage(ctx.node)
         dropout = getattr(spec, "cond_dropout", 0.0)
         if dropout:
             raise SpecError(ctx.field_path("cond_dropout"), "the climate emulator is always conditioned on "
                             "its forcing (no classifier-free guidance)", "0", str(dropout))
-        samples, static = self.samples(ctx, list(data.train_scenarios)), self.static(ctx)
-        megabytes = training_megabytes(samples, static[0].numel())
-        if isinstance(ctx.pipeline.model, SPFSpec):
-            if megabytes > data.memory_budget_mb:
-                raise SpecError("data.memory_budget_mb", "the pyramid builds its level blocks from the training "
-                                "split in memory", f"at least {megabytes:.4g} MB", f"{data.memory_budget_mb:g}")
-            return PyramidBatches(ctx.pipeline.model.levels, read_split(samples), static, device)
-        if megabytes <= data.memory_budget_mb:
-            return CachedBatches(samples, static, device)
         resumed = ctx.store.run_dir(ctx.key).steps()
-        return ChunkStream(samples, static, device, seed=ctx.runtime.seed, batch=getattr(spec, "batch_size", 32),
-                           read_records=data.stream.read_records, prefetch=data.stream.prefetch_reads,
-                           workers=data.stream.workers, echo=data.stream.echo, budget_mb=data.memory_budget_mb,
-                           start_step=resumed[-1] if resumed else 0)
+        start, static = resumed[-1] if resumed else 0, self.static(ctx)
+        model = ctx.pipeline.model
+        if not isinstance(model, SPFSpec):
+            samples = self.samples(ctx, list(data.train_scenarios))
+            return self.records(ctx, samples, static, device, data.memory_budget_mb, start)
+        samples = self.samples(ctx, list(data.train_scenarios), history=1)
+        record_mb = training_megabytes(samples, static[0].numel()) / len(samples)
+        part = int(min(READ_BLOCK, max(1, data.memory_budget_mb / 4 // record_mb)))  # a quarter of the budget
+        coarse = pyramid.level_blocks(model.levels[:-1], pyramid.samples_parts(samples, part),
+                                      pyramid.samples_keys(samples), static)
+        budget = data.memory_budget_mb - sum(b.nbytes for b in coarse) / 1e6
+        finest = self.records(ctx, samples, static, device, budget, start // len(model.levels))
+        return PyramidBatches(pyramid.Pyramid(coarse, len(model.levels)), finest, samples.records, static, device,
+                              start)
+
+    def records(self, ctx: StageContext, samples: ClimateSamples, static: torch.Tensor, device: torch.device,
+                budget_mb: float, start_step: int) -> CachedBatches | ChunkStream:
+        """The training records: cached in memory when they fit `budget_mb`, else streamed from zarr."""
+        if training_megabytes(samples, static[0].numel()) <= budget_mb:
+            return CachedBatches(samples, static, device)
+        stream, batch = ctx.pipeline.data.stream, getattr(ctx.pipeline.stage(ctx.node), "batch_size", 32)
+        return ChunkStream(samples, static, device, seed=ctx.runtime.seed, batch=batch,
+                           read_records=stream.read_records, prefetch=stream.prefetch_reads, workers=stream.workers,
+                           batches_ahead=stream.batches_ahead, echo=stream.echo, budget_mb=budget_mb,
+                           start_step=start_step)
 
     def drop_condition(self, model: ModelMixin, cond: Forcing, drop: torch.Tensor) -> Forcing:
         """Forcing is never dropped: `batches` refuses a non-zero `cond_dropout`, so `drop` is all False."""
@@ -275,7 +287,9 @@ class ClimateDomain:
         levels = ctx.pipeline.model.levels
         test = self.samples(ctx, [data.test_scenario])
         first_member = np.flatnonzero(test.record_member[test.records] == 0).tolist()
-        blocks = PyramidBatches(levels, read_split(test, first_member), self.static(ctx), torch.device("cpu"))
+        split = read_split(test, first_member)
+        blocks = pyramid.Pyramid(pyramid.level_blocks(levels, [pyramid.current_year(split)], pyramid.split_keys(split),
+                                                      self.static(ctx)), len(levels))
         members = spec.num_samples if scheduler is not None else 1
         net, gen, device = CountingNet(self.net(model)), ctx.generator(offset=1000 + spec.seed), ctx.device
 

@@ -2,7 +2,7 @@
 
 Index with a list of record positions to read a whole batch in one zarr call (chunks fetched
 concurrently); `batch_loader` wires that into a torch DataLoader with a BatchSampler. The streaming
-reader (`stream.ChunkStream`) reads whole chunks through `read_chunk` instead.
+reader (`stream.ChunkStream`) reads whole chunks of the same arrays (`arrays`) instead.
 """
 
 from __future__ import annotations

@@ -7,9 +7,12 @@ coarser level's field of the block containing this one (upsampled; zeros at leve
 and CO2/CH4 averaged over the block (pooled), the static geography (pooled) and a one-hot of the level;
 the block's mean calendar year enters through the year embedding.
 
-Training draws a level per step (uniformly, from the step's generator) and a batch of that level's
-blocks; the condition holds the true coarser field (teacher forcing), so any objective trains it as it
-trains the single-level emulator. Sampling goes level by level, and within a level every block and
+Training takes the levels in turn (level k mod L at step k) and a batch of that level's blocks; the
+condition holds the true coarser field (teacher forcing), so any objective trains it as it trains the
+single-level emulator. The coarse levels' block means are accumulated in one pass of reads and held in
+memory (a decadal level on a 4x coarser grid is 1/160 of the yearly data); the finest level's records
+come from the single-level emulator's loader, the in-memory cache or, for a split larger than the memory
+budget, the zarr stream. Sampling goes level by level, and within a level every block and
 every ensemble member of the held-out scenario is one batched solve conditioned on the coarser level's
 samples, so decadal and yearly fields come out directly, all periods at once, with no autoregression
 in time. This is a cascade of per-level flows sharing one network, not Pyramid Flow's single piecewise
@@ -18,9 +21,10 @@ trajectory with re-noising between stages.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -29,8 +33,9 @@ import xarray as xr
 
 from diffpipe.schemas.climate import PyramidLevel
 
-from .batches import STATIC_CHANNELS, YEAR_ORIGIN
+from .batches import STATIC_CHANNELS, YEAR_ORIGIN, RecordBatch
 from .layout import GLOBAL_FORCERS, MAP_FORCERS, OUTPUT_VARIABLES
+from .loader import ClimateSamples
 
 
 def pool(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -109,32 +114,79 @@ class LevelBlocks:
     block_of_record: np.ndarray
     """Index of each record's block at this level."""
 
-
-def block_means(values: torch.Tensor, inverse: np.ndarray, blocks: int) -> torch.Tensor:
-    """Mean of `values` rows per block (`inverse`: each row's block)."""
-    index = torch.from_numpy(inverse)
-    sums = torch.zeros((blocks, *values.shape[1:]), dtype=torch.float64).index_add_(0, index, values.double())
-    counts = torch.bincount(index, minlength=blocks).double().reshape(-1, *([1] * (values.dim() - 1)))
-    return (sums / counts).float()
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the block means held in memory."""
+        return sum(t.numel() * t.element_size() for t in (self.target, self.maps, self.scalars, self.year))
 
 
-def level_blocks(levels: tuple[PyramidLevel, ...], split: dict[str, torch.Tensor],
-                 static: torch.Tensor) -> list[LevelBlocks]:
-    """Blocks of every level from a split's records (target, current-year maps and scalars, year, member,
-    scenario); blocks never mix scenarios or members."""
-    out = []
-    years = split["year"].numpy()
-    for level in levels:
-        keys = np.stack([split["scenario"].numpy(), split["member"].numpy(), years // level.period_years], axis=1)
-        _, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        count = int(inverse.max()) + 1
-        f = level.space_factor
-        out.append(LevelBlocks(
-            f, pool(block_means(split["target"], inverse, count), f),
-            pool(block_means(split["maps"], inverse, count), f), block_means(split["scalars"], inverse, count),
-            block_means(split["year"].double()[:, None], inverse, count)[:, 0], pool(static, f), inverse))
-    return out
+def block_index(level: PyramidLevel, keys: dict[str, np.ndarray]) -> np.ndarray:
+    """Each record's block at `level` from its `scenario`, `member` and `year` (blocks never mix scenarios or
+    members)."""
+    stacked = np.stack([keys["scenario"], keys["member"], keys["year"] // level.period_years], axis=1)
+    return np.unique(stacked, axis=0, return_inverse=True)[1].reshape(-1)
+
+
+class BlockSums:
+    """Running float64 sums and counts of record fields per block."""
+
+    def __init__(self, blocks: int):
+        self.blocks = blocks
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = torch.zeros(blocks, dtype=torch.float64)
+
+    def add(self, rows: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
+        """Add each row of `values` to the sums of its block (`rows`)."""
+        for name, v in values.items():
+            if name not in self.sums:
+                self.sums[name] = torch.zeros((self.blocks, *v.shape[1:]), dtype=torch.float64)
+            self.sums[name].index_add_(0, rows, v.double())
+        self.count.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
+
+    def mean(self, name: str) -> torch.Tensor:
+        """Block means of `name` (float32)."""
+        s = self.sums[name]
+        return (s / self.count.reshape(-1, *([1] * (s.dim() - 1)))).float()
+
+
+def level_blocks(levels: tuple[PyramidLevel, ...], parts: Iterable[dict[str, torch.Tensor]],
+                 keys: dict[str, np.ndarray], static: torch.Tensor) -> list[LevelBlocks]:
+    """Blocks of every level, accumulated over consecutive parts of a split (target, this year's maps and
+    scalars, year) whose records have the `scenario`, `member` and `year` of `keys`: only the pooled block
+    sums are held, so a split larger than memory is one pass of reads."""
+    if not levels:
+        return []
+    index = [block_index(level, keys) for level in levels]
+    sums = [BlockSums(int(i.max()) + 1) for i in index]
+    start = 0
+    for part in parts:
+        n = len(part["year"])
+        for level, rows, acc in zip(levels, index, sums, strict=True):
+            f = level.space_factor
+            acc.add(torch.from_numpy(rows[start:start + n]), {
+                "target": pool(part["target"], f), "maps": pool(part["maps"], f), "scalars": part["scalars"],
+                "year": part["year"].double()})
+        start += n
+    return [LevelBlocks(level.space_factor, acc.mean("target"), acc.mean("maps"), acc.mean("scalars"),
+                        acc.mean("year"), pool(static, level.space_factor), rows)
+            for level, rows, acc in zip(levels, index, sums, strict=True)]
+
+
+def split_keys(split: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """The scenario, member and year of each record of an in-memory split."""
+    return {k: split[k].numpy() for k in ("scenario", "member", "year")}
+
+
+def samples_keys(samples: ClimateSamples) -> dict[str, np.ndarray]:
+    """The scenario, member and year of each record of `samples`, from the store's index (no field read)."""
+    r = samples.records
+    return {"scenario": samples.record_scenario[r], "member": samples.record_member[r], "year": samples.record_year[r]}
+
+
+def samples_parts(samples: ClimateSamples, records: int) -> Iterator[dict[str, torch.Tensor]]:
+    """`samples` in consecutive parts of `records` records, with this year's forcing only."""
+    for start in range(0, len(samples), records):
+        yield current_year(samples[list(range(start, min(start + records, len(samples))))])
 
 
 def parents(blocks: list[LevelBlocks]) -> list[np.ndarray | None]:
@@ -152,41 +204,77 @@ def current_year(split: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return split | {"maps": split["maps"][:, -len(MAP_FORCERS):], "scalars": split["scalars"][:, -len(GLOBAL_FORCERS):]}
 
 
-class PyramidBatches:
-    """Training batches of a pyramid: a level per step, then that level's blocks with their true coarser field."""
+class Pyramid:
+    """The blocks of the first levels of a pyramid of `levels` (all of them, or all but the finest), with each
+    block's parent in the coarser level."""
 
-    def __init__(self, levels: tuple[PyramidLevel, ...], split: dict[str, torch.Tensor], static: torch.Tensor,
-                 device: torch.device):
-        self.blocks = level_blocks(levels, current_year(split), static)
-        self.parents = parents(self.blocks)
-        self.device = device
+    def __init__(self, blocks: list[LevelBlocks], levels: int):
+        self.blocks, self.levels = blocks, levels
+        self.parents = parents(blocks)
 
     def condition(self, level: int, index: torch.Tensor, coarse: torch.Tensor | None) -> PyramidForcing:
         """The condition of blocks `index` of `level` given the coarser field of each (None: zeros)."""
         b = self.blocks[level]
         if coarse is None:
             coarse = torch.zeros((len(index), *b.target.shape[1:]))
-        return PyramidForcing(level, len(self.blocks), coarse, b.maps[index], b.scalars[index], b.year[index],
-                              b.static)
+        return PyramidForcing(level, self.levels, coarse, b.maps[index], b.scalars[index], b.year[index], b.static)
+
+    def coarser_field(self, level: int, parent: torch.Tensor | np.ndarray, factor: int) -> torch.Tensor:
+        """The true field of blocks `parent` of the level above `level`, upsampled to a level of space `factor`."""
+        above = self.blocks[level - 1]
+        return upsample(above.target[torch.as_tensor(parent)], above.factor // factor)
+
+
+class RecordSource(Protocol):
+    """The finest level's training records: the in-memory cache or the zarr stream."""
+
+    def take(self, gen: torch.Generator, n: int) -> RecordBatch:
+        """`n` records with their store ids."""
+        ...
+
+
+class PyramidBatches:
+    """Training batches of a pyramid: level k mod L at step k (round robin, so a resumed run continues the
+    schedule); a coarse level's blocks are drawn from memory (`gen`), the finest level's records from `finest`,
+    each with the true coarser field of its block (teacher forcing)."""
+
+    def __init__(self, coarse: Pyramid, finest: RecordSource, records: np.ndarray, static: torch.Tensor,
+                 device: torch.device, start_step: int = 0):
+        self.coarse, self.finest, self.records, self.static = coarse, finest, records, static
+        self.device, self.step = device, start_step
 
     def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, PyramidForcing]:
-        """A random level, then `n` of its blocks drawn with replacement (all randomness from `gen`)."""
-        level = int(torch.randint(0, len(self.blocks), (1,), generator=gen))
-        b = self.blocks[level]
+        """The batch of this step's level."""
+        level = self.step % self.coarse.levels
+        self.step += 1
+        if level == self.coarse.levels - 1:
+            return self.finest_batch(gen, n)
+        b = self.coarse.blocks[level]
         index = torch.randint(0, b.target.shape[0], (n,), generator=gen)
-        coarse = None
-        if level > 0:
-            parent = torch.from_numpy(self.parents[level][index.numpy()])
-            above = self.blocks[level - 1]
-            coarse = upsample(above.target[parent], above.factor // b.factor)
-        return b.target[index].to(self.device), self.condition(level, index, coarse).to(self.device)
+        coarse = None if level == 0 else self.coarse.coarser_field(level, self.coarse.parents[level][index.numpy()],
+                                                                   b.factor)
+        return b.target[index].to(self.device), self.coarse.condition(level, index, coarse).to(self.device)
+
+    def finest_batch(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, PyramidForcing]:
+        """`n` records of the finest level, yearly on the store's grid, each with its coarser block's true field."""
+        batch = self.finest.take(gen, n)
+        level = self.coarse.levels - 1
+        if level == 0:
+            coarse = torch.zeros_like(batch.target, device="cpu")
+        else:
+            block = self.coarse.blocks[-1].block_of_record[np.searchsorted(self.records, batch.ids)]
+            coarse = self.coarse.coarser_field(level, block, 1)
+        f = batch.forcing
+        cond = PyramidForcing(level, self.coarse.levels, coarse, f.maps[:, -len(MAP_FORCERS):].cpu(),
+                              f.scalars[:, -len(GLOBAL_FORCERS):].cpu(), f.year.double().cpu(), self.static)
+        return batch.target.to(self.device), cond.to(self.device)
 
 
 Draw = Callable[[tuple[int, ...], PyramidForcing], torch.Tensor]
 """Samples of a given shape for a batch of conditions (the stage's sampler around the network)."""
 
 
-def sample_levels(draw: Draw, blocks: PyramidBatches, members: int, batch_size: int) -> list[torch.Tensor]:
+def sample_levels(draw: Draw, blocks: Pyramid, members: int, batch_size: int) -> list[torch.Tensor]:
     """Samples of every level, coarse to fine: (blocks, members, 4, h, w) normalised fields per level.
 
     Within a level, every (block, member) row is one batched solve conditioned on that member's sample

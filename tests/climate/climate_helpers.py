@@ -3,7 +3,9 @@
 As published: `inputs_<scenario>.nc` holds CO2, CH4 (time) and SO2, BC (time, latitude, longitude) in
 float64 on dimensions `time`, `latitude`, `longitude`; `outputs_<scenario>.nc` holds tas and
 diurnal_temperature_range (float32) and pr, pr90 (float64, kg m-2 s-1) on `member`, `time`, `lat`, `lon`,
-with the scalar `quantile` coordinate left behind by the pr90 computation. Time is integer years.
+with the scalar `quantile` coordinate left behind by the pr90 computation. Time is integer years. Monthly
+outputs (`monthly=True`) keep that layout with one CF date per month (mid-month) on `time`; the inputs
+stay yearly, as the forcing is.
 """
 
 from __future__ import annotations
@@ -40,11 +42,19 @@ def inputs_file(name: str, rng: np.random.Generator) -> xr.Dataset:
     )
 
 
-def outputs_file(name: str, rng: np.random.Generator) -> xr.Dataset:
-    """An outputs file: tas, dtr (float32, K), pr, pr90 (float64, kg m-2 s-1) on (member, time, lat, lon)."""
+def month_dates(start: int, years: int) -> np.ndarray:
+    """Mid-month dates of every month of `years` years from `start`."""
+    return np.array([f"{y}-{m:02d}-16" for y in range(start, start + years) for m in range(1, 13)],
+                    dtype="datetime64[ns]")
+
+
+def outputs_file(name: str, rng: np.random.Generator, monthly: bool = False) -> xr.Dataset:
+    """An outputs file: tas, dtr (float32, K), pr, pr90 (float64, kg m-2 s-1) on (member, time, lat, lon),
+    time in years or (`monthly`) in months."""
     start, n = SCENARIO_YEARS[name]
     lat, lon = grid()
-    dims, shape = ("member", "time", "lat", "lon"), (MEMBERS, n, NLAT, NLON)
+    time = month_dates(start, n) if monthly else np.arange(start, start + n)
+    dims, shape = ("member", "time", "lat", "lon"), (MEMBERS, time.size, NLAT, NLON)
     per_s = KG_M2_S_PER_MM_DAY
     outputs = xr.Dataset(
         {
@@ -54,17 +64,17 @@ def outputs_file(name: str, rng: np.random.Generator) -> xr.Dataset:
             "pr": (dims, rng.normal(0, 0.1, shape) * per_s, {"units": "kg m-2 s-1"}),
             "pr90": (dims, rng.normal(0, 0.3, shape) * per_s, {"units": "kg m-2 s-1"}),
         },
-        coords={"time": np.arange(start, start + n), "lat": lat, "lon": lon, "quantile": 0.9},
+        coords={"time": time, "lat": lat, "lon": lon, "quantile": 0.9},
         attrs={"source_model": "synthetic"},
     )
     outputs["lat"].attrs = {"units": "degrees_north", "standard_name": "latitude"}
     return outputs
 
 
-def climatebench_pair(name: str, seed: int) -> tuple[xr.Dataset, xr.Dataset]:
+def climatebench_pair(name: str, seed: int, monthly: bool = False) -> tuple[xr.Dataset, xr.Dataset]:
     """An (inputs, outputs) pair with ClimateBench's variable names, dims, dtypes and CF attributes."""
     rng = np.random.default_rng(seed)
-    return inputs_file(name, rng), outputs_file(name, rng)
+    return inputs_file(name, rng), outputs_file(name, rng, monthly)
 
 
 def write_pair(folder: Path, name: str, pair: tuple[xr.Dataset, xr.Dataset], engine: str = "scipy") -> None:

@@ -10,8 +10,9 @@ import xarray as xr
 from climate_helpers import MEMBERS, SCENARIO_YEARS, climatebench_pair, write_pair
 
 from diffpipe.errors import DataError
+from diffpipe.tasks.data.climate import ClimateSamples, ingest_climatebench, open_climate_store, scenario_view
 from diffpipe.tasks.data.climate import ingest as ingest_module
-from diffpipe.tasks.data.climate import ingest_climatebench, open_climate_store, scenario_view
+from diffpipe.tasks.data.climate.domain import check_yearly
 
 
 def _assert_round_trip(store: Path, folder: Path) -> None:
@@ -165,3 +166,59 @@ def test_failure_while_writing_leaves_nothing(
 
     monkeypatch.setattr(ingest_module, "write_statistics", boom)
     _expect_error(climatebench_dir, tmp_path, "simulated failure")
+
+
+@pytest.fixture
+def monthly_dir(tmp_path: Path) -> Path:
+    """The three scenarios with monthly outputs (yearly inputs), netCDF4."""
+    folder = tmp_path / "monthly"
+    folder.mkdir()
+    for i, name in enumerate(SCENARIO_YEARS):
+        write_pair(folder, name, climatebench_pair(name, seed=i, monthly=True), engine="h5netcdf")
+    return folder
+
+
+def test_monthly_outputs_are_twelve_records_a_year(monthly_dir: Path, climatebench_dir: Path, tmp_path: Path) -> None:
+    outputs = xr.open_dataset(monthly_dir / "outputs_ssp126.nc")
+    assert outputs["tas"].dims == ("member", "time", "lat", "lon") and outputs["time"].dt.month.values[13] == 2
+    ds = open_climate_store(ingest_climatebench(monthly_dir, tmp_path / "store.zarr", chunk_records=12))
+    assert ds.attrs["months_per_year"] == 12
+    assert ds.sizes["record"] == MEMBERS * 12 * sum(n for _, n in SCENARIO_YEARS.values())
+    assert ds.sizes["step"] == sum(n for _, n in SCENARIO_YEARS.values())  # the forcing stays yearly
+    for name, (start, years) in SCENARIO_YEARS.items():
+        view = scenario_view(ds, name)
+        source = xr.open_dataset(monthly_dir / f"outputs_{name}.nc")
+        assert view["tas"].dims == ("member", "time", "month", "lat", "lon")
+        np.testing.assert_array_equal(view["time"].values, np.arange(start, start + years))
+        for var in ("tas", "pr"):
+            monthly = source[var].values.astype(np.float32).reshape(MEMBERS, years, 12, *source[var].shape[2:])
+            np.testing.assert_array_equal(view[var].values, monthly)
+    samples = ClimateSamples(tmp_path / "store.zarr", ["ssp126"])
+    rec = samples.records
+    assert len(samples) == MEMBERS * 5 * 12
+    assert ds["record_month"].values[rec][:14].tolist() == [*range(1, 13), 1, 2]
+    march_2017 = int(np.flatnonzero((samples.record_year[rec] == 2017) & (ds["record_month"].values[rec] == 3))[0])
+    item = samples[march_2017]  # a month is conditioned on its year's forcing
+    inputs = xr.open_dataset(monthly_dir / "inputs_ssp126.nc")
+    so2 = (inputs["SO2"].sel(time=2017).values.astype(np.float32) - samples.map_mean[0]) / samples.map_std[0]
+    np.testing.assert_allclose(item["maps"][0].numpy(), so2, rtol=1e-6)
+    tas = outputs["tas"].values[0, 2 * 12 + 2]  # member 0, March of the third year (2017)
+    np.testing.assert_allclose(samples.denormalise(item["target"])[0].numpy(), tas, rtol=1e-5, atol=1e-6)
+    with pytest.raises(DataError) as err:  # the emulators are yearly: a monthly store serves the loaders only
+        check_yearly(ds)
+    assert err.value.where == "data.source" and err.value.exit_code == 2 and "12 records per year" in err.value.found
+    check_yearly(open_climate_store(ingest_climatebench(climatebench_dir, tmp_path / "yearly.zarr")))
+
+
+def test_monthly_time_with_a_missing_month(monthly_dir: Path, tmp_path: Path) -> None:
+    dropped = lambda ds: ds.drop_isel(time=14)  # noqa: E731  (March of the second year)
+    pair = climatebench_pair("ssp126", seed=1, monthly=True)
+    write_pair(monthly_dir, "ssp126", (pair[0], dropped(pair[1])), engine="h5netcdf")
+    _expect_error(monthly_dir, tmp_path, "outputs_ssp126.nc variable 'time'", "every month of each year",
+                  "2016-04 at index 14")
+
+
+def test_yearly_and_monthly_outputs_mixed(monthly_dir: Path, tmp_path: Path) -> None:
+    write_pair(monthly_dir, "ssp245", climatebench_pair("ssp245", seed=2), engine="h5netcdf")
+    _expect_error(monthly_dir, tmp_path, "outputs_ssp245.nc variable 'time'", "yearly and monthly outputs mixed",
+                  "found yearly")

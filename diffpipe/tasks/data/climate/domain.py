@@ -47,7 +47,7 @@ from .batches import (
 from .builder import ClimateBuildOptions, build_climate_store, dask_client
 from .evaluation import figures, pattern_scaling_forecast, score_all, scores_table
 from .ingest import find_scenarios, ingest_climatebench
-from .layout import OUTPUT_VARIABLES, READ_BLOCK, cf_attributes, open_climate_store, scenario_view
+from .layout import OUTPUT_VARIABLES, READ_BLOCK, cf_attributes, months_per_year, open_climate_store, scenario_view
 from .loader import ClimateSamples
 from .pyramid import PyramidBatches, write_level
 from .stream import ChunkStream
@@ -88,6 +88,14 @@ def check_period(store: xr.Dataset, data: ClimateData, where: str) -> None:
     if years[0] > first or years[-1] < last:
         raise DataError(f"{where} scenario '{data.test_scenario}'", "does not cover the evaluation period",
                         expected=f"years {first}..{last}", found=f"{years[0]}..{years[-1]}")
+
+
+def check_yearly(store: xr.Dataset) -> None:
+    """DataError for a monthly store: the emulators are trained, sampled and scored on yearly records."""
+    if months_per_year(store) > 1:
+        raise DataError("data.source", "monthly outputs: the emulators (arch unet2d, spf) are yearly so far",
+                        expected="outputs files with one time entry per year", found=f"{months_per_year(store)} "
+                        "records per year (the store serves the loaders; train on yearly means)")
 
 
 def padded(size: int, factor: int) -> int:
@@ -157,6 +165,7 @@ class ClimateDomain:
                             f"'{model.arch}'")
         data: ClimateData = ctx.pipeline.data
         store = open_climate_store(self.store_path(ctx))
+        check_yearly(store)
         grid = (store.sizes["lat"], store.sizes["lon"])
         variables = len(OUTPUT_VARIABLES)
         if isinstance(model, SPFSpec):

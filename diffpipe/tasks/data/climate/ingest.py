@@ -51,6 +51,8 @@ class ScenarioFiles:
     inputs: xr.Dataset
     outputs: xr.Dataset
     years: np.ndarray
+    months: int
+    """Records per year of the outputs: 1 (yearly means) or 12 (monthly means)."""
     grids: tuple[GridOf, GridOf]
     """(inputs, outputs) grids, checked across every file once all scenarios are open."""
 
@@ -136,6 +138,24 @@ def _years(ds: xr.Dataset, path: str) -> np.ndarray:
             found=f"{years[i]} then {years[i + 1]} at index {i + 1}",
         )
     return years
+
+
+def _output_years(ds: xr.Dataset, path: str) -> tuple[np.ndarray, int]:
+    """(years, months per year) of an outputs file: whole years, or dates of every month of each year in order."""
+    time = ds["time"] if "time" in ds.coords else None
+    dated = time is not None and hasattr(time, "dt") and not np.issubdtype(time.dtype, np.number)
+    if not dated or np.unique(time.dt.year.values).size == time.size:
+        return _years(ds, path), 1
+    years, months = time.dt.year.values.astype(np.int64), time.dt.month.values.astype(np.int64)
+    n = years.size
+    calendar = np.repeat(years[::12], 12)[:n], np.tile(np.arange(1, 13), n // 12 + 1)[:n]
+    bad = np.flatnonzero((years != calendar[0]) | (months != calendar[1]))
+    if bad.size or n % 12:
+        i = int(bad[0]) if bad.size else n - 1
+        raise DataError(f"{path} variable 'time'", "monthly time is not every month of each year in order",
+                        expected="January..December of consecutive years",
+                        found=f"{years[i]}-{months[i]:02d} at index {i} of {n}")
+    return _years(ds.isel(time=slice(None, None, 12)), path), 12
 
 
 def _require(
@@ -253,7 +273,7 @@ def open_scenario(
         outputs = outputs.expand_dims("member")
     _require(outputs, opath, OUTPUT_VARIABLES,
              dict.fromkeys(OUTPUT_VARIABLES, ("member", "time", "lat", "lon")), out_names)
-    years_in, years_out = _years(inputs, ipath), _years(outputs, opath)
+    years_in, (years_out, months) = _years(inputs, ipath), _output_years(outputs, opath)
     if not np.array_equal(years_in, years_out):
         raise DataError(
             f"{opath} vs {ipath} variable 'time'",
@@ -263,7 +283,19 @@ def open_scenario(
         )
     outputs = outputs.transpose("member", "time", "lat", "lon", ...)
     grids = (grid_of(inputs, ipath, in_names), grid_of(outputs, opath, out_names))
-    return ScenarioFiles(name, ipath, opath, inputs, outputs, years_in, grids)
+    return ScenarioFiles(name, ipath, opath, inputs, outputs, years_in, months, grids)
+
+
+def check_resolution(scenarios: list[ScenarioFiles]) -> int:
+    """Months per year shared by every outputs file (DataError naming the first file that differs)."""
+    first = scenarios[0]
+    for s in scenarios[1:]:
+        if s.months != first.months:
+            def kind(m: int) -> str:
+                return "monthly" if m == 12 else "yearly"
+            raise DataError(f"{s.outputs_path} variable 'time'", "yearly and monthly outputs mixed in one store",
+                            expected=f"{kind(first.months)} as in {first.outputs_path}", found=kind(s.months))
+    return first.months
 
 
 def check_values(scenarios: list[ScenarioFiles]) -> None:
@@ -331,7 +363,9 @@ def ingest_climatebench(
 
     Everything is checked before anything is written; the store appears at `dest` only when complete.
     `stats_scenarios` default: every scenario except ssp245. `scheduler` is passed to `dask.compute`.
-    `chunk_records`: records (member-years) per zarr chunk of the store.
+    `chunk_records`: records (member-years, or member-months) per zarr chunk of the store. Outputs files
+    whose `time` holds every month of each year are ingested as monthly records (12 per year and member)
+    beside the yearly forcing of the inputs files; one store is either yearly or monthly.
     """
     source = str(source)
     fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
@@ -340,8 +374,9 @@ def ingest_climatebench(
     with ExitStack() as stack:
         opened = [open_scenario(fs, n, found[n], stack) for n in names]
         check_grids([g for s in opened for g in (s.grids[1], s.grids[0])])
+        months = check_resolution(opened)
         check_values(opened)
-        plans = plan_layout([(s.name, s.years, s.outputs.sizes["member"]) for s in opened])
+        plans = plan_layout([(s.name, s.years, s.outputs.sizes["member"]) for s in opened], months)
         stats = (
             list(stats_scenarios) if stats_scenarios else [n for n in names if n != TEST_SCENARIO] or names
         )

@@ -3,11 +3,14 @@
 Layout (`LAYOUT_VERSION`):
 
 - `outputs (record, variable, lat, lon)`: the four ClimateBench output fields stacked as channels,
-  chunk `(chunk_records, 4, nlat, nlon)`: whole samples, `chunk_records` consecutive records (years of a
-  member, in scenario, member, year order) per chunk, stored uncompressed (noise-dominated float32
-  gains under 10% from zstd and costs the reader 3x), so a streaming reader decodes nothing. A record
-  belongs to `record_scenario`, `record_member`, `record_year` and points at `record_step`.
-- `forcing_maps (step, forcer, lat, lon)`: SO2 and BC emission maps, chunk `(chunk_records, 2, nlat, nlon)`.
+  chunk `(chunk_records, 4, nlat, nlon)`: whole samples, `chunk_records` consecutive records (years, or
+  months of a monthly store, of a member, in scenario, member, time order) per chunk, stored
+  uncompressed (noise-dominated float32 gains under 10% from zstd and costs the reader 3x), so a
+  streaming reader decodes nothing. A record
+  belongs to `record_scenario`, `record_member`, `record_year` (and `record_month`, 1..12, in a store
+  whose attribute `months_per_year` is 12) and points at `record_step`, the step of its year.
+- `forcing_maps (step, forcer, lat, lon)`: SO2 and BC emission maps per year (ClimateBench's forcing is
+  annual, also beside monthly outputs), chunk `(chunk_records, 2, nlat, nlon)`.
 - `forcing_global (step, scalar_forcer)`: cumulative CO2 and CH4 emissions, one chunk.
 - `<name>_mean`, `<name>_std` per channel: normalisation statistics over `stats_scenarios`.
 - Names of scenarios and channels live in attributes (CF `flag_values` / `flag_meanings` on the
@@ -71,16 +74,23 @@ class ScenarioPlan:
     members: int
     record_start: int
     step_start: int
+    months: int = 1
+    """Records per year and member: 1 (yearly means) or 12 (monthly means)."""
 
     @property
     def steps(self) -> int:
         """Number of years."""
         return len(self.years)
 
+    @property
+    def member_length(self) -> int:
+        """Records of one member: its years, or its months."""
+        return self.steps * self.months
+
     def member_records(self, member: int) -> slice:
-        """Record slice of one member's years."""
-        start = self.record_start + member * self.steps
-        return slice(start, start + self.steps)
+        """Record slice of one member's years (or months)."""
+        start = self.record_start + member * self.member_length
+        return slice(start, start + self.member_length)
 
     @property
     def step_slice(self) -> slice:
@@ -88,12 +98,13 @@ class ScenarioPlan:
         return slice(self.step_start, self.step_start + self.steps)
 
 
-def plan_layout(scenarios: Sequence[tuple[str, Sequence[int], int]]) -> list[ScenarioPlan]:
-    """Offsets of each (name, years, members) scenario in the record and step axes, in the given order."""
+def plan_layout(scenarios: Sequence[tuple[str, Sequence[int], int]], months: int = 1) -> list[ScenarioPlan]:
+    """Offsets of each (name, years, members) scenario in the record and step axes, in the given order,
+    with `months` records per year and member (1: yearly, 12: monthly)."""
     plans, record, step = [], 0, 0
     for name, years, members in scenarios:
-        plans.append(ScenarioPlan(name, tuple(int(y) for y in years), int(members), record, step))
-        record += members * len(years)
+        plans.append(ScenarioPlan(name, tuple(int(y) for y in years), int(members), record, step, months))
+        record += members * len(years) * months
         step += len(years)
     return plans
 
@@ -106,16 +117,20 @@ def _index_coords(plans: list[ScenarioPlan]) -> dict[str, tuple[str, np.ndarray,
     names = [p.name for p in plans]
     rec_scn, rec_mem, rec_year, rec_step, step_scn, step_year = [], [], [], [], [], []
     for i, p in enumerate(plans):
-        years = np.asarray(p.years)
+        years = np.repeat(np.asarray(p.years), p.months)
         for m in range(p.members):
-            rec_scn.append(np.full(p.steps, i))
-            rec_mem.append(np.full(p.steps, m))
+            rec_scn.append(np.full(p.member_length, i))
+            rec_mem.append(np.full(p.member_length, m))
             rec_year.append(years)
-            rec_step.append(np.arange(p.step_start, p.step_start + p.steps))
+            rec_step.append(np.repeat(np.arange(p.step_start, p.step_start + p.steps), p.months))
         step_scn.append(np.full(p.steps, i))
-        step_year.append(years)
+        step_year.append(np.asarray(p.years))
     flags = _flag_attrs(names)
-    return {
+    months = {}
+    if plans[0].months > 1:
+        month = np.concatenate([np.tile(np.arange(1, 13), p.steps * p.members) for p in plans]).astype(np.int8)
+        months = {"record_month": ("record", month, {"long_name": "month of the year", "valid_range": [1, 12]})}
+    return months | {
         "record_scenario": ("record", np.concatenate(rec_scn).astype(np.int16), flags),
         "record_member": (
             "record",
@@ -134,7 +149,7 @@ def template(
     chunk_records: int = CHUNK_RECORDS,
 ) -> xr.Dataset:
     """A lazy, all-zero Dataset with the store's full shape, chunks, coordinates and attributes."""
-    nrec = sum(p.members * p.steps for p in plans)
+    nrec = sum(p.members * p.member_length for p in plans)
     nstep = sum(p.steps for p in plans)
     ny, nx = lat.size, lon.size
     nv, nf, ng = len(OUTPUT_VARIABLES), len(MAP_FORCERS), len(GLOBAL_FORCERS)
@@ -158,7 +173,8 @@ def template(
         ),
     }
     ds = xr.Dataset(data, coords=coords)
-    ds.attrs = {"layout": LAYOUT_VERSION, "scenarios": [p.name for p in plans]} | attrs
+    ds.attrs = {"layout": LAYOUT_VERSION, "scenarios": [p.name for p in plans],
+                "months_per_year": plans[0].months} | attrs
     return ds
 
 
@@ -297,6 +313,11 @@ def scenario_code(ds: xr.Dataset, scenario: str) -> int:
     return ds.attrs["scenarios"].index(scenario)
 
 
+def months_per_year(ds: xr.Dataset) -> int:
+    """Records per year and member of a store: 1 (yearly) or 12 (monthly)."""
+    return int(ds.attrs.get("months_per_year", 1))
+
+
 def scenario_records(ds: xr.Dataset, scenario: str) -> tuple[int, int, int, int]:
     """(first record, members, first step, years) of a scenario in the store."""
     code = scenario_code(ds, scenario)
@@ -308,18 +329,23 @@ def scenario_records(ds: xr.Dataset, scenario: str) -> tuple[int, int, int, int]
 
 def scenario_view(ds: xr.Dataset, scenario: str) -> xr.Dataset:
     """One scenario in ClimateBench layout, lazily: CO2, CH4 (time); SO2, BC (time, lat, lon);
-    tas, diurnal_temperature_range, pr, pr90 (member, time, lat, lon); CF attributes restored."""
+    tas, diurnal_temperature_range, pr, pr90 (member, time, lat, lon), or (member, time, month, lat, lon) in a
+    monthly store (time is always the year); CF attributes restored."""
     rec0, members, step0, years = scenario_records(ds, scenario)
-    out = ds["outputs"].isel(record=slice(rec0, rec0 + members * years)).data
-    out = out.reshape(members, years, *out.shape[1:])
+    months = months_per_year(ds)
+    out = ds["outputs"].isel(record=slice(rec0, rec0 + members * years * months)).data
+    out = out.reshape(members, years, *([months] if months > 1 else []), *out.shape[1:])
     time = ds["step_year"].values[step0 : step0 + years]
     maps = ds["forcing_maps"].isel(step=slice(step0, step0 + years)).data
     scalars = ds["forcing_global"].isel(step=slice(step0, step0 + years)).data
     grid = {"lat": ds["lat"], "lon": ds["lon"]}
-    data = {name: (("member", "time", "lat", "lon"), out[:, :, i]) for i, name in enumerate(OUTPUT_VARIABLES)}
+    dims = ("member", "time", *(["month"] if months > 1 else []), "lat", "lon")
+    data = {name: (dims, out[..., i, :, :]) for i, name in enumerate(OUTPUT_VARIABLES)}
     data |= {name: (("time", "lat", "lon"), maps[:, i]) for i, name in enumerate(MAP_FORCERS)}
     data |= {name: (("time",), scalars[:, i]) for i, name in enumerate(GLOBAL_FORCERS)}
     view = xr.Dataset(data, coords={"time": time, "member": np.arange(members)} | grid)
+    if months > 1:
+        view = view.assign_coords(month=np.arange(1, 13))
     for name, attrs in cf_attributes(ds).items():
         if name in view.variables:
             view[name].attrs = attrs

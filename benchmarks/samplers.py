@@ -8,19 +8,22 @@ PIS spends `batch_size` per step, buffer methods `batch_size` per refill (every 
 NAAS `2 sde_steps batch_size` per refill (scores along the path, then Hessian-vector products in the
 adjoint). The evaluations the stage reports are recorded beside the budget.
 
-Adjoint Sampling is not run on GMM-40: its VE reference must reach the modes' scale (sigma_max ~ 60), and
-with 100 Euler steps the drift g_t^2 u then moves hundreds of units per step at t ~ 0 and the rollout
-diverges (NaN within 20 steps); it is compared where its reference fits (many-well, DW-4).
+Adjoint Sampling uses the reference code's sigma_max = 2 (its VE reference then has variance 4, and with
+100 equal-variance Euler steps the chain is stable on MW54 and DW-4; see docs/samplers.md). It is not run
+on GMM-40, whose modes need sigma_max ~ 60 and so more than ~1000 Euler steps per rollout.
 
 Claims tested: PDNS keeps the 40 modes of GMM-40 where the reverse-KL sampler (PIS) drops modes; NAAS
 needs no importance weights and matches or beats Adjoint Sampling (many-well MW54, exact mode weights
-1/32); MDNS estimates the Ising log Z across temperatures including the critical one (4x4, h = 0,
-beta 0.28 / 0.4407 / 0.6, exact log Z by transfer matrix). Small budgets: the machine is shared (2 cores,
-1 thread per process), so these are far below the papers' budgets.
+1/32; DW-4 against a checked MCMC ground truth: energy and interatomic-distance histograms); MDNS estimates
+the Ising log Z across temperatures including the critical one (4x4, h = 0, beta 0.28 / 0.4407 / 0.6,
+exact log Z by transfer matrix) and the Potts log Z (q = 3, 4x4, beta 0.5 and the critical 1.005; Dask
+Metropolis ground truth, exact log Z). Small budgets: the machine is shared (2 cores, 1 thread per
+process), so these are far below the papers' budgets.
 
-    python benchmarks/samplers.py --seeds 0 1 2 [--families gmm40 many_well dw4 ising]
+    python benchmarks/samplers.py --seeds 0 1 2 [--families gmm40 many_well dw4 ising potts] [--budget X]
 
-Prints and writes benchmarks/results/samplers.json.
+Prints and writes benchmarks/results/samplers.json (families run separately are merged; each family
+records its own commit, budget, wall time and machine load).
 """
 
 from __future__ import annotations
@@ -49,9 +52,21 @@ def buffer_method(method: str, budget: int, batch: int, every: int, **options) -
             "steps": every * budget // batch, **options}
 
 
+def lattice_methods(budget: int) -> dict[str, dict]:
+    """MDNS and PDNS on a lattice with the same buffer schedule."""
+    options = {"batch_size": 64, "resample_every": 10, "replicates": 4, "steps": 10 * budget // 64, "lr": 1e-3}
+    return {"mdns": {"method": "mdns", **options}, "pdns": {"method": "pdns", **options}}
+
+
+def naas(budget: int, prior_std: float, sigma: float) -> dict:
+    """NAAS with steps set so that its refills (scores and Hessian-vector products) spend `budget`."""
+    return {"method": "naas", "batch_size": 64, "sde_steps": 50, "resample_every": 50, "samples_per_step": 512,
+            "steps": 50 * budget // (2 * 50 * 64), "prior_std": prior_std, "sigma": sigma}
+
+
 def families(budgets: dict[str, int]) -> dict[str, dict]:
     """Target family -> data spec, model and the methods compared (name -> stage options)."""
-    gmm, mw, dw4, ising = budgets["gmm40"], budgets["many_well"], budgets["dw4"], budgets["ising"]
+    gmm, mw, dw4 = budgets["gmm40"], budgets["many_well"], budgets["dw4"]
     return {
         "gmm40": {"data": {"kind": "energy", "target": {"kind": "gmm"}, "num_reference": 2000},
                   "model": CONTINUOUS_MODEL, "methods": {
@@ -59,26 +74,28 @@ def families(budgets: dict[str, int]) -> dict[str, dict]:
                       "pis": {"method": "pis", "batch_size": 256, "steps": gmm // 256, "sigma": 30.0}}},
         "many_well": {"data": {"kind": "energy", "target": {"kind": "many_well"}, "num_reference": 2000},
                       "model": CONTINUOUS_MODEL, "methods": {
-                          "naas": {"method": "naas", "batch_size": 64, "sde_steps": 50, "resample_every": 50,
-                                   "samples_per_step": 512, "steps": 50 * mw // (2 * 50 * 64), "prior_std": 2.0,
-                                   "sigma": 1.5},
-                          "adjoint": buffer_method("adjoint", mw, 512, 20, sigma_max=3.0),
+                          "naas": naas(mw, 2.0, 1.5),
+                          "adjoint": buffer_method("adjoint", mw, 512, 20, sigma_max=2.0),
                           "pdns": buffer_method("pdns", mw, 512, 20, sigma=2.0),
                           "pis": {"method": "pis", "batch_size": 256, "steps": mw // 256, "sigma": 2.0}}},
         "dw4": {"data": {"kind": "energy", "target": {"kind": "dw4"}, "num_reference": 2000,
-                         "mcmc": {"chains": 4, "walkers_per_chain": 64, "burn_in": 2000, "sweeps": 4000,
-                                  "step_size": 0.5}},
+                         "mcmc": {"chains": 4, "walkers_per_chain": 64, "burn_in": 5000, "sweeps": 15000,
+                                  "thin": 25, "step_size": 0.7}},
                 "model": CONTINUOUS_MODEL, "methods": {
+                    "naas": naas(dw4, 2.0, 1.5),
+                    "adjoint": buffer_method("adjoint", dw4, 512, 20, sigma_max=2.0),
                     "pdns": buffer_method("pdns", dw4, 512, 20, sigma=2.0),
-                    "adjoint": buffer_method("adjoint", dw4, 512, 20, sigma_max=3.0)}},
+                    "pis": {"method": "pis", "batch_size": 256, "steps": dw4 // 256, "sigma": 2.0}}},
         **{f"ising_beta{beta}": {
             "data": {"kind": "energy", "target": {"kind": "ising", "size": 4, "beta": beta}, "num_reference": 4000},
-            "model": LATTICE_MODEL, "methods": {
-                "mdns": {"method": "mdns", "batch_size": 64, "resample_every": 10, "replicates": 4,
-                         "steps": 10 * ising // 64, "lr": 1e-3},
-                "pdns": {"method": "pdns", "batch_size": 64, "resample_every": 10, "replicates": 4,
-                         "steps": 10 * ising // 64, "lr": 1e-3}}}
+            "model": LATTICE_MODEL, "methods": lattice_methods(budgets["ising"])}
            for beta in (0.28, 0.4407, 0.6)},
+        **{f"potts_beta{beta}": {
+            "data": {"kind": "energy", "target": {"kind": "potts", "q": 3, "size": 4, "beta": beta},
+                     "num_reference": 4000, "mcmc": {"chains": 4, "walkers_per_chain": 64, "burn_in": 1000,
+                                                     "sweeps": 4000}},
+            "model": LATTICE_MODEL, "methods": lattice_methods(budgets["potts"])}
+           for beta in (0.5, 1.005)},
     }
 
 
@@ -108,10 +125,12 @@ def run_pipeline(spec: dict, workdir: Path) -> dict[str, dict]:
     return {s["name"]: s["metrics"] for s in json.loads(status.stdout)["stages"]}
 
 
-KEYS = ("log_z_error", "log_z_estimate", "elbo", "ess", "modes_covered", "mode_entropy", "mode_weight_error",
+KEYS = ("log_z_error", "log_z_estimate", "elbo", "ess", "modes_covered", "modes_resolved", "fraction_in_modes",
+        "mode_entropy", "mode_weight_error",
         "mode_weight_error_reweighted", "energy_distance", "wasserstein2", "sliced_wasserstein", "energy_w1",
         "distance_w1", "abs_magnetisation_error", "abs_magnetisation_error_reweighted", "energy_per_site_error",
-        "energy_per_site_error_reweighted", "p_magnetisation_positive")
+        "energy_per_site_error_reweighted", "p_magnetisation_positive", "abs_magnetisation",
+        "abs_magnetisation_reference")
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -128,18 +147,18 @@ def summarise(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--families", nargs="+", default=["gmm40", "many_well", "dw4", "ising"])
+    parser.add_argument("--families", nargs="+", default=["gmm40", "many_well", "dw4", "ising", "potts"])
     parser.add_argument("--root", default=str(REPO / "benchmarks" / "artifacts" / "samplers"))
     parser.add_argument("--budget", type=float, default=1.0, help="multiplies the energy budget of the families run")
     args = parser.parse_args()
     budgets = {k: int(v * args.budget) for k, v in
-               {"gmm40": 51_200, "many_well": 51_200, "dw4": 51_200, "ising": 1_920}.items()}
+               {"gmm40": 51_200, "many_well": 51_200, "dw4": 51_200, "ising": 1_920, "potts": 1_920}.items()}
     root, work = Path(args.root), Path(args.root) / "specs"
     work.mkdir(parents=True, exist_ok=True)
     configs = {f: c for f, c in families(budgets).items() if any(f.startswith(w) for w in args.families)}
     results: dict = {}
     for family, config in configs.items():
-        t0 = time.perf_counter()
+        t0, load0 = time.perf_counter(), os.getloadavg()[0]
         metrics = run_pipeline(spec_for(family, config, args.seeds, root), work)
         print(f"{family}: {time.perf_counter() - t0:.0f} s", flush=True)
         per_method = {m: [{**metrics[f"evaluate_{m}_s{s}"], "energy_evals": metrics[f"{m}_s{s}"]["energy_evals"],
@@ -148,22 +167,37 @@ def main() -> None:
         budget = budgets[next(k for k in budgets if family.startswith(k))]
         results[family] = {"methods": {m: {"options": config["methods"][m], **summarise(runs)}
                                        for m, runs in per_method.items()},
-                           "budget_energy_evals": budget, "seeds": args.seeds, "wall_s": time.perf_counter() - t0,
-                           "data": config["data"], "model": config["model"]}
+                           "budget_energy_evals": budget, "budget_factor": args.budget, "seeds": args.seeds,
+                           "wall_s": time.perf_counter() - t0, "data": config["data"], "model": config["model"],
+                           "data_metrics": metrics["data"], **provenance(load0)}
         for m, summary in results[family]["methods"].items():
             shown = {k: round(v["mean"], 4) for k, v in summary.items() if isinstance(v, dict) and "mean" in v}
             print(f"  {family:18s} {m:8s} {shown}", flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    import torch
-
-    doc = {"benchmark": "samplers", "results": results,
-           "commit": commit, "date": datetime.now(UTC).isoformat(), "device": "cpu", "threads": 1,
-           "torch": torch.__version__, "python": platform.python_version(), "host": platform.node()}
     out = REPO / "benchmarks" / "results" / "samplers.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
-    doc["results"] = {**previous.get("results", {}), **results}  # families run separately are merged
+    doc = {"benchmark": "samplers", "results": {**previous.get("results", {}), **results}, **provenance(None),
+           "note": "each family carries its own commit, date, load and budget; wall times are from a shared "
+                   "2-core machine (1 thread per process) and only their ratios within a family mean anything"}
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def provenance(load_at_start: float | None) -> dict:
+    """Commit (and whether the tree had edits), date, library versions, threads, machine load."""
+    from importlib.metadata import version
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    out = {"commit": git("rev-parse", "HEAD"), "tree_dirty": bool(git("status", "--porcelain", "--", "diffpipe")),
+           "date": datetime.now(UTC).isoformat(), "device": "cpu", "threads": 1, "cpus": os.cpu_count(),
+           "python": platform.python_version(), "host": platform.node(),
+           "versions": {p: version(p) for p in ("torch", "diffusers", "prefect", "dask", "distributed", "zarr",
+                                                "xarray", "scipy")},
+           "load_average_end": os.getloadavg()[0]}
+    if load_at_start is not None:
+        out["load_average_start"] = load_at_start
+    return out
 
 
 if __name__ == "__main__":

@@ -90,7 +90,35 @@ class ContinuousSDE(Strict):
     """Buffer samples per optimizer step (buffer-based methods)."""
 
 
-class PDNSSampler(NeuralSamplerBase, ContinuousSDE):
+class LatticeWarmStart(Strict):
+    """MDNS's high-temperature warm start on lattices: the first `warm_start_steps` optimizer steps train for
+    the same lattice at inverse temperature `warm_start_beta` (log pi~ = -beta H is rescaled by
+    warm_start_beta / beta in the buffer's weights), the rest at the target's own beta."""
+
+    warm_start_beta: float | None = Field(default=None, gt=0.0)
+    """Inverse temperature of the warm start (None: no warm start)."""
+    warm_start_steps: int = Field(default=0, ge=0)
+    """Optimizer steps at `warm_start_beta`; they count towards `steps`."""
+
+    @model_validator(mode="after")
+    def _check_warm_start(self) -> LatticeWarmStart:
+        if (self.warm_start_beta is None) != (self.warm_start_steps == 0):
+            raise ValueError("warm_start_steps: a warm start needs both warm_start_beta and warm_start_steps > 0; "
+                             f"found warm_start_beta {self.warm_start_beta}, warm_start_steps "
+                             f"{self.warm_start_steps}")
+        if self.warm_start_steps >= self.steps:
+            raise ValueError(f"warm_start_steps: must be below steps ({self.steps}); found {self.warm_start_steps}")
+        return self
+
+    def warm_start_problem(self, data: Any) -> tuple[str, str, str, str] | None:
+        """(field, problem, expected, found) when a warm start is asked for on a continuous target."""
+        if self.warm_start_beta is not None and not data.target.discrete:
+            return ("warm_start_beta", f"the warm start rescales a lattice's -beta H, but {data.target.kind} is "
+                    "continuous", "no warm_start_beta", repr(self.warm_start_beta))
+        return None
+
+
+class PDNSSampler(NeuralSamplerBase, ContinuousSDE, LatticeWarmStart):
     """PDNS: proximal steps on path measures; each refill tempers the weights to softmax(gamma log w).
 
     gamma is the largest value in (0, 1] whose estimated KL between the current sampler and the tempered
@@ -112,8 +140,12 @@ class PDNSSampler(NeuralSamplerBase, ContinuousSDE):
 
     discrete_targets: ClassVar[bool] = True
 
+    def fit_problem(self, data: Any, model: Any) -> tuple[str, str, str, str] | None:
+        """The base checks, then the warm start's."""
+        return super().fit_problem(data, model) or self.warm_start_problem(data)
 
-class MDNSSampler(NeuralSamplerBase):
+
+class MDNSSampler(NeuralSamplerBase, LatticeWarmStart):
     """MDNS: a masked discrete diffusion sampler trained by weighted denoising cross-entropy (WDCE)."""
 
     method: Literal["mdns"] = "mdns"

@@ -1,5 +1,6 @@
 """The log-weight estimators are unbiased for Z with an untrained, non-zero network (E[w] = Z exactly for the
-discrete chains), tempering picks the trust-region gamma, and the WDCE loss learns a lattice target."""
+discrete chains), tempering picks the trust-region gamma, the warm start weights the buffer at its own beta,
+and the WDCE loss learns a lattice target."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
 from diffpipe.tasks.nets.time_mlp import TimeMLP
 from diffpipe.tasks.samplers.adjoint import AdjointSampling
 from diffpipe.tasks.samplers.common import CountingTarget, tempered_gamma
+from diffpipe.tasks.samplers.masked import masked_rollout
 from diffpipe.tasks.samplers.mdns import MDNS
 from diffpipe.tasks.samplers.pdns import ContinuousPDNS
 from diffpipe.tasks.samplers.pis import PIS
@@ -89,3 +91,22 @@ def test_mdns_learns_the_4x4_ising_model() -> None:
         opt.step()
     assert ess() > before + 0.1
     assert target.evals == 6 * 128 + 2 * 2000
+
+
+def test_warm_start_weights_the_buffer_at_the_warm_beta_then_at_the_target_beta() -> None:
+    target = CountingTarget(make_target(IsingTarget(size=3, beta=0.6)))
+    torch.manual_seed(0)
+    model = MaskedDiffusionTransformer(vocab_size=3, max_length=9, mask_token_id=2, d_model=16, num_layers=1,
+                                       num_heads=2)
+    spec = MDNSSampler(name="s", batch_size=32, resample_every=2, steps=10, warm_start_beta=0.2, warm_start_steps=4)
+    sampler = MDNS(spec, target, model, CPU)
+    for step in range(6):
+        gen = torch.Generator().manual_seed(step)
+        sampler.step_loss(gen)
+        if step % 2:
+            continue
+        x, log_q = masked_rollout(model, 32, 9, 2, torch.Generator().manual_seed(step), CPU)
+        beta = 0.2 if step < 4 else 0.6
+        expected = torch.softmax(-beta * target.energy(x).double() - log_q, 0)
+        assert torch.equal(sampler.tensors["x"], x)
+        assert torch.allclose(sampler.tensors["weights"], expected, rtol=1e-9, atol=0)

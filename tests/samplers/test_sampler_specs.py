@@ -35,6 +35,11 @@ def gmm(spec: dict) -> None:
     (lambda s: s["stages"][0].update(method="pis"), "stages[0].method", "pis samples continuous targets"),
     (lambda s: s.update(model={"arch": "time_mlp"}), "stages[0].method", "model.arch mdlm"),
     (lambda s: s["stages"][0].update(method="langevin"), "stages[0].method", "unknown choice"),
+    (lambda s: s["stages"][0].update(warm_start_beta=0.2), "stages[0]", "warm_start_steps: a warm start needs both"),
+    (lambda s: s["stages"][0].update(warm_start_beta=0.2, warm_start_steps=2000), "stages[0]",
+     "warm_start_steps: must be below steps (1000)"),
+    (lambda s: (gmm(s), s["stages"][0].update(method="pdns", warm_start_beta=0.2, warm_start_steps=5)),
+     "stages[0].warm_start_beta", "the warm start rescales a lattice's -beta H, but gmm is continuous"),
     (lambda s: (gmm(s), s["stages"][0].update(method="adjoint", sigma_max=0.005)), "stages[0]",
      "sigma_max: the VE schedule needs sigma_max > sigma_min"),
 ])

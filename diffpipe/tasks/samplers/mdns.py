@@ -1,5 +1,10 @@
 """MDNS (masked diffusion neural sampler): WDCE on a buffer of the sampler's own configurations, weighted
-by the self-normalised importance weights softmax(log w), refilled every `resample_every` steps."""
+by the self-normalised importance weights softmax(log w), refilled every `resample_every` steps.
+
+Warm start (optional): the first `warm_start_steps` refills weight the buffer for the lattice at
+`warm_start_beta` (log pi~ rescaled by warm_start_beta / beta), so that a low-temperature target starts
+from a sampler that has seen every mode; the published samples and weights are always at the target's beta.
+"""
 
 from __future__ import annotations
 
@@ -24,17 +29,27 @@ class MDNS(SamplerState):
         """The exponent on log w of the buffer weights: 1 (the plain WDCE target)."""
         return 1.0
 
-    def refill(self, gen: torch.Generator) -> None:
+    def target_scale(self, step: int) -> float:
+        """Factor on log pi~ = -beta H in the weights of the buffer refilled at `step`: warm_start_beta / beta
+        during the warm start, then 1."""
+        if self.spec.warm_start_beta is None or step >= self.spec.warm_start_steps:
+            return 1.0
+        return self.spec.warm_start_beta / self.target.beta
+
+    def refill(self, step: int, gen: torch.Generator) -> None:
         """Sample a fresh buffer with the current network; store it with its tempered weights."""
         with torch.no_grad():
-            x, log_w = self.sample(self.model, self.spec.batch_size, gen)
+            x, log_q = masked_rollout(self.model, self.spec.batch_size, self.target.dim, self.target.num_states,
+                                      gen, self.device)
+        log_w = self.target_scale(step) * self.target.log_prob(x).double() - log_q
         gamma = self.temper(log_w)
         self.tensors.update(x=x, weights=torch.softmax(gamma * log_w, 0), gamma=torch.tensor(gamma))
 
     def step_loss(self, gen: torch.Generator) -> torch.Tensor:
         """WDCE on the buffer with fresh masks."""
+        step = int(self.tensors["step"])
         if self.tick(self.spec.resample_every):
-            self.refill(gen)
+            self.refill(step, gen)
         return wdce_loss(self.model, self.tensors["x"], self.tensors["weights"], self.spec.replicates,
                          self.target.num_states, gen, self.device)
 

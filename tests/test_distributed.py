@@ -293,21 +293,44 @@ def rollout_log(log: dict[str, list[float | None]]) -> torch.Tensor:
     return torch.tensor([[math.nan if v is None else v for v in log[c]] for c in columns]).T
 
 
-def test_discrete_rl_at_two_ranks_matches_one_process(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Masked-diffusion RL: rollouts sampled, scored and differentiated on each rank's rows, advantages and
-    the token-mean loss over whole groups; the same rollouts, rewards and weights as one process."""
+@pytest.fixture(scope="module")
+def sudoku(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """Sudoku data and a pretrained masked-diffusion LM; `one` holds the one-process discrete rl run."""
     b = Built(tmp_path_factory.mktemp("distributed-sudoku") / "artifacts", sudoku_spec_dict)
     pretrained = b.run("pretrain", "sudoku-pretrain")
-    one = b.run("rl", "sudoku-rl-one")
-    two = b.run("rl", "sudoku-rl-two", nproc_per_node=2)
+    b.one = b.run("rl", "sudoku-rl-one")
+    assert min(v for v in b.one["log"]["zero_std_ratio"] if v is not None) < 1  # some groups carry advantages
+    moved = max(float((b.one["weights"][k] - pretrained["weights"][k]).abs().max()) for k in b.one["weights"])
+    assert moved > 20 * RL_WEIGHT_ATOL, moved  # the tolerance is far below how far RL moved the weights
+    return b
+
+
+@pytest.mark.parametrize("strategy", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_discrete_rl_at_two_ranks_matches_one_process(sudoku: Built, strategy: str) -> None:
+    """Masked-diffusion RL: rollouts sampled, scored and differentiated on each rank's rows, advantages and
+    the token-mean loss over whole groups; the same rollouts, rewards and weights as one process (FSDP2:
+    policy and reference model sharded)."""
+    one = sudoku.one
+    two = sudoku.run("rl", f"sudoku-rl-{strategy}", nproc_per_node=2, strategy=strategy)
     assert two["metrics"]["processes"] == 2 and one["metrics"]["processes"] == 1
     torch.testing.assert_close(rollout_log(two["log"]), rollout_log(one["log"]), rtol=1e-5, atol=0, equal_nan=True)
-    assert min(v for v in one["log"]["zero_std_ratio"] if v is not None) < 1  # some groups carry advantages
     torch.testing.assert_close(torch.tensor(two["log"]["kl"], dtype=torch.float64),
                                torch.tensor(one["log"]["kl"], dtype=torch.float64), rtol=1e-4, atol=1e-7)
     assert_weights_close(two["weights"], one["weights"], atol=RL_WEIGHT_ATOL)
-    moved = max(float((one["weights"][k] - pretrained["weights"][k]).abs().max()) for k in one["weights"])
-    assert moved > 20 * RL_WEIGHT_ATOL, moved  # the tolerance is far below how far RL moved the weights
+    assert two["files"] == one["files"]
+
+
+@pytest.mark.slow
+def test_continuous_rl_with_anchors_under_fsdp(built: Built) -> None:
+    """AWM keeps an EMA copy of the policy (lerped from its whole weights every step) and a reference model
+    (FSDP2-sharded): 2 FSDP ranks give one process's rewards and weights."""
+    awm = {**copy.deepcopy(RL), "name": "awm", "algorithm": {"algorithm": "awm", "sampler_steps": 4,
+                                                             "timesteps_per_sample": 2}}
+    one = built.run("awm", "awm-one", extra=[awm])
+    two = built.run("awm", "awm-fsdp", extra=[awm], nproc_per_node=2, strategy="fsdp")
+    torch.testing.assert_close(torch.tensor([r for r in two["rewards"] if r is not None]),
+                               torch.tensor([r for r in one["rewards"] if r is not None]), rtol=1e-4, atol=1e-5)
+    assert_weights_close(two["weights"], one["weights"])
 
 
 def test_bad_distributed_settings_name_the_field(built: Built) -> None:
@@ -317,9 +340,10 @@ def test_bad_distributed_settings_name_the_field(built: Built) -> None:
     nccl = validate_spec(spec_dict(built.root, nproc_per_node=2, backend="nccl"))
     with pytest.raises(InputError, match=r"runtime\.distributed\.backend: nccl runs collectives on CUDA"):
         launch(StageContext(nccl, "pretrain", "k", {}, built.store, built.root), "pretrain")
-    fsdp_rl = validate_spec(spec_dict(built.root, nproc_per_node=2, strategy="fsdp"))
-    with pytest.raises(InputError, match=r"runtime\.distributed\.strategy"):
-        launch(StageContext(fsdp_rl, "rl", "k", {}, built.store, built.root), "rl")
+    marble = spec_dict(built.root, nproc_per_node=2, strategy="fsdp")
+    marble["stages"][1].update(combine="marble", rewards=[{"name": "classifier_logprob"}, {"name": "ink"}])
+    with pytest.raises(InputError, match=r"runtime\.distributed\.strategy: stage 'rl' combines rewards with MARBLE"):
+        launch(StageContext(validate_spec(marble), "rl", "k", {}, built.store, built.root), "rl")
     uneven = spec_dict(built.root, nproc_per_node=2)
     uneven["stages"][0]["batch_size"] = 33
     with pytest.raises(InputError, match=r"stages\[0\]\.batch_size: the global batch must split evenly"):

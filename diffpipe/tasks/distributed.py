@@ -234,6 +234,15 @@ class Wrapped:
         self.model.__class__, self.model.__dict__ = self.plain.__class__, self.plain.__dict__
 
 
+def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:
+    """A frozen eval-mode copy of `model` on `device` (an RL reference model); FSDP2-sharded under `fsdp`, so it
+    costs each rank its share of the weights like the policy (every rank calls it with the same batches)."""
+    frozen = copy.deepcopy(model).requires_grad_(False).eval().to(device)
+    if active() and strategy() == "fsdp":
+        fully_shard(frozen)
+    return frozen
+
+
 def strategy() -> str:
     """`ddp` or `fsdp`, as the launcher set it for every rank."""
     return os.environ.get(STRATEGY_ENV, "ddp")

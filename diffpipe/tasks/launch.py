@@ -71,7 +71,8 @@ def launch(ctx: StageContext, kind: str) -> StageOutput:
 
 
 def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
-    """Refuse bad settings before any process starts: too many processes, nccl off CUDA, FSDP2 on rl, uneven batches."""
+    """Refuse bad settings before any process starts: too many processes, nccl off CUDA, FSDP2 under MARBLE, uneven
+    batches."""
     dist = spec.runtime.distributed
     device = resolve_device(spec.runtime)
     available = torch.cuda.device_count() if device.type == "cuda" else len(os.sched_getaffinity(0))
@@ -83,9 +84,10 @@ def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
         raise InputError("runtime.distributed.backend", "nccl runs collectives on CUDA devices only",
                          "gloo or auto on the CPU", "nccl")
     index = spec.stage_index(node)
-    if kind == "rl" and dist.strategy == "fsdp":
-        raise InputError("runtime.distributed.strategy", f"stage '{node}' (rl) keeps frozen copies of the policy "
-                         "that are refreshed from its weights, which FSDP2 would shard", "ddp", "fsdp")
+    if getattr(spec.stages[index], "combine", None) == "marble" and dist.strategy == "fsdp":
+        raise InputError("runtime.distributed.strategy", f"stage '{node}' combines rewards with MARBLE, which "
+                         "differentiates each reward's loss by the policy's parameters, and FSDP2 holds them sharded",
+                         "ddp", "fsdp")
     groups = getattr(spec.stages[index], "groups_per_step", None)
     if kind == "rl" and groups % dist.world_size:
         raise InputError(f"stages[{index}].groups_per_step", f"each of the {dist.world_size} processes rolls out "

@@ -34,7 +34,7 @@ from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 
 from ..conditions import repeat_conditions, select_conditions
 from ..context import StageContext, StageOutput
-from ..distributed import all_gather_rows, local_slice
+from ..distributed import all_gather_rows, frozen_copy, local_slice
 from ..domain import BatchSource, Domain
 from ..registry import get_domain, stage
 from ..sample import load_checkpoint
@@ -216,7 +216,7 @@ def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> Fin
         raise SpecError(f"stages[{index}].init", "rl fine-tunes flow-matching checkpoints",
                         "a stage trained with objective flow_matching", f"'{spec.init}' ({objective.kind})")
     algorithm = make_algorithm(spec.algorithm, objective)
-    reference = copy.deepcopy(policy).requires_grad_(False).eval().to(ctx.device)
+    reference = frozen_copy(policy, ctx.device)
     policy.to(ctx.device)
     columns = log_columns(spec, algorithm)
     state = RLState(policy, algorithm.anchors, columns, spec.steps, len(spec.rewards)).to(ctx.device)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from diffpipe.schemas import FlowMatching
+from diffpipe.tasks.distributed import full_tensors
 from diffpipe.tasks.objectives import NetFn
 from diffpipe.tasks.objectives.flow_matching import FlowMatchingLoss
 
@@ -96,6 +97,6 @@ class ContinuousAlgorithm(ABC):
 
 @torch.no_grad()
 def lerp_parameters(target: nn.Module, source: nn.Module, decay: float) -> None:
-    """target <- decay * target + (1 - decay) * source, parameter by parameter."""
-    for t, s in zip(target.parameters(), source.parameters(), strict=True):
+    """target <- decay * target + (1 - decay) * source, parameter by parameter (whole tensors of a sharded source)."""
+    for t, s in zip(target.parameters(), full_tensors(list(source.parameters())), strict=True):
         t.lerp_(s.detach(), 1.0 - decay)

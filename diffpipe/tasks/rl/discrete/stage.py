@@ -17,7 +17,6 @@ advantages and the loss are computed over whole groups, exactly as in one proces
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 import time
@@ -39,7 +38,7 @@ from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
 from ...context import StageContext, StageOutput
 from ...data.reasoning import EOS
 from ...data.reasoning_domain import ReasoningDomain
-from ...distributed import row_sharded, sharded_rows
+from ...distributed import frozen_copy, row_sharded, sharded_rows
 from ...registry import get_domain
 from ...sample import load_checkpoint
 from ...training import TrainConfig, TrainResult, plot_against_budget, plot_losses, save_trained, train
@@ -194,7 +193,7 @@ def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = Non
                         "an init stage trained with objective masked_diffusion on countdown or sudoku data",
                         f"'{spec.init}' ({objective.kind}) on {kind} data")
     algorithm = make_algorithm(spec.algorithm, policy.config.mask_token_id, EOS)
-    reference = copy.deepcopy(policy).requires_grad_(False).eval().to(ctx.device)
+    reference = frozen_copy(policy, ctx.device)
     policy.to(ctx.device)
     train_split = domain.batches(ctx, ctx.device)
     state = DiscreteState(spec.steps, algorithm.state).to(ctx.device)

@@ -1,5 +1,6 @@
 """A neural sampler resumed from its checkpoint (network, optimizer, generator, buffer, energy count) reaches
-the same weights, samples and weights as the uninterrupted run."""
+the same weights, samples and weights as the uninterrupted run (the warm-start case resumes after a buffer
+weighted at the warm beta and refills at the target beta)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.registry import get_domain, get_stage
 
+LATTICE = {"arch": "mdlm", "d_model": 16, "num_layers": 1, "num_heads": 2}
 CASES = {
-    "mdns": ({"kind": "ising", "size": 3, "beta": 0.4}, {"arch": "mdlm", "d_model": 16, "num_layers": 1,
-                                                         "num_heads": 2}, {"resample_every": 3}),
+    "mdns": ({"kind": "ising", "size": 3, "beta": 0.4}, LATTICE, {"resample_every": 3}),
+    "mdns_warm": ({"kind": "ising", "size": 3, "beta": 0.6}, LATTICE,
+                  {"resample_every": 3, "warm_start_beta": 0.2, "warm_start_steps": 7}),
+    "naas": ({"kind": "many_well", "dim": 2, "wells": 1}, {"arch": "time_mlp", "hidden": 16, "layers": 1},
+             {"resample_every": 3, "sde_steps": 8, "samples_per_step": 16}),
     "pdns": ({"kind": "gmm", "num_modes": 4, "loc_scale": 4.0}, {"arch": "time_mlp", "hidden": 16, "layers": 1},
              {"resample_every": 3, "sde_steps": 8, "samples_per_step": 16, "sigma": 4.0}),
     "adjoint": ({"kind": "many_well", "dim": 2, "wells": 1}, {"arch": "time_mlp", "hidden": 16, "layers": 1},
@@ -36,7 +41,7 @@ def run_stage(spec: PipelineSpec, store: ArtifactStore, data: Path, out: Path) -
 def test_resumed_sampler_matches_the_uninterrupted_run(tmp_path: Path, method: str) -> None:
     target, model, options = CASES[method]
     raw = {"name": "r", "data": {"kind": "energy", "target": target, "num_reference": 20}, "model": model,
-           "stages": [{"name": "sampler", "stage": "neural_sampler", "method": method, "steps": 10,
+           "stages": [{"name": "sampler", "stage": "neural_sampler", "method": method.split("_")[0], "steps": 10,
                        "batch_size": 16, "num_samples": 32, "checkpoint_every": 4, **options}],
            "runtime": {"device": "cpu"}, "storage": {"root": str(tmp_path / "store")}}
     spec = PipelineSpec.model_validate(raw)

@@ -1,17 +1,27 @@
-"""The shared benchmark harness: run `diffpipe` commands as a user would, time them, and write JSON results
-that say where they were measured (commit, library versions, device, threads, load, date).
+"""The shared benchmark harness: one opening (options, threads, where results go), `diffpipe` runs and sweeps as
+a user would start them, and JSON results that say where they were measured (commit, library versions, device,
+threads, load, date).
 
-    from harness import environment, run_diffpipe, write_result
+    from harness import open_benchmark, run_diffpipe, run_sweep, write_result
+
+    args = open_benchmark(parser(__doc__)).parse_args()  # --quick, --out, --threads for every benchmark
+
+A `--quick` run is a smoke run at small sizes: its JSON goes to a temporary folder unless `--out` names one,
+never over the published results in benchmarks/results/.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,7 +29,32 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
+QUICK_RESULTS = Path(tempfile.gettempdir()) / "diffpipe-benchmarks-quick"
+"""Where `--quick` results go by default (published results are full runs only)."""
 LIBRARIES = ("torch", "diffusers", "prefect", "prefect-dask", "dask", "distributed", "numpy", "xarray", "zarr")
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: its docstring as help, `--quick`, `--out` and `--threads`."""
+    first, _, rest = doc.partition("\n")
+    p = argparse.ArgumentParser(description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes, to check the benchmark runs; results go to --out (default: a temporary folder)")
+    p.add_argument("--out", type=Path, default=None,
+                   help=f"folder of the JSON results (default benchmarks/results, with --quick {QUICK_RESULTS})")
+    p.add_argument("--threads", type=int, default=1, help="torch / OpenMP threads of this process and its children")
+    return p
+
+
+def open_benchmark(args: argparse.Namespace) -> argparse.Namespace:
+    """Apply the shared options: threads here and in child processes, and `args.out` resolved."""
+    import torch
+
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(args.threads)
+    args.out = args.out or (QUICK_RESULTS if args.quick else RESULTS)
+    return args
 
 
 def environment() -> dict[str, Any]:
@@ -44,25 +79,72 @@ def _version(lib: str) -> str | None:
         return None
 
 
-def run_diffpipe(args: list[str], workdir: Path, env: dict[str, str] | None = None) -> tuple[Any, float]:
-    """Run `diffpipe ARGS --json` in `workdir` (its own Prefect home); returns the parsed JSON and wall seconds."""
+@dataclass
+class Finished:
+    """A finished `diffpipe` command: its parsed `--json` output, wall seconds and CPU seconds of its processes."""
+
+    doc: Any
+    wall_s: float
+    cpu_s: float
+
+
+def run_diffpipe(args: list[str], workdir: Path, env: dict[str, str] | None = None) -> Finished:
+    """Run `diffpipe ARGS --json` in `workdir` (its own Prefect home); exits naming the command when it fails."""
     workdir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect-home"), "HF_HUB_OFFLINE": "1",
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
     full_env.pop("PREFECT_API_URL", None)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "diffpipe.flows.cli", *args, "--json"], cwd=workdir, env=full_env,
-                          capture_output=True, text=True)
+    out, err = workdir / "stdout.json", workdir / "stderr.log"
+    with out.open("w") as stdout, err.open("w") as stderr:  # files, not pipes: a crashed run's orphaned
+        code = subprocess.run([sys.executable, "-m", "diffpipe.flows.cli", *args, "--json"], cwd=workdir,  # server
+                              env=full_env, stdout=stdout, stderr=stderr).returncode  # would hold a pipe open
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"diffpipe {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout), wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if code != 0:
+        sys.exit(f"diffpipe {' '.join(args)} exited {code}:\n{err.read_text()[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Finished(json.loads(out.read_text()), wall, cpu)
 
 
-def write_result(name: str, result: dict[str, Any]) -> Path:
-    """Write `benchmarks/results/<name>.json` with the environment, print it, and return its path."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def set_options(overrides: list[str]) -> list[str]:
+    """`--set` options of `diffpipe run` / `sweep` for `path=value` overrides."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def grid_options(grid: dict[str, list[Any]], repeat_seeds: int = 1) -> list[str]:
+    """`--grid PATH=[...]` (values as JSON, which is YAML) and `--repeat-seeds` options of `diffpipe sweep`."""
+    out = [a for path, values in grid.items() for a in ("--grid", f"{path}={json.dumps(values)}")]
+    return [*out, "--repeat-seeds", str(repeat_seeds)]
+
+
+@dataclass
+class SweepRun:
+    """A finished sweep: the comparison it handed back, each cell's stages as `status` reads them from the
+    store's index (metrics with their timings, artifacts, cache keys), wall and CPU seconds."""
+
+    report: dict[str, Any]
+    cells: dict[str, dict[str, dict[str, Any]]]
+    """Cell name -> stage name -> the `diffpipe status --json` entry."""
+    wall_s: float
+    cpu_s: float
+
+
+def run_sweep(spec: Path, grid: dict[str, list[Any]], repeat_seeds: int, overrides: list[str],
+              workdir: Path) -> SweepRun:
+    """`diffpipe sweep SPEC` over `grid` x `repeat_seeds` seeds, then `diffpipe status` of its cells."""
+    options = [str(spec), *grid_options(grid, repeat_seeds), *set_options(overrides)]
+    done = run_diffpipe(["sweep", *options], workdir)
+    status = run_diffpipe(["status", *options], workdir).doc
+    cells = {c["cell"]: {s["name"]: s for s in c["stages"]} for c in status["cells"]}
+    return SweepRun(done.doc, cells, done.wall_s, done.cpu_s)
+
+
+def write_result(name: str, result: dict[str, Any], out: Path = RESULTS) -> Path:
+    """Write `<out>/<name>.json` with the environment, print it, and return its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     doc = {**result, "environment": environment()}
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(json.dumps(doc, indent=1, default=str))

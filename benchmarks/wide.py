@@ -6,19 +6,19 @@
 
 Step counts are cut with --set overrides so each measurement takes minutes on a shared 2-core machine
 (the JSON records the overrides); both arms of a ratio run in this process's session one after the other,
-with one torch thread per stage, on fresh artifact roots. Writes benchmarks/results/wide_<what>.json.
+with one torch thread per stage, on fresh artifact roots. Writes benchmarks/results/wide_<what>.json
+(--quick: a smoke run with even fewer steps, written to a temporary folder).
 """
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, run_diffpipe, write_result
+from harness import REPO, open_benchmark, parser, run_diffpipe, set_options, write_result
 
 CEI_QUICK = ["stages.diffusion.steps=300", "stages.baseline.steps=300", "stages.diffusion.checkpoint_every=300",
              "stages.baseline.checkpoint_every=300", "data.geometries_per_molecule=8",
@@ -29,34 +29,37 @@ RL_QUICK = ["model.block_out_channels=[16,32]", "model.norm_num_groups=8", "stag
             "stages.rl.group_size=4", "stages.rl.groups_per_step=2", "stages.rl.checkpoint_every=4",
             "stages.sample.num_samples=50", "stages.sample.scheduler.steps=8", "runtime.device=cpu",
             "runtime.num_threads=1"]
+SMOKE = {"cei": ["stages.diffusion.steps=30", "stages.baseline.steps=30", "stages.diffusion.checkpoint_every=30",
+                 "stages.baseline.checkpoint_every=30"],
+         "rl_sweep": ["stages.pretrain.steps=20", "stages.pretrain.checkpoint_every=20", "stages.rl.steps=2",
+                      "stages.rl.checkpoint_every=2"]}
+"""With --quick, on top of the overrides above: a smoke run of minutes, not a measurement."""
 ALGORITHMS = ("[{algorithm: flow_grpo, sampler_steps: 6}, {algorithm: diffusion_nft, sampler_steps: 6, "
               "train_timesteps: 2}, {algorithm: awm, sampler_steps: 6, timesteps_per_sample: 2}, "
               "{algorithm: ddrl, sampler_steps: 6, timesteps_per_sample: 2}]")
 
 
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
-def cei(work: Path) -> dict:
+def cei(work: Path, quick: bool) -> dict:
     """pipelines/cei.yaml with the diffusion model and the baseline side by side vs one stage at a time."""
     arms = {}
     for name, parallel in (("serial", 1), ("concurrent", 2)):
-        sets = [*CEI_QUICK, f"storage.root={work / name}", f"runtime.max_parallel_stages={parallel}"]
-        doc, wall = run_diffpipe(["run", str(REPO / "pipelines" / "cei.yaml"), *_sets(sets)], work / name)
-        arms[name] = {"wall_s": wall, "digests": {s["name"]: s["artifact"]["sha256"] for s in doc["stages"]},
-                      "states": {s["name"]: s["state"] for s in doc["stages"]}}
-        print(f"cei {name}: {wall:.1f} s", flush=True)
+        sets = [*CEI_QUICK, *(SMOKE["cei"] if quick else []), f"storage.root={work / name}",
+                f"runtime.max_parallel_stages={parallel}"]
+        done = run_diffpipe(["run", str(REPO / "pipelines" / "cei.yaml"), *set_options(sets)], work / name)
+        stages = done.doc["stages"]
+        arms[name] = {"wall_s": done.wall_s, "digests": {s["name"]: s["artifact"]["sha256"] for s in stages},
+                      "states": {s["name"]: s["state"] for s in stages}}
+        print(f"cei {name}: {done.wall_s:.1f} s", flush=True)
     return {"what": "pipelines/cei.yaml, concurrent (max_parallel_stages=2) / serial (1), 1 torch thread per stage",
             "overrides": CEI_QUICK, "serial": arms["serial"], "concurrent": arms["concurrent"],
             "wall_ratio_concurrent_over_serial": arms["concurrent"]["wall_s"] / arms["serial"]["wall_s"],
             "bit_identical": arms["concurrent"]["digests"] == arms["serial"]["digests"]}
 
 
-def rl_sweep(work: Path, dask: bool) -> dict:
+def rl_sweep(work: Path, dask: bool, quick: bool) -> dict:
     """4 RL algorithms x 3 seeds on digits: cells at once (threads or Dask) vs one cell at a time."""
     grid = ["--grid", f"stages.rl.algorithm={ALGORITHMS}", "--repeat-seeds", "3"]
-    arms, cluster = {}, None
+    arms, cluster, smoke = {}, None, SMOKE["rl_sweep"] if quick else []
     try:
         extra = []
         if dask:
@@ -64,11 +67,13 @@ def rl_sweep(work: Path, dask: bool) -> dict:
             extra = ["runtime.dask_address=tcp://127.0.0.1:8797"]
         for name, parallel in (("serial", 1), ("concurrent", 2)):
             if dask and name == "serial":
-                sets = [*RL_QUICK, f"storage.root={work / name}", "runtime.max_parallel_stages=1"]
+                sets = [*RL_QUICK, *smoke, f"storage.root={work / name}", "runtime.max_parallel_stages=1"]
             else:
-                sets = [*RL_QUICK, *extra, f"storage.root={work / name}", f"runtime.max_parallel_stages={parallel}"]
-            report, wall = run_diffpipe(["sweep", str(REPO / "pipelines" / "digits_rl.yaml"), *grid, *_sets(sets)],
-                                        work / name)
+                sets = [*RL_QUICK, *smoke, *extra, f"storage.root={work / name}",
+                        f"runtime.max_parallel_stages={parallel}"]
+            done = run_diffpipe(["sweep", str(REPO / "pipelines" / "digits_rl.yaml"), *grid, *set_options(sets)],
+                                work / name)
+            report, wall = done.doc, done.wall_s
             executed = {stage: sum(c["states"][stage] == "executed" for c in report["cells"])
                         for stage in report["cells"][0]["states"]}
             arms[name] = {"wall_s": wall, "executions": executed, "cells": len(report["cells"]),
@@ -105,15 +110,15 @@ def _start_dask(work: Path) -> list[subprocess.Popen]:
 
 def main() -> None:
     """Run one measurement and write its JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["cei", "rl_sweep"])
-    parser.add_argument("--dask", action="store_true", help="rl_sweep: run the concurrent arm on Dask")
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("what", choices=["cei", "rl_sweep"])
+    options.add_argument("--dask", action="store_true", help="rl_sweep: run the concurrent arm on Dask")
+    args = open_benchmark(options.parse_args())
     with tempfile.TemporaryDirectory(prefix="diffpipe-wide-") as tmp:
-        result = cei(Path(tmp)) if args.what == "cei" else rl_sweep(Path(tmp), args.dask)
+        result = cei(Path(tmp), args.quick) if args.what == "cei" else rl_sweep(Path(tmp), args.dask, args.quick)
     result["note"] = ("shared, busy 2-core machine (other engineers' jobs ran beside it; see the load average): "
                       "step counts cut with --set so each arm takes minutes; ratios are noisy")
-    write_result(f"wide_{args.what}{'_dask' if args.dask else ''}", result)
+    write_result(f"wide_{args.what}{'_dask' if args.dask else ''}", result, args.out)
 
 
 if __name__ == "__main__":

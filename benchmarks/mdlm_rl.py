@@ -1,80 +1,74 @@
 """Tiny MDLM on Countdown and Sudoku: pretrain, then each discrete RL algorithm at equal rollouts.
 
+Every model comes from the code the pipeline runs: the shipped spec (pipelines/countdown.yaml or
+sudoku.yaml) with this run's options is built in this process by its own stage functions
+(benchmarks/inprocess.py: the data and pretrain stages, cached in an artifact root), and RL is the rl
+stage's loop (`fine_tune_discrete`, tasks/rl/discrete/stage.py) with a hook that records held-out accuracy.
 Also: the pretrained model's sampled accuracy and pass@8 on the held-out split (RL's headroom), what
 guessing scores there (Countdown: a uniformly drawn expression over the given numbers, exact by
 enumeration), greedy accuracy on the training problems RL draws from before and after RL (does a gain
-transfer to held-out problems?), an optional sharpening probe (RL on a small fixed set of training
-problems: the machinery must raise their accuracy even where nothing transfers), ELBO
-estimator bias, variance and MSE against the exact ELBO (mask enumeration) at equal forward
-budgets, and forward passes per update of each algorithm. Prints and writes
-benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task and seed).
+transfer to held-out problems?), ELBO estimator bias, variance and MSE against the exact ELBO (mask
+enumeration) at equal forward budgets, and forward passes per rollout of each algorithm. Prints and writes
+benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task and seed; keys of runs made
+through the rl stage end in /stage, the others were measured with an earlier loop of this benchmark's own).
 
     python benchmarks/mdlm_rl.py --tasks countdown sudoku --seeds 0
-    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000 --probe-problems 32
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --block-length 8   # decode in one block
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --closeness 0.4    # dense reward beside the verifier
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --set beta=0 \
         --ema-decay 0.99 --eval-every 12288    # override an option, score an EMA, record a held-out curve
     python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --model d_model=128 \
         num_layers=4 --rollouts-per-update 160    # a larger MDLM, a larger rollout batch
+    python benchmarks/mdlm_rl.py --quick --algorithms coupled_grpo   # smoke run, written to a temp folder
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import fcntl
 import json
 import math
+import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
-from diffusers.training_utils import EMAModel
+from harness import REPO, environment, open_benchmark, parser
+from inprocess import metrics_of, run_in_process
 from pydantic import TypeAdapter, ValidationError
 
+from diffpipe.flows.spec_loading import validate_spec
+from diffpipe.schemas import PipelineSpec
 from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS, DiscreteAlgorithmSpec
-from diffpipe.tasks.data.reasoning import (
-    EOS,
-    MASK,
-    VOCAB,
-    all_countdown_expressions,
-    build_countdown,
-    build_sudoku,
-    closeness_completions,
-    reward_fn_for,
-)
-from diffpipe.tasks.mdlm import (
-    MaskPlan,
-    draw_elbo_plan,
-    masked_diffusion_loss,
-    masked_token_logps,
-    plan_estimate,
-    sample_completions,
-)
+from diffpipe.tasks.context import StageContext
+from diffpipe.tasks.data.reasoning import MASK, VOCAB, all_countdown_expressions, reward_fn_for
+from diffpipe.tasks.mdlm import MaskPlan, draw_elbo_plan, masked_token_logps, plan_estimate, sample_completions
 from diffpipe.tasks.mdlm.elbo import exact_elbo_from_sums, mask_size_sums
 from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
-from diffpipe.tasks.rl.discrete import rl_update
+from diffpipe.tasks.registry import get_domain
+from diffpipe.tasks.rl.discrete.stage import DiscreteRun, fine_tune_discrete, summary_metrics
+from diffpipe.tasks.sample import load_checkpoint
 from diffpipe.tasks.training import published_weights
 
 ALGORITHM_NAMES = [cls.model_fields["algorithm"].default for cls in DISCRETE_ALGORITHMS]
 """Every discrete algorithm, in the schema's order."""
 
-RESULTS = Path(__file__).parent / "results" / "mdlm_rl.json"
-CACHE = Path("/tmp/diffpipe_mdlm_rl_cache")
+CACHE = Path(tempfile.gettempdir()) / "diffpipe_mdlm_rl_cache"
+"""Artifact root of the data and pretrain stages (reused by later invocations: same spec, same cache key)."""
 TASKS = {
     # block_length: two semi-autoregressive blocks per completion; pretrain steps give a modest accuracy
-    "countdown": {"build": lambda s: build_countdown(1500, 200, seed=s), "block_length": 4,
-                  "pretrain_steps": 1500},
-    "sudoku": {"build": lambda s: build_sudoku(2000, 200, seed=s), "block_length": 8, "pretrain_steps": 600},
+    "countdown": {"spec": "countdown.yaml", "block_length": 4, "pretrain_steps": 1500},
+    "sudoku": {"spec": "sudoku.yaml", "block_length": 8, "pretrain_steps": 600},
 }
 MODEL = {"d_model": 64, "num_layers": 3, "num_heads": 4}
 ROLLOUTS_PER_UPDATE = 48
 PRACTISED_SHOWN = 200
 """How many of the problems RL draws from are scored before and after RL (the held-out split's size)."""
+QUICK = {"data": {"num_train": 64, "num_test": 16}, "pretrain_steps": 30, "rollouts": 48}
+"""--quick: a smoke run (tiny splits, 30 pretraining steps, one or two rollout batches), not a measurement."""
 
 
 def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,37 +77,81 @@ def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def model_suffix(architecture: dict, separator: str) -> str:
-    """'' for the default MODEL, else e.g. '/d_model=128/num_layers=4' (separator '/'): names caches and keys."""
+    """'' for the default MODEL, else e.g. '/d_model=128/num_layers=4' (separator '/'): names keys."""
     return "".join(f"{separator}{name}={value}" for name, value in architecture.items() if MODEL[name] != value)
 
 
-def pretrain(task: str, data: dict, seed: int, steps: int,
-             architecture: dict) -> tuple[MaskedDiffusionTransformer, dict]:
-    """Train (or load from the /tmp cache) an MDLM of `architecture` (MODEL's keys) with the masked-diffusion loss."""
-    path = CACHE / f"{task}_seed{seed}_steps{steps}{model_suffix(architecture, '_')}"
-    prompts, completions = tensors(data["train"])
-    if (path / "config.json").exists():
-        meta = json.loads((path / "meta.json").read_text())
-        return MaskedDiffusionTransformer.from_pretrained(path), meta
-    torch.manual_seed(seed)
-    model = MaskedDiffusionTransformer(VOCAB.size, prompts.shape[1] + completions.shape[1], MASK, **architecture)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / 100)
-                                                 * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    generator = torch.Generator().manual_seed(seed)
-    started = time.perf_counter()
-    for _ in range(steps):
-        idx = torch.randint(0, prompts.shape[0], (128,), generator=generator)
-        loss = masked_diffusion_loss(model, prompts[idx], completions[idx], MASK, generator)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    meta = {"pretrain_seconds": time.perf_counter() - started, "final_loss": float(loss.detach()),
-            "steps": steps, "params": sum(p.numel() for p in model.parameters())}
-    model.save_pretrained(path)
-    (path / "meta.json").write_text(json.dumps(meta))
-    return model, meta
+def pipeline(task: str, seed: int, pretrain_steps: int, architecture: dict, quick: bool) -> tuple[dict, dict]:
+    """The shipped spec of `task` with this run's MDLM and pretraining length (its data and pretrain stages
+    only), and the spec's rl stage (a template: its init weights)."""
+    raw = yaml.safe_load((REPO / "pipelines" / TASKS[task]["spec"]).read_text())
+    raw["data"].update(seed=seed, **(QUICK["data"] if quick else {}))
+    raw["model"] = {"arch": "mdlm", **architecture}
+    pretrain = next(s for s in raw["stages"] if s["name"] == "pretrain")
+    pretrain.update(steps=pretrain_steps, checkpoint_every=pretrain_steps)
+    template = next(s for s in raw["stages"] if s["name"] == "rl")
+    raw["stages"] = [pretrain]
+    raw["storage"] = {"root": str(CACHE / ("quick" if quick else "full"))}
+    raw["runtime"] = {"device": "cpu", "seed": seed, "num_threads": 1}
+    return raw, template
+
+
+def rl_stage(template: dict, algorithm: str, options: dict, args) -> dict:
+    """The rl stage of one algorithm at this run's budget: the references' group size, `rollouts_per_update`
+    rollouts per batch, enough batches for `rollouts`, the verifier's reward (plus closeness), AdamW as the
+    pipeline's loop runs it with the references' gradient clip 0.2 and no weight decay."""
+    spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **options})
+    group_size = spec.reference_group_size
+    groups = max(1, args.rollouts_per_update // group_size)
+    updates = math.ceil(args.rollouts / (group_size * groups))
+    steps = updates * spec.num_iterations
+    rewards = [{"name": "exact_verifier"}] + ([{"name": "countdown_closeness", "weight": args.closeness}]
+                                              if args.closeness else [])
+    return {"name": "rl", "stage": "rl", "init": "pretrain", "init_weights": template.get("init_weights", "online"),
+            "algorithm": spec.model_dump(mode="json"), "rewards": rewards, "group_size": group_size,
+            "groups_per_step": groups, "steps": steps, "lr": args.lr, "grad_clip": 0.2, "weight_decay": 0.0,
+            "warmup_steps": 0, "ema_decay": args.ema_decay or None, "checkpoint_every": steps, "log_every": steps}
+
+
+def run_rl(spec: PipelineSpec, store, refs: dict, data: dict, task: str, block_length: int,
+           eval_every: int) -> dict:
+    """The rl stage's loop from the pretrained checkpoint; held-out accuracy and wall time (evaluation excluded).
+
+    With `eval_every`, greedy held-out accuracy of the online weights is also recorded every that many rollouts.
+    What is scored at the end is what the stage publishes (its EMA when `ema_decay` is set); the online
+    weights' scores are kept beside it.
+    """
+    curve, evaluating = {}, [0.0]
+    mu = spec.stage("rl").algorithm.num_iterations
+
+    def hook(step: int, run: DiscreteRun) -> None:
+        rollouts = step // mu * spec.stage("rl").group_size * spec.stage("rl").groups_per_step
+        if eval_every and step % mu == 0 and rollouts // eval_every > len(curve):
+            tick = time.perf_counter()
+            curve[rollouts] = evaluate(run.policy.eval(), task, data["test"], block_length)["accuracy"]
+            run.policy.train()
+            evaluating[0] += time.perf_counter() - tick
+
+    with tempfile.TemporaryDirectory() as tmp:
+        key = f"bench-mdlm-rl-{time.time_ns()}"
+        ctx = StageContext(spec, "rl", key, {"data": refs["data"], "init": refs["pretrain"]}, store, Path(tmp),
+                           log=lambda m: None, progress=False)
+        done = fine_tune_discrete(ctx, spec.stage("rl"), hook)
+        store.clear_run(key)
+    wall = done.result.wall_s - evaluating[0]
+    scored = published_weights(done.policy, done.ema)
+    stats = summary_metrics(done.state)
+    return {
+        "after": evaluate(scored, task, data["test"], block_length), "wall_seconds": wall,
+        "after_on_rl_problems": evaluate(scored, task, practised(data["train"]), block_length),
+        **({"after_online_weights": evaluate(done.policy, task, data["test"], block_length)} if done.ema else {}),
+        "updates": stats["rollout_batches"], "rollouts": stats["samples_generated"],
+        "group_size": spec.stage("rl").group_size, "num_iterations": mu,
+        "train_reward": stats["train_reward"], "train_accuracy": stats["train_accuracy"],
+        "zero_std_ratio": stats["zero_std_ratio"], "forwards_per_rollout": stats["forwards_per_rollout"],
+        "seconds_per_update": wall / stats["rollout_batches"],
+        **({"held_out_accuracy_by_rollouts": curve} if curve else {}),
+    }
 
 
 @torch.no_grad()
@@ -151,80 +189,6 @@ def countdown_chance(ds, k: int = 8) -> dict[str, float]:
         hit_rates.append(np.mean([e.value is not None and e.value == target for e in expressions]))
     hits = np.array(hit_rates)
     return {"accuracy": float(hits.mean()), f"pass@{k}": float((1 - (1 - hits) ** k).mean())}
-
-
-RewardFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-"""(prompts, completions) -> (rewards, exactly correct), as `rl_update` takes it."""
-
-
-def rl_reward_fn(task: str, closeness: float) -> RewardFn:
-    """The exact verifier's d1 reward, plus `closeness` x `countdown_closeness` when that weight is positive."""
-    verifier = reward_fn_for(task)
-    if not closeness:
-        return verifier
-
-    def reward_fn(prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rewards, correct = verifier(prompts, completions)
-        dense = closeness_completions(prompts.cpu().numpy(), completions.cpu().numpy())
-        return rewards + closeness * torch.from_numpy(dense).float(), correct
-
-    return reward_fn
-
-
-def run_rl(task: str, base: torch.nn.Module, data: dict, algorithm: str, seed: int, rollout_budget: int,
-           block_length: int, lr: float, closeness: float = 0.0, overrides: dict | None = None,
-           eval_every: int = 0, ema_decay: float = 0.0, rollouts_per_update: int = ROLLOUTS_PER_UPDATE) -> dict:
-    """RL from the pretrained model until `rollout_budget` rollouts; held-out accuracy and wall time.
-
-    `overrides` replace the algorithm's schema defaults (validated by the schema); with `eval_every`, greedy
-    held-out accuracy is also recorded every that many rollouts (its time is not counted in the wall time).
-    With `ema_decay`, an EMA of the weights (stepped once per rollout batch) is what is scored, as the rl stage
-    publishes its EMA; the online weights' scores are kept beside it.
-    """
-    model, ref = copy.deepcopy(base), copy.deepcopy(base).requires_grad_(False)
-    ema = EMAModel(model.parameters(), decay=ema_decay, foreach=True) if ema_decay else None
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python(
-        {"algorithm": algorithm, "block_length": block_length, **(overrides or {})})
-    group_size = spec.reference_group_size
-    prompts, completions = tensors(data["train"])
-    per_update = max(1, rollouts_per_update // group_size)
-    reward_fn = rl_reward_fn(task, closeness)
-    generator = torch.Generator().manual_seed(1000 + seed)
-    rollouts, history, curve, evaluating = 0, [], {}, 0.0
-    started = time.perf_counter()
-    while rollouts < rollout_budget:
-        idx = torch.randint(0, prompts.shape[0], (per_update,), generator=generator)
-        stats = rl_update(model, ref, optimizer, prompts[idx], spec, generator, group_size=group_size,
-                          reward_fn=reward_fn, completion_length=completions.shape[1], eos_token_id=EOS)
-        rollouts += stats["rollouts"]
-        history.append(stats)
-        if ema is not None:
-            ema.step(model.parameters())
-        if eval_every and rollouts // eval_every > len(curve):
-            tick = time.perf_counter()
-            scored = published_weights(model, ema)
-            curve[rollouts] = evaluate(scored, task, data["test"], block_length)["accuracy"]
-            evaluating += time.perf_counter() - tick
-    wall = time.perf_counter() - started - evaluating
-    scored = published_weights(model, ema)
-    keys = ("sampling_forwards_per_rollout", "scoring_forwards_per_rollout", "grad_forwards_per_rollout")
-    quarter = len(history) // 4 or 1
-    return {
-        "after": evaluate(scored, task, data["test"], block_length), "wall_seconds": wall,
-        "after_on_rl_problems": evaluate(scored, task, practised(data["train"]), block_length),
-        **({"after_online_weights": evaluate(model, task, data["test"], block_length)} if ema else {}),
-        "updates": len(history), "rollouts": rollouts, "group_size": group_size,
-        "num_iterations": spec.num_iterations,
-        "train_reward_first_quarter": float(np.mean([h["reward_mean"] for h in history[:quarter]])),
-        "train_reward_last_quarter": float(np.mean([h["reward_mean"] for h in history[-quarter:]])),
-        "zero_std_ratio": float(np.mean([h["zero_std_ratio"] for h in history])),
-        "forwards_per_rollout": {k: history[0][k] for k in keys},
-        "forwards_per_update": {k.replace("_per_rollout", ""): history[0][k] * history[0]["rollouts"]
-                                for k in keys},
-        "seconds_per_update": wall / len(history),
-        **({"held_out_accuracy_by_rollouts": curve} if curve else {}),
-    }
 
 
 @torch.no_grad()
@@ -277,27 +241,27 @@ def time_share(model: torch.nn.Module, prompts: torch.Tensor, completions: torch
     return float((between / (between + within.mean(0))).mean())
 
 
-def save_run(key: str, run: dict, config: dict) -> None:
+def save_run(key: str, run: dict, config: dict, results: Path) -> None:
     """Merge one run into the results JSON (re-read just before writing; algorithms of an earlier run of the same
     key are kept unless this run repeats them), so invocations that split the algorithms between them add up."""
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with open(results.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merge_run(key, run, config)
+        merge_run(key, run, config, results)
 
 
-def merge_run(key: str, run: dict, config: dict) -> None:
+def merge_run(key: str, run: dict, config: dict, path: Path) -> None:
     """Read the results JSON, add the run to it and replace it atomically (the caller holds the lock)."""
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"runs": {}}
+    results = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     results["config"] = config
     earlier = results["runs"].get(key, {}).get("algorithms", {})
     run["algorithms"] = {**earlier, **run["algorithms"]}
     before = max(run["before"]["accuracy"], 1e-9)
     run["accuracy_ratio_after_over_before"] = {a: r["after"]["accuracy"] / before for a, r in run["algorithms"].items()}
     results["runs"][key] = run
-    temporary = RESULTS.with_suffix(".json.tmp")
+    temporary = path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(results, indent=1))
-    temporary.replace(RESULTS)
+    temporary.replace(path)
 
 
 def check_architecture(architecture: dict) -> None:
@@ -318,34 +282,63 @@ def option_override(item: str) -> tuple[str, object]:
     return name, yaml.safe_load(value)
 
 
-def main() -> None:
-    """Run the benchmark for the requested tasks and seeds, merge into the JSON results."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", nargs="+", default=["countdown", "sudoku"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHM_NAMES))
-    parser.add_argument("--rollouts", type=int, default=1536)
-    parser.add_argument("--elbo-replicates", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--skip-elbo", action="store_true")
-    parser.add_argument("--pretrain-steps", type=int, default=None, help="default: the task's")
-    parser.add_argument("--block-length", type=int, default=None,
-                        help="decoding block length of evaluation and rollouts (default: the task's)")
-    parser.add_argument("--closeness", type=float, default=0.0,
-                        help="Countdown: weight of the countdown_closeness reward added to the verifier's")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override the algorithms' schema options, e.g. beta=0 num_iterations=4")
-    parser.add_argument("--eval-every", type=int, default=0,
-                        help="also record greedy held-out accuracy every this many rollouts")
-    parser.add_argument("--ema-decay", type=float, default=0.0,
-                        help="score an EMA of the RL weights with this decay per rollout batch (0: the raw weights)")
-    parser.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
-                        help=f"override the MDLM's architecture {MODEL}, e.g. d_model=128 num_layers=4")
-    parser.add_argument("--rollouts-per-update", type=int, default=ROLLOUTS_PER_UPDATE,
-                        help="rollouts per rollout batch (rounded down to whole groups, at least one group)")
-    parser.add_argument("--probe-problems", type=int, default=0,
-                        help="sharpening probe: RL draws from only this many training problems (0: all)")
-    args = parser.parse_args()
+def run_key(task: str, seed: int, args, architecture: dict, overrides: dict) -> str:
+    """The results key of a run: task, seed and every option that differs from the defaults; '/stage' last."""
+    key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}{model_suffix(architecture, '/')}"
+    if args.pretrain_steps:
+        key += f"/pretrain{args.pretrain_steps}"
+    if args.block_length:
+        key += f"/block{args.block_length}"
+    if args.closeness:
+        key += f"/closeness{args.closeness:g}"
+    key += "".join(f"/{name}={value}" for name, value in overrides.items())
+    if args.ema_decay:
+        key += f"/ema{args.ema_decay:g}"
+    if args.rollouts_per_update != ROLLOUTS_PER_UPDATE:
+        key += f"/batch{args.rollouts_per_update}"
+    return key + "/stage"
+
+
+def pretrained(task: str, seed: int, args, architecture: dict) -> tuple[dict, dict, object, dict, dict,
+                                                                       torch.nn.Module]:
+    """Data and pretrain stages of the task's spec (cached): raw spec, rl template, store, refs, splits and the
+    weights RL starts from."""
+    steps = args.pretrain_steps or (QUICK["pretrain_steps"] if args.quick else TASKS[task]["pretrain_steps"])
+    raw, template = pipeline(task, seed, steps, architecture, args.quick)
+    store, refs = run_in_process(validate_spec(copy.deepcopy(raw)))
+    domain, data_path = get_domain(raw["data"]["kind"]), store.local_path(refs["data"])
+    data = {split: domain.load_split(data_path, split) for split in ("train", "test")}
+    model, _, _ = load_checkpoint(store.local_path(refs["pretrain"]), template.get("init_weights", "online"))
+    return raw, template, store, refs, data, model.eval()
+
+
+def parse() -> tuple:
+    """Options (the harness's shared ones and this benchmark's), algorithm overrides and the MDLM architecture."""
+    options = parser(__doc__)
+    options.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["countdown", "sudoku"])
+    options.add_argument("--seeds", nargs="+", type=int, default=[0])
+    options.add_argument("--algorithms", nargs="+", choices=ALGORITHM_NAMES, default=list(ALGORITHM_NAMES))
+    options.add_argument("--rollouts", type=int, default=None, help="rollouts per algorithm (default 1536)")
+    options.add_argument("--elbo-replicates", type=int, default=128)
+    options.add_argument("--lr", type=float, default=1e-4)
+    options.add_argument("--skip-elbo", action="store_true")
+    options.add_argument("--pretrain-steps", type=int, default=None, help="default: the task's")
+    options.add_argument("--block-length", type=int, default=None,
+                         help="decoding block length of evaluation and rollouts (default: the task's)")
+    options.add_argument("--closeness", type=float, default=0.0,
+                         help="Countdown: weight of the countdown_closeness reward added to the verifier's")
+    options.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                         help="override the algorithms' schema options, e.g. beta=0 num_iterations=4")
+    options.add_argument("--eval-every", type=int, default=0,
+                         help="also record greedy held-out accuracy every this many rollouts")
+    options.add_argument("--ema-decay", type=float, default=0.0,
+                         help="the rl stage's ema_decay (per optimizer step); its EMA is what is scored (0: none)")
+    options.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
+                         help=f"override the MDLM's architecture {MODEL}, e.g. d_model=128 num_layers=4")
+    options.add_argument("--rollouts-per-update", type=int, default=ROLLOUTS_PER_UPDATE,
+                         help="rollouts per rollout batch (rounded down to whole groups, at least one group)")
+    args = open_benchmark(options.parse_args())
+    args.rollouts = args.rollouts or (QUICK["rollouts"] if args.quick else 1536)
     overrides = dict(option_override(item) for item in args.set)
     architecture = {**MODEL, **dict(option_override(item) for item in args.model)}
     check_architecture(architecture)
@@ -354,52 +347,44 @@ def main() -> None:
             TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **overrides})
         except ValidationError as error:
             raise SystemExit(f"--set {' '.join(args.set)} does not fit {algorithm}: {error}") from None
-    torch.set_num_threads(1)
-    config = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": 1,
-              "optimizer": "AdamW betas (0.9, 0.99), no weight decay",
+    return args, overrides, architecture
+
+
+def main() -> None:
+    """Run the benchmark for the requested tasks and seeds, merge into the JSON results."""
+    args, overrides, architecture = parse()
+    results = args.out / "mdlm_rl.json"
+    config = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": args.threads,
+              "loop": "the rl stage's (fine_tune_discrete: AdamW, grad_clip 0.2, no weight decay, no warmup)",
               "options": "the rl stage schema's defaults (schemas/rl_discrete.py = the references'), "
                          "block_length per task unless a run's key names one"}
     for task in args.tasks:
-        spec = {**TASKS[task], **({"block_length": args.block_length} if args.block_length else {})}
+        block_length = args.block_length or TASKS[task]["block_length"]
         for seed in args.seeds:
-            data = spec["build"](seed)
-            model, meta = pretrain(task, data, seed, args.pretrain_steps or spec["pretrain_steps"], architecture)
-            rl_data = {**data, "train": data["train"].isel(problem=slice(0, args.probe_problems or None))}
-            run = {"pretrain": meta, "before": evaluate(model, task, data["test"], spec["block_length"]),
-                   "before_on_rl_problems": evaluate(model, task, practised(rl_data["train"]), spec["block_length"]),
-                   "headroom": headroom(model, task, data["test"], spec["block_length"]), "algorithms": {}}
+            raw, template, store, refs, data, model = pretrained(task, seed, args, architecture)
+            meta = metrics_of(store, refs["pretrain"])
+            run = {"pretrain": {k: v for k, v in meta.items() if isinstance(v, int | float | str | None)},
+                   "before": evaluate(model, task, data["test"], block_length),
+                   "before_on_rl_problems": evaluate(model, task, practised(data["train"]), block_length),
+                   "headroom": headroom(model, task, data["test"], block_length), "algorithms": {}}
             if task == "countdown":
                 run["chance"] = countdown_chance(data["test"])
-            print(task, seed, "pretrained", run["before"], run["headroom"], meta, flush=True)
+            print(task, seed, "pretrained", run["before"], run["headroom"], run["pretrain"], flush=True)
             if task == "countdown" and not args.skip_elbo:
                 run["elbo_study"] = elbo_study(model, data, 24, args.elbo_replicates, seed)
                 print(json.dumps(run["elbo_study"], indent=1), flush=True)
             for algorithm in args.algorithms:
-                run["algorithms"][algorithm] = run_rl(task, model, rl_data, algorithm, seed, args.rollouts,
-                                                      spec["block_length"], args.lr, args.closeness, overrides,
-                                                      args.eval_every, args.ema_decay, args.rollouts_per_update)
+                options = {"block_length": block_length, **overrides}
+                stage = rl_stage(template, algorithm, options, args)
+                spec = validate_spec({**raw, "stages": [*raw["stages"], stage]})
+                run["algorithms"][algorithm] = run_rl(spec, store, refs, data, task, block_length, args.eval_every)
                 print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
-            run["rl_lr"], run["rollouts_per_algorithm"] = args.lr, args.rollouts
-            run["rl_problems"] = rl_data["train"].sizes["problem"]
-            run["block_length"], run["closeness_weight"] = spec["block_length"], args.closeness
-            run["option_overrides"], run["ema_decay"], run["model"] = overrides, args.ema_decay, architecture
-            run["rollouts_per_update"] = args.rollouts_per_update
-            key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}{model_suffix(architecture, '/')}"
-            if args.pretrain_steps:
-                key += f"/pretrain{args.pretrain_steps}"
-            if args.probe_problems:
-                key += f"/probe{args.probe_problems}"
-            if args.block_length:
-                key += f"/block{args.block_length}"
-            if args.closeness:
-                key += f"/closeness{args.closeness:g}"
-            key += "".join(f"/{name}={value}" for name, value in overrides.items())
-            if args.ema_decay:
-                key += f"/ema{args.ema_decay:g}"
-            if args.rollouts_per_update != ROLLOUTS_PER_UPDATE:
-                key += f"/batch{args.rollouts_per_update}"
-            save_run(key, run, config)
-    print(f"wrote {RESULTS}")
+            run.update(rl_lr=args.lr, rollouts_per_algorithm=args.rollouts, block_length=block_length,
+                       closeness_weight=args.closeness, option_overrides=overrides, ema_decay=args.ema_decay,
+                       model=architecture, rollouts_per_update=args.rollouts_per_update,
+                       rl_problems=data["train"].sizes["problem"], environment=environment())
+            save_run(run_key(task, seed, args, architecture, overrides), run, config, results)
+    print(f"wrote {results}")
 
 
 if __name__ == "__main__":

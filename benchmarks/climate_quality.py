@@ -1,8 +1,9 @@
 """Climate emulation quality: runs a climate pipeline and puts emulator, pattern scaling and UNet side by side.
 
 Run: `python benchmarks/climate_quality.py [--spec pipelines/climate.yaml] [--set key=value ...]`; writes
-benchmarks/results/climate_quality.json (or --out). The pipeline runs through the real CLI (`diffpipe run
---json`) in a fresh artifact root. Besides wall time it records the CPU seconds of the run and the load
+benchmarks/results/climate_quality.json (or <--out>/<--name>.json; --quick: a smoke run with a few training
+steps, to a temp folder). The pipeline runs through the real CLI (`diffpipe run --json`, by the shared
+harness) in a fresh artifact root. Besides wall time it records the CPU seconds of the run and the load
 average: on a shared machine CPU seconds are the better estimate of the wall time on idle cores.
 Scores: ClimateBench NRMSE (spatial, global, total = s + 5 g) and fair CRPS per variable on the held-out
 scenario's evaluation window, with the internal-variability floor (one ESM member against the others).
@@ -10,40 +11,19 @@ scenario's evaluation window, with the internal-variability floor (one ESM membe
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import resource
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results" / "climate_quality.json"
+from harness import REPO, open_benchmark, parser, run_diffpipe, set_options, write_result
+
 SCORES = ("nrmse_spatial", "nrmse_global", "nrmse_total", "crps", "spread_skill_ratio")
 GPU_HINT = """Full profile (96 x 144 grid, 50 members; on a GPU machine with the CUDA build of torch in .venv):
-  python benchmarks/climate_quality.py --spec pipelines/climate_full.yaml \\
-      --out benchmarks/results/climate_quality_full.json"""
-
-
-def run_pipeline(spec: Path, root: Path, overrides: list[str]) -> tuple[list[dict], float, float]:
-    """Run the spec with the CLI; (per-node summary, wall seconds, CPU seconds of the child processes)."""
-    command = [str(Path(sys.executable).parent / "diffpipe"), "run", str(spec), "--json",
-               "--set", f"storage.root={root}"]
-    for assignment in overrides:
-        command += ["--set", assignment]
-    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
-    wall = time.perf_counter() - start
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        sys.stderr.write(done.stderr[-4000:])
-        raise SystemExit(f"pipeline failed with exit code {done.returncode}")
-    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    return json.loads(done.stdout)["stages"], wall, cpu
+  python benchmarks/climate_quality.py --spec pipelines/climate_full.yaml --name climate_quality_full"""
+QUICK = ["stages.emulator.steps=8", "stages.emulator.checkpoint_every=8", "stages.unet.steps=8",
+         "stages.unet.checkpoint_every=8"]
+"""--quick: 8 training steps per model, a smoke run (not a measurement)."""
 
 
 def evaluations(summary: list[dict]) -> dict[str, dict]:
@@ -96,15 +76,18 @@ def print_table(table: dict[str, dict[str, dict[str, float]]]) -> None:
 
 def main() -> None:
     """Run the pipeline, write the JSON, print the table and how to run the full profile."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", type=Path, default=REPO / "pipelines" / "climate.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value")
-    parser.add_argument("--root", type=Path, default=None, help="artifact root (default: a fresh temp folder)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    options = parser(__doc__)
+    options.add_argument("--spec", type=Path, default=REPO / "pipelines" / "climate.yaml")
+    options.add_argument("--set", dest="overrides", action="append", default=[], help="spec override key=value")
+    options.add_argument("--root", type=Path, default=None, help="artifact root (default: a fresh temp folder)")
+    options.add_argument("--name", default="climate_quality", help="results file name (without .json)")
+    args = open_benchmark(options.parse_args())
+    args.overrides = [*(QUICK if args.quick else []), *args.overrides]
     root = args.root or Path(tempfile.mkdtemp(prefix="climate_quality_"))
     load_before = os.getloadavg()
-    summary, wall, cpu = run_pipeline(args.spec.resolve(), root, args.overrides)
+    done = run_diffpipe(["run", str(args.spec.resolve()), *set_options([f"storage.root={root}", *args.overrides])],
+                        Path(tempfile.mkdtemp(prefix="climate_quality_work_")))
+    summary, wall, cpu = done.doc["stages"], done.wall_s, done.cpu_s
     evals = evaluations(summary)
     table = side_by_side(evals)
     stages = {n["name"]: {k: v for k, v in n["metrics"].items() if k.endswith(("_wall_s", "steps_per_s"))}
@@ -117,12 +100,11 @@ def main() -> None:
         "load_average_before": load_before, "load_average_after": os.getloadavg(),
         "stages": stages, "scores": table, "goals": goals(table),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_result(args.name, result, args.out)
     print_table(table)
     print(json.dumps(result["goals"], indent=2))
     print(f"wall {wall:.0f} s, CPU {cpu:.0f} s on {os.cpu_count()} cores (load before {load_before[0]:.1f}); "
-          f"written to {args.out}")
+          f"written to {path}")
     print(GPU_HINT)
 
 

@@ -1,7 +1,8 @@
 """Few-step generation on the science domains: teacher vs CMT and MeanFlow students, by function evaluations.
 
-Runs the shipped spec of a domain (pipelines/cei_distill.yaml or pipelines/climate_distill.yaml) through
-`diffpipe run` once per seed, with its sample / evaluate stages replaced by a grid: the flow-matching
+Runs the shipped spec of a domain (pipelines/cei_distill.yaml or pipelines/climate_distill.yaml) as one
+`diffpipe sweep` over the seeds (through the shared harness; one stage at a time unless --parallel, so the
+training wall times are not shared), with its sample / evaluate stages replaced by a grid: the flow-matching
 teacher with its Euler solver in 1, 2, 4, 8 and 50 steps, and each two-time student (the CMT checkpoint,
 and MeanFlow students initialised from CMT, from the teacher and from random weights, equal steps) in 1,
 2 and 4 flow-map steps; each MeanFlow init is also trained for 1/4 and 1/2 of its steps and sampled in 2
@@ -15,6 +16,7 @@ loss spikes are counted on each midtrain / distill stage's published losses.
 Prints and writes benchmarks/results/distill_<domain>.json.
 
     python benchmarks/distill_domains.py --domain cei --seeds 0 1 2
+    python benchmarks/distill_domains.py --domain cei --quick    # a smoke run (tiny steps), to a temp folder
 
 The pipeline children import diffpipe from this checkout while they run (one to two hours per domain), so
 edits made meanwhile leak into later seeds: run long grids from a `git worktree` of a fixed commit.
@@ -22,22 +24,18 @@ edits made meanwhile leak into later seeds: run long grids from a `git worktree`
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
+from harness import REPO, open_benchmark, parser, run_sweep, write_result
 
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.training import LOSSES_FILE, count_spikes
 
-REPO = Path(__file__).resolve().parents[1]
 TEACHER_STEPS = (1, 2, 4, 8, 50)
 STUDENT_STEPS = (1, 2, 4)
 INITS = ("cmt", "teacher", "random")
@@ -57,10 +55,12 @@ DOMAINS = {
 }
 
 
-def grid_spec(domain: str) -> dict:
-    """The domain's shipped spec with the sample / evaluate grid and one MeanFlow student per init."""
+def grid_spec(domain: str, quick: bool) -> dict:
+    """The domain's shipped spec (shrunk with `quick`) with the sample / evaluate grid and one MeanFlow
+    student per init."""
     config = DOMAINS[domain]
     spec = yaml.safe_load((REPO / "pipelines" / config["spec"]).read_text())
+    spec = shrink(spec) if quick else spec
     stages = [s for s in spec["stages"] if s["stage"] not in ("sample", "evaluate")]
     template = next(s for s in spec["stages"] if s["stage"] == "sample")
     meanflow = next(s for s in stages if s["stage"] == "distill")
@@ -106,18 +106,18 @@ def steps_to_threshold(scores: dict[str, dict[str, float]], metric: str, total: 
     return out
 
 
-def run_seed(spec_path: Path, root: Path, seed: int, threads: int) -> dict[str, dict]:
-    """One `diffpipe run` of the grid spec; stage name -> summary entry."""
-    command = [sys.executable, "-m", "diffpipe.flows.cli", "run", str(spec_path), "--json", "--set",
-               f"storage.root={root}", "--set", f"runtime.seed={seed}", "--set", f"runtime.num_threads={threads}"]
-    out, err = root / f"seed{seed}.out", root / f"seed{seed}.err"
-    with out.open("w") as stdout, err.open("w") as stderr:  # files, not pipes: a crashed run's orphaned
-        code = subprocess.run(command, stdout=stdout, stderr=stderr, cwd=REPO,  # server would hold a pipe open
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
-    if code:
-        sys.exit(f"pipeline failed ({code}):\n{err.read_text()[-4000:]}")
-    text = out.read_text()
-    return {s["name"]: s for s in json.loads(text[text.index("{"):])["stages"]}
+QUICK_STEPS = 8
+"""--quick: every training stage runs this many steps (CEI: also 4 geometries per molecule): a smoke run."""
+
+
+def shrink(spec: dict) -> dict:
+    """The spec of a smoke run: QUICK_STEPS steps per training stage, CEI's data cut down."""
+    for stage in spec["stages"]:
+        if stage["stage"] in ("pretrain", "midtrain", "distill"):
+            stage.update(steps=QUICK_STEPS, checkpoint_every=QUICK_STEPS)
+    if "geometries_per_molecule" in spec["data"]:
+        spec["data"]["geometries_per_molecule"] = 4
+    return spec
 
 
 def scores_of(domain: str, metrics: dict) -> dict[str, float]:
@@ -191,19 +191,23 @@ def summarise(runs: list[dict]) -> dict:
 
 def main() -> None:
     """Run the grid for every seed and write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--domain", choices=sorted(DOMAINS), required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: two benchmarks share 2 cores)")
-    parser.add_argument("--root", type=Path, default=None, help="artifact root (default: a temporary folder)")
-    args = parser.parse_args()
-    root = args.root or Path(tempfile.gettempdir()) / f"diffpipe_distill_{args.domain}"
+    options = parser(__doc__)
+    options.add_argument("--domain", choices=sorted(DOMAINS), required=True)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--parallel", type=int, default=1, help="runtime.max_parallel_stages of the sweep")
+    options.add_argument("--root", type=Path, default=None,
+                         help="artifact root, reused as a cache by later runs (default: one under the temp folder)")
+    args = open_benchmark(options.parse_args())
+    root = args.root or Path(tempfile.gettempdir()) / f"diffpipe_distill_{args.domain}{'_quick' if args.quick else ''}"
     root.mkdir(parents=True, exist_ok=True)
     spec_path = root / "grid.yaml"
-    spec_path.write_text(yaml.safe_dump(grid_spec(args.domain), sort_keys=False))
+    spec_path.write_text(yaml.safe_dump(grid_spec(args.domain, args.quick), sort_keys=False))
+    overrides = [f"storage.root={root}", f"runtime.num_threads={args.threads}",
+                 f"runtime.max_parallel_stages={args.parallel}"]
     t0, runs, teacher = time.perf_counter(), [], DOMAINS[args.domain]["teacher"]
-    for seed in args.seeds:
-        nodes = run_seed(spec_path, root, seed, args.threads)
+    done = run_sweep(spec_path, {"runtime.seed": args.seeds}, 1, overrides, root / "sweep")
+    for cell in done.report["cells"]:
+        seed, nodes = cell["seed"], done.cells[cell["cell"]]
         evaluations = {name.removeprefix("evaluate_"): node["metrics"] for name, node in nodes.items()
                        if node["stage"] == "evaluate"}
         record = {"seed": seed, "scores": {label: scores_of(args.domain, m) for label, m in evaluations.items()},
@@ -219,11 +223,9 @@ def main() -> None:
         runs.append(record)
     result = {"domain": args.domain, "spec": f"pipelines/{DOMAINS[args.domain]['spec']}", "seeds": args.seeds,
               "torch_threads": args.threads, "teacher_steps": TEACHER_STEPS, "student_steps": STUDENT_STEPS,
-              "summary": summarise(runs), "runs": runs, "benchmark_wall_s": time.perf_counter() - t0}
-    out = REPO / "benchmarks" / "results" / f"distill_{args.domain}.json"
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["summary"], indent=1))
-    print(f"wrote {out} in {result['benchmark_wall_s']:.0f} s")
+              "quick_steps": QUICK_STEPS if args.quick else None, "summary": summarise(runs), "runs": runs,
+              "benchmark_wall_s": time.perf_counter() - t0}
+    write_result(f"distill_{args.domain}", result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ classifier log-probability, ink, classifier accuracy and the digits Frechet dist
 - the hackable `ink` reward: ink, Frechet distance and accuracy before and after;
 - two rewards at once (classifier_logprob and ink), combined by a weighted sum or by MARBLE.
 
-Prints and writes benchmarks/results/rl_digits.json.
+The data and pretrain stages run in this process through their stage functions (benchmarks/inprocess.py,
+cached in an artifact root); the runs are not a `diffpipe sweep` because the curves are measured inside the
+rl stage's loop. Prints and writes benchmarks/results/rl_digits.json.
 
     python benchmarks/rl_digits.py --seeds 0 1 2 --rollouts 24
+    python benchmarks/rl_digits.py --quick      # a smoke run of minutes, written to a temp folder
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,20 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from harness import REPO, open_benchmark, parser, write_result
+from inprocess import run_in_process
 
-from diffpipe.flows.plan import node_key, nodes
 from diffpipe.flows.spec_loading import validate_spec
-from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.data.digits import DigitsDomain
 from diffpipe.tasks.data.digits_rewards import classifier_logprob, ink
 from diffpipe.tasks.domain import ImageDomain
-from diffpipe.tasks.registry import get_domain, get_stage
+from diffpipe.tasks.registry import get_domain
 from diffpipe.tasks.rl.continuous import rollout, sampler_grid
 from diffpipe.tasks.rl.stage import RLRun, fine_tune
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "rl_digits.json"
 CACHE = Path(tempfile.gettempdir()) / "diffpipe_rl_digits_cache"
 ALGORITHMS = {
     # CPU-sized options; everything else is the schema's reference default
@@ -63,23 +62,6 @@ def pipeline(seed: int, pretrain_steps: int, rl: dict) -> dict:
     raw["storage"] = {"root": str(CACHE)}
     raw["runtime"] = {"device": "cpu", "seed": seed}
     return raw
-
-
-def build_upstream(spec) -> tuple[ArtifactStore, dict]:
-    """Data and pretrain artifacts (cached under CACHE), run in-process without Prefect."""
-    store, refs = ArtifactStore(spec.storage.root), {}
-    for node in nodes(spec)[:2]:
-        key, _ = node_key(spec, node, refs)
-        ref = store.lookup(key, verify=False)
-        if ref is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                ctx = StageContext(spec, node.name, key, {n: refs[s] for n, s in node.upstream.items()}, store,
-                                   Path(tmp), log=lambda m: None, progress=False)
-                out = get_domain(node.kind).build(ctx) if node.name == "data" else get_stage(node.kind)(ctx)
-                ref = store.publish(Path(tmp), out.kind, {"node": node.name, "cache_key": key})
-            store.record_key(key, ref, {"node": node.name})
-        refs[node.name] = ref
-    return store, refs
 
 
 class Evaluator:
@@ -118,7 +100,7 @@ def run_one(algo: str, reward: str, seed: int, args, combine: str | None = None)
     updates = 2 if algo == "flow_grpo" else 1
     rl.update(steps=args.rollouts * updates, checkpoint_every=10_000 * updates)
     spec = validate_spec(pipeline(seed, args.pretrain_steps, rl))
-    store, refs = build_upstream(spec)
+    store, refs = run_in_process(spec, only={"pretrain"})  # data and pretrain, cached under CACHE
     data_path = store.local_path(refs["data"])
     evaluate, curve, eval_wall = Evaluator(data_path, args.eval_per_class, args.eval_steps), [], [0.0]
 
@@ -207,22 +189,24 @@ def summarise(runs: list[dict]) -> dict:
 
 def main() -> None:
     """Run every algorithm on the classifier reward and on ink, then the two-reward runs, for every seed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rollouts", type=int, default=24, help="rollout batches per run (equal for all)")
-    parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--groups", type=int, default=4)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--pretrain-steps", type=int, default=150)
-    parser.add_argument("--eval-every", type=int, default=4)
-    parser.add_argument("--eval-per-class", type=int, default=20)
-    parser.add_argument("--eval-steps", type=int, default=10)
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    parser.add_argument("--ink-seeds", type=int, nargs="*", default=None, help="seeds of the ink runs (default: all)")
-    parser.add_argument("--multi-algorithm", default="diffusion_nft",
-                        help="algorithm of the two-reward runs (weighted sum vs MARBLE); 'none' skips them")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--rollouts", type=int, default=24, help="rollout batches per run (equal for all)")
+    options.add_argument("--group-size", type=int, default=8)
+    options.add_argument("--groups", type=int, default=4)
+    options.add_argument("--lr", type=float, default=1e-4)
+    options.add_argument("--pretrain-steps", type=int, default=150)
+    options.add_argument("--eval-every", type=int, default=4)
+    options.add_argument("--eval-per-class", type=int, default=20)
+    options.add_argument("--eval-steps", type=int, default=10)
+    options.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    options.add_argument("--ink-seeds", type=int, nargs="*", default=None, help="seeds of the ink runs (default: all)")
+    options.add_argument("--multi-algorithm", default="diffusion_nft",
+                         help="algorithm of the two-reward runs (weighted sum vs MARBLE); 'none' skips them")
+    args = open_benchmark(options.parse_args())
+    if args.quick:
+        args.seeds, args.rollouts, args.pretrain_steps, args.eval_every = [0], 2, 20, 1
+        args.eval_per_class, args.group_size, args.groups, args.ink_seeds, args.multi_algorithm = 2, 4, 2, [], "none"
     t0 = time.perf_counter()
     runs = []
     plan = [(a, "classifier_logprob", s) for s in args.seeds for a in args.algorithms]
@@ -245,12 +229,8 @@ def main() -> None:
         runs.append(run)
     result = {"config": vars(args), "samples_per_rollout_batch": args.group_size * args.groups,
               "summary": summarise(runs), "two_rewards": summarise_multi(multi) if multi else None,
-              "runs": runs + multi, "benchmark_wall_s": time.perf_counter() - t0,
-              "torch_threads": torch.get_num_threads()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1))
-    print(json.dumps({"summary": result["summary"], "two_rewards": result["two_rewards"]}, indent=1))
-    print(f"wrote {RESULTS} in {result['benchmark_wall_s']:.0f} s")
+              "runs": runs + multi, "benchmark_wall_s": time.perf_counter() - t0}
+    write_result("rl_digits", result, args.out)
 
 
 if __name__ == "__main__":

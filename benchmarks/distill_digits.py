@@ -51,7 +51,7 @@ from diffpipe.tasks.flowmap.meanflow_distill import MeanFlowDistillLoss
 from diffpipe.tasks.flowmap.sampling import sample_consistency, sample_flow_map
 from diffpipe.tasks.metrics.generic import median_bandwidth, mmd2_unbiased
 from diffpipe.tasks.nets import build_image_model
-from diffpipe.tasks.nets.flowmap import FlowMapNet, one_time_velocity
+from diffpipe.tasks.nets.flowmap import FlowMapNet, TwoTimeCall, one_time_velocity
 from diffpipe.tasks.objectives.flow_matching import FlowMatchingLoss
 from diffpipe.tasks.training import count_spikes
 
@@ -183,15 +183,16 @@ def run_seed(seed: int, digits: Digits) -> dict:
         return {k: digits.score(sample_consistency(net, noise, k, labels, generator=gen(7))) for k in STUDENT_STEPS}
 
     torch.manual_seed(seed)
-    cmt = FlowMapNet.from_teacher(teacher).requires_grad_(True)
+    cmt = TwoTimeCall(FlowMapNet.from_teacher(teacher)).requires_grad_(True)
     cmt_loss = ConsistencyMidTrainingLoss(MidtrainStage(name="cmt", solver_steps=16), velocity)
     cmt_step = lambda g: cmt_loss(cmt, *digits.batch(g), g).mean()  # noqa: E731
     cmt_run = fit(cmt, cmt_step, CMT["steps"], CMT["lr"], CMT["ema"], gen(4))
     out["cmt_only"] = {"scores": student_scores(cmt.eval())}
 
     torch.manual_seed(seed)
-    inits = {"random": FlowMapNet.from_teacher(build_image_model(MODEL, (1, 8, 8), 10), time_scale=RANDOM_TIME_SCALE),
-             "teacher": FlowMapNet.from_teacher(teacher).requires_grad_(True), "cmt": copy.deepcopy(cmt)}
+    random_init = FlowMapNet.from_teacher(build_image_model(MODEL, (1, 8, 8), 10), time_scale=RANDOM_TIME_SCALE)
+    inits = {"random": TwoTimeCall(random_init),
+             "teacher": TwoTimeCall(FlowMapNet.from_teacher(teacher)).requires_grad_(True), "cmt": copy.deepcopy(cmt)}
     one_point = MeanFlowLoss(MeanFlowTraining(name="meanflow", **MEANFLOW_OPTIONS))
     # the same loss options as MeanFlow training (not the meanflow_distill stage's mf-rae defaults)
     distill = MeanFlowDistillLoss(MeanFlowTeacherDistill(name="distill", ratio=0.75, norm_p=0.75, **MEANFLOW_OPTIONS),
@@ -223,7 +224,7 @@ def run_seed(seed: int, digits: Digits) -> dict:
 
     cd_route = "consistency_distill_from_teacher"
     torch.manual_seed(seed)
-    cd_net = FlowMapNet.from_teacher(teacher).requires_grad_(True)
+    cd_net = TwoTimeCall(FlowMapNet.from_teacher(teacher)).requires_grad_(True)
     cd_loss = ConsistencyDistillationLoss(ConsistencyDistill(name="cd"), velocity)
     cd_step = lambda g: cd_loss(cd_net, *digits.batch(g), g).mean()  # noqa: E731
     cd_curve: list[tuple[int, float]] = []

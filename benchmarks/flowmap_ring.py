@@ -28,7 +28,7 @@ from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss
 from diffpipe.tasks.flowmap.ring import AnalyticRing
 from diffpipe.tasks.flowmap.sampling import sample_flow_map, sample_teacher
 from diffpipe.tasks.metrics.generic import mmd2_unbiased
-from diffpipe.tasks.nets.flowmap import FlowMapNet, VelocityMLP, one_time_velocity
+from diffpipe.tasks.nets.flowmap import FlowMapNet, TwoTimeCall, VelocityMLP, one_time_velocity
 from diffpipe.tasks.objectives.flow_matching import FlowMatchingLoss
 from diffpipe.tasks.training import count_spikes
 
@@ -76,9 +76,9 @@ def pretrain(seed: int) -> tuple[VelocityMLP, float]:
     return net.eval(), time.perf_counter() - start
 
 
-def midtrain(teacher: VelocityMLP, seed: int) -> tuple[FlowMapNet, float]:
+def midtrain(teacher: VelocityMLP, seed: int) -> tuple[TwoTimeCall, float]:
     """CMT (flow-map form, Euler 16 steps on the MLP teacher), student initialised from the teacher."""
-    student, g = FlowMapNet.from_teacher(teacher), gen(200 + seed)
+    student, g = TwoTimeCall(FlowMapNet.from_teacher(teacher)), gen(200 + seed)
     loss_fn = ConsistencyMidTrainingLoss(MidtrainStage(name="cmt", solver_steps=16), one_time_velocity(teacher))
     opt = torch.optim.Adam(student.parameters(), lr=LR)
     start = time.perf_counter()
@@ -87,7 +87,7 @@ def midtrain(teacher: VelocityMLP, seed: int) -> tuple[FlowMapNet, float]:
     return student, time.perf_counter() - start
 
 
-def meanflow(net: FlowMapNet, seed: int, data: torch.Tensor, noise: torch.Tensor) -> dict:
+def meanflow(net: TwoTimeCall, seed: int, data: torch.Tensor, noise: torch.Tensor) -> dict:
     """MeanFlow training from `net`; curve of 1-step MMD^2, spikes, final 1/2/4-step MMD^2, wall time."""
     loss_fn, g = MeanFlowLoss(MeanFlowTraining(name="meanflow")), gen(300 + seed)
     opt = torch.optim.Adam(net.parameters(), lr=LR)
@@ -128,8 +128,8 @@ def run_seed(seed: int) -> dict:
     with torch.no_grad():
         out["cmt_only"] = {k: mmd(sample_flow_map(cmt_student, noise, k), data) for k in STUDENT_STEPS}
     torch.manual_seed(seed)
-    inits = {"random": FlowMapNet(base_class="VelocityMLP", base_config=MLP),
-             "teacher": FlowMapNet.from_teacher(teacher), "cmt": cmt_student}
+    inits = {"random": TwoTimeCall(FlowMapNet(base_class="VelocityMLP", base_config=MLP)),
+             "teacher": TwoTimeCall(FlowMapNet.from_teacher(teacher)), "cmt": cmt_student}
     out["meanflow"] = {name: meanflow(net, seed, data, noise) for name, net in inits.items()}
     mf = {name: r["wall_s"] for name, r in out["meanflow"].items()}
     out["wall_s"] = {"pretrain": pretrain_s, "cmt": cmt_s, **{f"meanflow_from_{k}": v for k, v in mf.items()}}

@@ -63,8 +63,10 @@ def guided(net: NetFn, null_label: int | None, scale: float) -> NetFn:
     if scale == 1.0 or null_label is None:
         return net
 
-    def fn(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, null_label)]))
+    def fn(x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+           r_timestep: torch.Tensor | None = None) -> torch.Tensor:
+        r = None if r_timestep is None else torch.cat([r_timestep, r_timestep])
+        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, torch.full_like(labels, null_label)]), r)
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 

@@ -12,7 +12,7 @@ from flowmap_helpers import generator, method_spec  # noqa: E402
 from diffpipe.tasks.flowmap.consistency import ConsistencyDistillationLoss, karras_times  # noqa: E402
 from diffpipe.tasks.flowmap.sampling import sample_consistency, sample_flow_map, sample_teacher  # noqa: E402
 from diffpipe.tasks.metrics.generic import mmd2_unbiased  # noqa: E402
-from diffpipe.tasks.nets.flowmap import FlowMapNet  # noqa: E402
+from diffpipe.tasks.nets.flowmap import FlowMapNet, TwoTimeCall  # noqa: E402
 
 F64 = torch.float64
 BANDWIDTHS = [0.1, 0.5, 1.0]
@@ -38,7 +38,7 @@ def test_consistency_distillation_loss_is_tiny_for_the_exact_flow_map(ring):
 
 def test_ema_target_starts_as_a_copy_and_follows_the_online_weights(ring):
     torch.manual_seed(0)
-    net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 8, "depth": 1, "time_channels": 8})
+    net = TwoTimeCall(FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 8, "depth": 1, "time_channels": 8}))
     loss = ConsistencyDistillationLoss(method_spec("consistency", target_ema=0.9), ring.velocity)
     x0 = ring.sample(16, generator())
     loss(net, x0, None, generator(1))

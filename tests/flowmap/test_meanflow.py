@@ -13,7 +13,7 @@ from diffpipe.tasks.flowmap.meanflow import MeanFlowLoss, meanflow_target, sampl
 from diffpipe.tasks.flowmap.meanflow_distill import MeanFlowDistillLoss  # noqa: E402
 from diffpipe.tasks.flowmap.sampling import sample_flow_map  # noqa: E402
 from diffpipe.tasks.metrics.generic import mmd2_unbiased  # noqa: E402
-from diffpipe.tasks.nets.flowmap import FlowMapNet  # noqa: E402
+from diffpipe.tasks.nets.flowmap import FlowMapNet, TwoTimeCall  # noqa: E402
 
 BANDWIDTHS = [0.1, 0.5, 1.0]
 F64 = torch.float64
@@ -55,7 +55,7 @@ def test_jvp_and_finite_difference_targets_agree_on_exact_flow(ring):
 
 def test_jvp_and_finite_difference_losses_agree_on_a_network():
     torch.manual_seed(0)
-    net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 32, "depth": 2, "time_channels": 16})
+    net = TwoTimeCall(FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 32, "depth": 2, "time_channels": 16}))
     x0 = torch.randn(128, 2)
     def loss(**options):
         return MeanFlowLoss(method_spec("meanflow", **options))(net, x0, None, generator(3)).detach()
@@ -89,7 +89,7 @@ def test_distillation_loss_vanishes_for_the_exact_flow_map_but_training_loss_doe
 
 def test_adaptive_weight_divides_by_the_detached_error_power():
     torch.manual_seed(0)
-    net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 16, "depth": 1, "time_channels": 8})
+    net = TwoTimeCall(FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 16, "depth": 1, "time_channels": 8}))
     x0 = torch.randn(64, 2)
     loss = MeanFlowLoss(method_spec("meanflow", norm_p=0.75))
     err = loss.per_sample_error(net, x0, None, generator(5)).detach()
@@ -99,7 +99,7 @@ def test_adaptive_weight_divides_by_the_detached_error_power():
 
 def test_tiny_meanflow_training_from_random_init_lowers_one_step_mmd(ring):
     torch.manual_seed(0)
-    net = FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 64, "depth": 2, "time_channels": 16})
+    net = TwoTimeCall(FlowMapNet(base_class="VelocityMLP", base_config={"hidden": 64, "depth": 2, "time_channels": 16}))
     data = ring.sample(600, generator(1))
     noise = torch.randn(600, 2, generator=generator(2))
 

@@ -4,7 +4,6 @@ and the teacher's own ODE solver as the baseline.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,11 +11,9 @@ from diffusers import FlowMapEulerDiscreteScheduler
 
 from diffpipe.tasks import timeconv
 
+from ..objectives import NetFn
 from . import TwoTimeNet, VelocityFn
 from .trajectories import teacher_trajectory
-
-PackedNet = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
-"""net(x, timesteps, cond) with (B, 2) diffusers timestep pairs (1000 t, 1000 r): a domain's NetFn of a flow map."""
 
 
 @torch.no_grad()
@@ -68,17 +65,16 @@ def sample_teacher(teacher: VelocityFn, noise: torch.Tensor, steps: int, cond: t
     return states[-1]
 
 
-def sample_two_time(net: PackedNet, kind: str, scheduler: FlowMapEulerDiscreteScheduler, steps: int,
+def sample_two_time(net: NetFn, kind: str, scheduler: FlowMapEulerDiscreteScheduler, steps: int,
                     noise: torch.Tensor, cond: torch.Tensor | None,
                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """k-step sampling of a two-time net called as `net(x, timesteps, cond)` with (B, 2) pairs (1000 t, 1000 r).
+    """k-step sampling of a two-time domain NetFn `net(x, timestep, cond, r_timestep)` (diffusers times).
 
     kind `flow_map`: flow-map steps on the scheduler's grid (its `shift` applies); kind `consistency`:
     consistency multistep sampling (jump to data, re-noise) on the uniform grid.
     """
     def two_time(x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
-        pair = torch.stack([timeconv.diffusers_timestep_from_t(t), timeconv.diffusers_timestep_from_t(r)], dim=1)
-        return net(x, pair, c)
+        return net(x, timeconv.diffusers_timestep_from_t(t), c, timeconv.diffusers_timestep_from_t(r))
 
     if kind == "consistency":
         return sample_consistency(two_time, noise, steps, cond, generator)

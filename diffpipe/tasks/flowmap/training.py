@@ -20,7 +20,7 @@ from diffpipe.storage.formats import MODEL_DIR, SCHEDULER_DIR, TRAINING_FILE, wr
 from ..context import StageContext, StageOutput
 from ..domain import Domain
 from ..nets import load_model
-from ..nets.flowmap import FlowMapNet
+from ..nets.flowmap import FlowMapNet, TwoTimeCall
 from ..pretrain import train_config
 from ..registry import get_domain, get_implementation
 from ..sample import load_checkpoint
@@ -73,15 +73,15 @@ def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet,
     """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout."""
     domain = stage_domain(ctx)
     batches = domain.batches(ctx, ctx.device)
-    student.bind(domain.base_call).to(ctx.device)
+    net = TwoTimeCall(student.to(ctx.device), domain.base_call)
 
     def step_loss(gen: torch.Generator) -> torch.Tensor:
         x0, cond = batches.next(gen, spec.batch_size)
         drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
-        return loss_fn(student, x0, domain.drop_condition(student.base, cond, drop), gen).mean()
+        return loss_fn(net, x0, domain.drop_condition(student.base, cond, drop), gen).mean()
 
     return train(ctx, student, step_loss, train_config(spec), ctx.generator(offset=1),
-                 loss_fn.loop_state(student))
+                 loss_fn.loop_state(net))
 
 
 def publish_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet, ema: EMAModel | None,

@@ -2,18 +2,19 @@
 
 `FlowMapNet` wraps a one-time model (any diffusers or diffpipe model with a sinusoidal `time_proj` and a
 time-embedding module: a diffusers `UNet2DModel`, a domain's own network, the small `VelocityMLP` for
-2-D toys) and feeds the second time in beside the first: the
-base's time-embedding module gets an added embedding of the gap 1000 (t - r), built from the model's own
-sinusoidal projection and initialised to zero. So a student made with `FlowMapNet.from_teacher(teacher)`
-computes exactly the teacher at every (r, t) until it trains, and the base's other inputs (class labels,
-the climate year embedding, the atoms of an event) keep their meaning. Times are internal (t = 0 is
-data, timeconv); the base model sees the diffusers value 1000 t.
+2-D toys) and feeds the second time in beside the first: the base's time-embedding module gets an added
+embedding of the gap 1000 (t - r), built from the model's own sinusoidal projection and initialised to
+zero. So a student made with `FlowMapNet.from_teacher(teacher)` computes exactly the teacher at every
+(r, t) until it trains, and the base's other inputs (class labels, the climate year embedding, the atoms
+of an event) keep their meaning. Both times are explicit arguments of every call, the wrapper holds no
+state between calls, and `save_pretrained` / `from_pretrained` round-trip it whole. Model inputs are
+diffusers times 1000 t (internal t: t = 0 is data, timeconv).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,9 @@ from diffpipe.errors import SpecError
 from diffpipe.tasks import timeconv
 
 from . import model_class
+
+if TYPE_CHECKING:
+    from ..objectives import NetFn
 
 
 class VelocityMLP(ModelMixin, ConfigMixin):
@@ -62,29 +66,45 @@ class VelocityMLP(ModelMixin, ConfigMixin):
         return self.out(h)
 
 
-class GapConditionedTime(nn.Module):
-    """A base network's time-embedding module plus a zero-initialised embedding of the gap 1000 (t - r).
+class TwoTimeProjection(nn.Module):
+    """A base network's sinusoidal projection applied to both rows of a two-time input (2, B).
 
-    The gap is featurised by the base's own sinusoidal projection (`time_proj`) and is handed in by
-    `FlowMapNet` for the duration of one base call (`pending_gap`), so the base runs unchanged.
+    Row 0 is the diffusers time 1000 t, row 1 the gap 1000 (t - r); the features are concatenated (B, 2C)
+    for `TwoTimeEmbedding`. A one-row input (B,) (a diffusers UNet's `class_embed_type="timestep"` year)
+    gets the base's own projection (B, C), so that slot keeps its meaning.
     """
 
-    def __init__(self, time_module: nn.Module, time_proj: nn.Module, proj_channels: int):
+    def __init__(self, proj: nn.Module):
+        super().__init__()
+        self.proj = proj
+
+    def forward(self, timestep: torch.Tensor) -> torch.Tensor:
+        """Features (B, 2C) of a (2, B) time-and-gap input, or (B, C) of a (B,) input."""
+        if timestep.dim() == 2:
+            return torch.cat([self.proj(timestep[0]), self.proj(timestep[1])], dim=-1)
+        return self.proj(timestep)
+
+
+class TwoTimeEmbedding(nn.Module):
+    """A base network's time-embedding module on the time features, plus a zero-initialised embedding of the gap.
+
+    Takes the (B, 2C) features of `TwoTimeProjection`: the first C go through the base's module unchanged,
+    the last C (the gap 1000 (t - r)) through `gap`, whose output layer starts at zero.
+    """
+
+    def __init__(self, time_module: nn.Module, proj_channels: int):
         super().__init__()
         self.time = time_module
-        self.time_proj = [time_proj]  # a list: the projection is the base's module, not a child of this one
+        self.channels = proj_channels
         embed_dim = time_module(torch.zeros(1, proj_channels)).shape[-1]
         self.gap = TimestepEmbedding(proj_channels, embed_dim)
         nn.init.zeros_(self.gap.linear_2.weight)
         nn.init.zeros_(self.gap.linear_2.bias)
-        self.pending_gap: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor, *args: object) -> torch.Tensor:
-        """Time embedding of `features` plus the embedding of the pending gap (B,)."""
-        if self.pending_gap is None:
-            raise RuntimeError("a FlowMapNet base was called without its gap (call the FlowMapNet)")
-        emb = self.time(features, *args)
-        return emb + self.gap(self.time_proj[0](self.pending_gap).to(emb.dtype))
+        """Embedding of the time features plus the embedding of the gap features."""
+        emb = self.time(features[..., :self.channels], *args)
+        return emb + self.gap(features[..., self.channels:].to(emb.dtype))
 
 
 def _contiguous_input(module: nn.Module, args: tuple) -> tuple:
@@ -145,7 +165,9 @@ def time_module_name(base_class: type[ModelMixin]) -> str:
 
 
 BaseCall = Callable[[ModelMixin, torch.Tensor, torch.Tensor, Any], torch.Tensor]
-"""call(base, x, diffusers_timestep (B,), cond) -> network output: how a domain runs its one-time network."""
+"""call(base, x, timestep, cond) -> network output: how a domain runs its one-time network at (B,) timesteps.
+
+A FlowMapNet's base is run the same way, with the (2, B) input of `FlowMapNet.base_timestep` as timestep."""
 
 
 def call_with_labels(base: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
@@ -155,11 +177,15 @@ def call_with_labels(base: ModelMixin, x: torch.Tensor, timestep: torch.Tensor, 
 
 
 class FlowMapNet(ModelMixin, ConfigMixin):
-    """Two-time wrapper: u(x_t, r, t, cond) = base(x_t, 1000 t, cond) with the gap 1000 (t - r) embedded.
+    """Two-time wrapper: u(x_t, r, t, cond) = base(x_t, (1000 t, 1000 (t - r)), cond) with the gap embedded.
 
-    The gap embedding is added to the output of the base's time-embedding module (`time_module_name`), so
-    every other input slot (class labels, the climate year, the atoms of an event) keeps its meaning. How
-    the base is called with `cond` is the domain's `BaseCall` (`bind`; default `call_with_labels`).
+    The base's sinusoidal projection is applied to both times (`TwoTimeProjection`) and the gap's
+    embedding is added to the output of its time-embedding module (`time_module_name`, `TwoTimeEmbedding`),
+    so every other input slot (class labels, the climate year, the atoms of an event) keeps its meaning.
+    The two times travel through the base's own forward as its timestep argument, one (2, B) tensor (the
+    bases here broadcast their timestep against (B,) and hand it to `time_proj` unchanged), so nothing is
+    stored between calls and a loaded checkpoint is complete. `forward(sample, timestep, r_timestep,
+    *args, **kwargs)` passes the other arguments to the base as the base takes them.
 
     `time_scale` (None: the base's own) multiplies 1000 t and 1000 (t - r) inside the shared sinusoidal
     projection. diffusers UNets use 1, i.e. frequencies up to 1000 rad per unit t; at random init their
@@ -181,6 +207,10 @@ class FlowMapNet(ModelMixin, ConfigMixin):
             raise SpecError("model.base_class", "a two-time network needs a noise-time input",
                             expected="a diffusion model with a sinusoidal `time_proj`",
                             found=f"{base_class} without one (a deterministic regressor, or time embedded elsewhere)")
+        kind = getattr(self.base.config, "time_embedding_type", "positional")
+        if kind != "positional":
+            raise SpecError("model.base_class", "a two-time network embeds its times sinusoidally",
+                            expected="time_embedding_type 'positional'", found=repr(kind))
         if time_scale is not None:
             self.base.time_proj.scale = time_scale
         name = time_module_name(cls)
@@ -188,29 +218,29 @@ class FlowMapNet(ModelMixin, ConfigMixin):
             raise SpecError("model.base_class", "a two-time wrapper adds the gap to the time embedding",
                             expected=f"a model with a `{name}` module", found=base_class)
         channels = self.base.time_proj(torch.zeros(1)).shape[-1]
-        setattr(self.base, name, GapConditionedTime(getattr(self.base, name), self.base.time_proj, channels))
+        self.base.time_proj = TwoTimeProjection(self.base.time_proj)
+        setattr(self.base, name, TwoTimeEmbedding(getattr(self.base, name), channels))
         enable_forward_ad(self.base)
-        self.call_base: BaseCall = call_with_labels
 
     @property
-    def gap_slot(self) -> GapConditionedTime:
-        """The time-embedding module that carries the gap embedding."""
-        return getattr(self.base, time_module_name(type(self.base)))
+    def gap_embedding(self) -> TimestepEmbedding:
+        """The embedding of the gap 1000 (t - r) (its output is zero until it trains)."""
+        return getattr(self.base, time_module_name(type(self.base))).gap
 
-    def bind(self, call: BaseCall) -> FlowMapNet:
-        """Run the base through the domain's `call` from now on (not saved: domains bind on load)."""
-        self.call_base = call
-        return self
+    @staticmethod
+    def base_timestep(timestep: torch.Tensor, r_timestep: torch.Tensor) -> torch.Tensor:
+        """The (2, B) timestep input of the wrapped base: rows 1000 t and the gap 1000 (t - r)."""
+        r_timestep = r_timestep.to(timestep) * torch.ones_like(timestep)
+        return torch.stack([timestep, timestep - r_timestep])
 
-    def forward(self, sample: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """Mean velocity u over [r, t] (internal times, per sample or scalar) for a batch."""
-        t = t * torch.ones(sample.shape[0], dtype=t.dtype, device=sample.device)
-        slot = self.gap_slot
-        slot.pending_gap = timeconv.diffusers_timestep_from_t(t - r)
-        try:
-            return self.call_base(self.base, sample, timeconv.diffusers_timestep_from_t(t), cond)
-        finally:
-            slot.pending_gap = None
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, r_timestep: torch.Tensor, *args: Any,
+                **kwargs: Any) -> Any:
+        """The base's output (as the base returns it) for the jump from diffusers time `timestep` to `r_timestep`.
+
+        Both times per sample (B,) or scalar; `args` / `kwargs` are the base's own conditioning inputs.
+        """
+        timestep = timestep * torch.ones(sample.shape[0], dtype=timestep.dtype, device=sample.device)
+        return self.base(sample, self.base_timestep(timestep, r_timestep), *args, **kwargs)
 
     @classmethod
     def from_teacher(cls, teacher: ModelMixin, time_scale: float | None = None) -> FlowMapNet:
@@ -231,24 +261,45 @@ class FlowMapNet(ModelMixin, ConfigMixin):
         return student if student.dtype == teacher.dtype else student.to(teacher.dtype)
 
 
-def network_fn(model: ModelMixin, call: BaseCall = call_with_labels) -> Callable[..., torch.Tensor]:
-    """A domain's NetFn `net(x, timestep, cond)` for a one-time model or a FlowMapNet.
+def network_fn(model: ModelMixin, call: BaseCall = call_with_labels) -> NetFn:
+    """A domain's NetFn `net(x, timestep, cond, r_timestep=None)` for a one-time model or a FlowMapNet.
 
-    For a FlowMapNet (bound to `call`), `timestep` is a (B, 2) tensor of diffusers pairs (1000 t, 1000 r),
-    as the two-time samplers pass; for a one-time model it is (B,) or a scalar.
+    Timesteps are diffusers values, per sample (B,) or scalar. A FlowMapNet gives its mean velocity over
+    the jump to `r_timestep` (None: r = t, its instantaneous velocity); a one-time model has one velocity
+    whatever the jump and ignores `r_timestep`.
     """
     if not isinstance(model, FlowMapNet):
-        def one_time(x: torch.Tensor, timestep: torch.Tensor, cond: Any) -> torch.Tensor:
+        def one_time(x: torch.Tensor, timestep: torch.Tensor, cond: Any,
+                     r_timestep: torch.Tensor | None = None) -> torch.Tensor:
             return call(model, x, timestep.expand(x.shape[0]) if timestep.dim() == 0 else timestep, cond)
 
         return one_time
-    model.bind(call)
 
-    def two_time(x: torch.Tensor, pairs: torch.Tensor, cond: Any) -> torch.Tensor:
-        t, r = (timeconv.t_from_diffusers_timestep(col) for col in pairs.unbind(1))
-        return model(x, r, t, cond)
+    def two_time(x: torch.Tensor, timestep: torch.Tensor, cond: Any,
+                 r_timestep: torch.Tensor | None = None) -> torch.Tensor:
+        timestep = timestep * torch.ones(x.shape[0], dtype=timestep.dtype, device=x.device)
+        return call(model.base, x, model.base_timestep(timestep, timestep if r_timestep is None else r_timestep),
+                    cond)
 
     return two_time
+
+
+class TwoTimeCall(nn.Module):
+    """A FlowMapNet as the flow-map losses call it: `net(x_t, r, t, cond)` in internal times (timeconv).
+
+    `call` is the domain's way of running the base (`BaseCall`). The FlowMapNet is this module's only
+    child, so a loss's frozen copy (`copy.deepcopy`) and its parameter sweeps see the student's weights.
+    """
+
+    def __init__(self, model: FlowMapNet, call: BaseCall = call_with_labels):
+        super().__init__()
+        self.model = model
+        self.call = call
+
+    def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """Mean velocity u over [r, t] (internal times, per sample or scalar)."""
+        net = network_fn(self.model, self.call)
+        return net(x, timeconv.diffusers_timestep_from_t(t), cond, timeconv.diffusers_timestep_from_t(r))
 
 
 def one_time_velocity(model: ModelMixin):

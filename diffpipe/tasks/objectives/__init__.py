@@ -20,8 +20,10 @@ import torch
 
 from diffpipe.schemas import Objective
 
-NetFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
-"""net(x, timestep, cond) -> network output, as a domain calls its network."""
+NetFn = Callable[..., torch.Tensor]
+"""net(x, timestep, cond, r_timestep=None) -> network output, as a domain calls its network (diffusers times).
+
+`r_timestep` is the end of the jump for a two-time (flow-map) network; one-time networks ignore it."""
 
 LossFn = Callable[[Any, torch.Tensor, Any, torch.Generator], torch.Tensor]
 """loss(net, x0, cond, generator) -> per-sample loss (B,)."""

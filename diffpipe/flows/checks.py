@@ -100,13 +100,16 @@ def _check_search(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
 
 def _check_continuous_source(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
     objective = getattr(spec.stage(stage.model), "objective", None)
-    if objective is None or objective.kind != "flow_matching":
+    kinds = ("flow_matching",) if isinstance(stage.search, Chords) else ("flow_matching", "flow_map")
+    if objective is None or objective.kind not in kinds:
         found = "no objective" if objective is None else f"a {objective.kind} checkpoint"
-        raise SpecError(f"stages[{i}].search.method", "continuous search steps the flow-matching SDE",
-                        "a flow_matching checkpoint (pretrain or rl)", f"{found} from stage '{stage.model}'")
-    if stage.scheduler.name not in SEARCH_SCHEDULERS:
-        raise SpecError(f"stages[{i}].scheduler.name", "a search samples on the FlowMatchEuler grid of "
-                        "`scheduler.steps` with its own SDE", "FlowMatchEulerDiscreteScheduler or none",
+        raise SpecError(f"stages[{i}].search.method", "continuous search steps the flow-matching SDE (a flow map "
+                        "with its mean velocity over each step; CHORDS needs a velocity)",
+                        " or ".join(kinds) + " checkpoint", f"{found} from stage '{stage.model}'")
+    schedulers = SEARCH_SCHEDULERS if objective.kind == "flow_matching" else {None, objective.default_scheduler}
+    if stage.scheduler.name not in schedulers:
+        raise SpecError(f"stages[{i}].scheduler.name", "a search samples on the uniform grid of "
+                        "`scheduler.steps` with its own SDE", " or ".join(str(s) for s in sorted(schedulers, key=str)),
                         repr(stage.scheduler.name))
 
 

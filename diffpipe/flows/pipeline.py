@@ -19,6 +19,7 @@ from .checks import check_spec
 from .graph import parallel_stages, run_graph
 from .signals import stop_after
 from .spec_loading import load_spec
+from .stage_table import publish_stage_table
 from .watch import run_name
 
 
@@ -32,11 +33,15 @@ def task_runner(runtime: RuntimeSpec) -> TaskRunner:
 
 
 def execute(spec: PipelineSpec) -> list[dict[str, Any]]:
-    """Run every node inside the current flow, independent ones at once; returns one summary dict per node."""
+    """Run every node inside the current flow, independent ones at once; returns one summary dict per node
+    (and, for a spec with a `compare:` block, the stage table's entry last)."""
     from .node_task import store_of
 
     store_of(spec).check_writable()
-    return run_graph({"": spec})[""]
+    summary = run_graph({"": spec})[""]
+    if spec.compare is not None:
+        summary.append(publish_stage_table(spec, summary))
+    return summary
 
 
 @flow(name="diffpipe", flow_run_name=run_name, log_prints=True, persist_result=True, result_serializer="json")

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from .base import Strict
+from .compare import CompareSpec
 from .data import DataSpec
 from .distill import ConsistencyDistill, DistillStage, MeanFlowTeacherDistill, MeanFlowTraining, MidtrainStage
 from .models import ModelSpec, UNet2DSpec
@@ -56,6 +57,8 @@ class PipelineSpec(Strict):
     """Artifact root."""
     sweep: SweepSpec | None = None
     """A grid over this pipeline, run by `diffpipe sweep` (`diffpipe run` runs the pipeline as written)."""
+    compare: CompareSpec | None = None
+    """A table of this pipeline's stages (quality, reward, NFE, FLOPs, wall time), published after each run."""
 
     @model_validator(mode="after")
     def _check_cross_references(self) -> PipelineSpec:
@@ -71,6 +74,9 @@ class PipelineSpec(Strict):
             seen[stage.name] = i
         self._check_schedulers()
         self._check_data_fit()
+        problem = self.compare and self.compare.stage_problem({s.name: (s.stage, s.output_kind) for s in self.stages})
+        if problem:
+            raise CrossReferenceError(*problem)
         return self
 
     def _check_data_fit(self) -> None:

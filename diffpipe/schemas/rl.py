@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
 from .artifact import ArtifactKind
 from .base import Strict
+from .distill import FlowMapObjective
 from .objectives import FlowMatching
 from .reasoning import MaskedDiffusion
 from .rl_discrete import DiscreteAlgorithm, DiscreteAlgorithmBase
@@ -146,11 +147,12 @@ class Marble(Strict):
 
 
 class RLStage(StageBase):
-    """Fine-tune a flow-matching checkpoint on verifiable rewards with one RL algorithm."""
+    """Fine-tune a flow-matching or flow-map checkpoint on verifiable rewards with one RL algorithm."""
 
     stage: Literal["rl"] = "rl"
     init: str
-    """Earlier checkpoint stage to fine-tune (a flow_matching checkpoint; also the KL reference model)."""
+    """Earlier checkpoint stage to fine-tune (a flow_matching checkpoint, or a flow_map student of a midtrain /
+    distill stage, rolled out few-step on the algorithm's `sampler_steps` grid; also the KL reference model)."""
     algorithm: RLAlgorithm = Field(default_factory=FlowGRPO)
     """RL algorithm and its options."""
     rewards: list[RewardTerm] = Field(min_length=1)
@@ -187,15 +189,32 @@ class RLStage(StageBase):
     output_kind: ClassVar[ArtifactKind] = "checkpoint"
     references: ClassVar[dict[str, frozenset[str]]] = {"init": frozenset({"checkpoint"})}
     runs_network: ClassVar[bool] = True
+    _init_objective: FlowMapObjective | FlowMatching | None = PrivateAttr(default=None)
+    """The objective of the `init` stage, read when the pipeline resolves the reference (`reference_problem`)."""
+
+    def reference_problem(self, field: str, target: StageBase) -> str | None:
+        """`init` must be a flow-matching or flow-map checkpoint for a continuous algorithm (its objective is kept)."""
+        objective = getattr(target, "objective", None)
+        if field != "init" or isinstance(self.algorithm, DiscreteAlgorithmBase):
+            return None
+        if getattr(objective, "kind", None) not in ("flow_matching", "flow_map"):
+            return "rl fine-tunes a flow-matching checkpoint or a flow-map (midtrain / distill) student"
+        self._init_objective = objective
+        return None
 
     def implementations(self) -> list[tuple[str, str]]:
         """The algorithm and every reward."""
         return [("algorithm", self.algorithm.algorithm), *(("reward", r.name) for r in self.rewards)]
 
     @property
-    def objective(self) -> FlowMatching | MaskedDiffusion:
-        """The published checkpoint is a flow-matching model (so sample stages can check their scheduler)."""
-        return self.algorithm.objective if isinstance(self.algorithm, DiscreteAlgorithmBase) else FlowMatching()
+    def objective(self) -> FlowMatching | FlowMapObjective | MaskedDiffusion:
+        """The published checkpoint's objective (so sample stages can check their scheduler): the init's flow-map
+        objective for a flow-map student, else flow matching (masked diffusion for the discrete algorithms)."""
+        if isinstance(self.algorithm, DiscreteAlgorithmBase):
+            return self.algorithm.objective
+        if isinstance(self._init_objective, FlowMapObjective):
+            return self._init_objective
+        return FlowMatching()
 
     @model_validator(mode="after")
     def _check_consistency(self) -> RLStage:

@@ -83,7 +83,7 @@ def sample(
     With a `search`, the search method draws the batch instead, spending its own network evaluations.
     """
     if search is not None:
-        return search.draw(net, steps, shape, labels, gen, device)
+        return search.draw(net, steps, shape, labels, gen, device, getattr(objective, "two_time", False))
     if scheduler is None:
         zeros = torch.zeros(shape, device=device)
         return net(zeros, torch.zeros(shape[0], device=device), labels)

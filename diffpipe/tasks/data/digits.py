@@ -113,7 +113,10 @@ class DigitsDomain(ImageDomain):
     @torch.no_grad()
     def domain_metrics(self, data_path: Path, x: torch.Tensor, labels: torch.Tensor | None,
                        reference: torch.Tensor) -> dict[str, Any]:
-        """Classifier accuracy on requested classes (overall and per class) and FD in classifier features."""
+        """Classifier accuracy on requested classes (overall and per class), the mean `classifier_logprob`
+        reward, and FD in classifier features."""
+        from .digits_rewards import classifier_logprob
+
         clf = self.classifier(data_path)
         out: dict[str, Any] = {
             "frechet_distance": frechet_distance(clf.features(x).numpy(), clf.features(reference).numpy())
@@ -123,5 +126,6 @@ class DigitsDomain(ImageDomain):
         if labels is not None:
             hit = probs.argmax(1) == labels
             out["classifier_accuracy"] = float(hit.float().mean())
+            out["classifier_logprob"] = float(classifier_logprob(x, labels, data_path).mean())  # the rl reward
             out["accuracy_per_class"] = {int(c): float(hit[labels == c].float().mean()) for c in labels.unique()}
         return out

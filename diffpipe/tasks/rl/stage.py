@@ -1,4 +1,8 @@
-"""The `rl` stage for flow-matching checkpoints: group rollouts, verifiable rewards, one algorithm's loss.
+"""The `rl` stage for flow-matching and flow-map checkpoints: group rollouts, verifiable rewards, one algorithm's loss.
+
+A flow-map init (a `midtrain` / `distill` student with objective `flow_map`) is fine-tuned as the
+few-step sampler it is: rollouts step it with its mean velocity over each step of the algorithm's
+`sampler_steps` grid, and the published checkpoint keeps its two-time objective (common.py, base.py).
 
 Each optimizer step of the shared resumable loop (tasks/training.py) calls `RLRun.step_loss`: every
 `updates_per_rollout` steps it samples `groups_per_step` conditions from the domain's training batches,
@@ -28,6 +32,7 @@ from torch import nn
 
 from diffpipe.errors import SpecError
 from diffpipe.schemas import FlowMatching
+from diffpipe.schemas.distill import FlowMapObjective
 from diffpipe.schemas.rl import RLStage
 from diffpipe.schemas.rl_discrete import DiscreteAlgorithmBase
 from diffpipe.storage.formats import SCHEDULER_DIR, TRAINING_FILE, write_json
@@ -81,13 +86,13 @@ class RLRun:
 
     def __init__(self, ctx: StageContext, spec: RLStage, domain: Domain, policy: ModelMixin, state: RLState,
                  reference: ModelMixin, algorithm: ContinuousAlgorithm, rewards: list[RewardPlugin],
-                 batches: BatchSource, hook: Hook | None = None):
+                 batches: BatchSource, hook: Hook | None = None, two_time: bool = False):
         self.ctx, self.spec, self.domain, self.policy, self.state = ctx, spec, domain, policy, state
         self.algorithm, self.rewards, self.batches, self.hook = algorithm, rewards, batches, hook
         self.data_path = ctx.input_path("data")
         self.grid = sampler_grid(algorithm.sampler_steps)
         self.nets = Nets(domain.net(policy), domain.net(reference) if algorithm.uses_reference else None,
-                         {n: domain.net(m) for n, m in state.anchors.items()})
+                         {n: domain.net(m) for n, m in state.anchors.items()}, two_time=two_time)
         self.weights = torch.tensor([r.weight for r in spec.rewards])
         self.current: Collected | None = None
         self.clock: tuple[float, float] | None = None
@@ -108,7 +113,8 @@ class RLRun:
         shape = (self.batch_size, *x_real.shape[1:])
         self.policy.eval()  # rollouts without dropout; the loss runs in training mode
         part = rollout(sampler, cond, shape, self.grid, self.algorithm.noise_level, gen, device,
-                       keep_states=self.algorithm.keeps_states, rows=local_slice(self.batch_size))
+                       keep_states=self.algorithm.keeps_states, rows=local_slice(self.batch_size),
+                       two_time=self.nets.two_time)
         self.policy.train()
         own = torch.stack([r.fn(part.x0, part.cond, self.data_path).float().to(device) for r in self.rewards])
         out, rewards = whole_batch(part, cond), all_gather_rows(own, dim=1)
@@ -212,18 +218,20 @@ def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> Fin
     domain = get_domain(kind)
     rewards = [resolve_reward(r.name, kind, f"stages[{index}].rewards[{j}].name") for j, r in enumerate(spec.rewards)]
     policy, objective, info = load_checkpoint(ctx.input_path("init"), spec.init_weights)
-    if not isinstance(objective, FlowMatching):
-        raise SpecError(f"stages[{index}].init", "rl fine-tunes flow-matching checkpoints",
-                        "a stage trained with objective flow_matching", f"'{spec.init}' ({objective.kind})")
-    algorithm = make_algorithm(spec.algorithm, objective)
+    if not isinstance(objective, FlowMatching | FlowMapObjective):
+        raise SpecError(f"stages[{index}].init", "rl fine-tunes flow-matching and flow-map checkpoints",
+                        "a stage trained with objective flow_matching or flow_map", f"'{spec.init}' ({objective.kind})")
+    two_time = isinstance(objective, FlowMapObjective)
+    algorithm = make_algorithm(spec.algorithm, FlowMatching() if two_time else objective)
     reference = frozen_copy(policy, ctx.device)
     policy.to(ctx.device)
     columns = log_columns(spec, algorithm)
     state = RLState(policy, algorithm.anchors, columns, spec.steps, len(spec.rewards)).to(ctx.device)
-    run = RLRun(ctx, spec, domain, policy, state, reference, algorithm, rewards, domain.batches(ctx, ctx.device), hook)
+    run = RLRun(ctx, spec, domain, policy, state, reference, algorithm, rewards, domain.batches(ctx, ctx.device), hook,
+                two_time)
     cfg = TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.warmup_steps,
                       grad_clip=spec.grad_clip, ema_decay=spec.ema_decay, checkpoint_every=spec.checkpoint_every,
-                      log_every=spec.log_every, count_flops=False)
+                      log_every=spec.log_every, count_flops=algorithm.updates_per_rollout == 1)
     result, ema = train(ctx, policy, run.step_loss, cfg, ctx.generator(offset=2), loss_state=state)
     return FineTuned(policy, state, ema, result, {**info, "objective": objective.model_dump(mode="json")})
 
@@ -271,7 +279,7 @@ def run_rl(ctx: StageContext) -> StageOutput:
     write_json(out / "reward_log.json", {c: [None if math.isnan(v) else v for v in log[:, i].tolist()]
                                          for i, c in enumerate(done.state.columns)})
     metrics = {**reward_summary(done.state, spec), "algorithm": spec.algorithm.algorithm, "steps": spec.steps,
-               **done.result.timing()}
+               **done.result.metrics(spec.steps)}
     if spec.combine == "marble":
         metrics["marble_alpha"] = done.state.alpha.cpu().tolist()
     write_json(out / "metrics.json", metrics)

@@ -16,7 +16,7 @@ import torch
 
 from ..conditions import repeat_conditions, select_conditions
 from ..objectives import NetFn
-from ..rl.continuous.common import expand_like, sampler_grid, sde_step, velocity
+from ..rl.continuous.common import expand_like, sampler_grid, sde_step, step_end, velocity
 
 RewardOf = Callable[[torch.Tensor, Any], torch.Tensor]
 """(samples (N, ...), their conditions) -> rewards (N,)."""
@@ -43,6 +43,8 @@ class ContinuousProblem:
     reward_of: RewardOf | None
     gen: torch.Generator
     device: torch.device
+    two_time: bool = False
+    """The net is a flow map u(x, r, t): each step uses its mean velocity over the step (rl common.step_end)."""
     evaluations: int = 0
     grid: torch.Tensor = field(init=False)
 
@@ -70,7 +72,7 @@ class ContinuousProblem:
              noise_level: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One reverse step of every row from grid index `index` (per row) to index + 1; returns (x_next, x0_hat)."""
         t, t_next = self.grid[index].to(self.device), self.grid[index + 1].to(self.device)
-        v = velocity(self.net, x, t, cond)
+        v = velocity(self.net, x, t, cond, step_end(t_next, self.two_time))
         self.evaluations += x.shape[0]
         x0_hat = x - expand_like(t, x) * v
         sde = sde_step(x, v, t, t_next, float(self.grid[1]), noise_level)

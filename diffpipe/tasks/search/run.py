@@ -41,9 +41,10 @@ class SearchRun:
     """FLOPs of one evaluation of the sampled network (from its CountingNet), for the search's FLOP total."""
 
     def draw(self, net: NetFn, steps: int, shape: tuple[int, ...], cond: Any, gen: torch.Generator,
-             device: torch.device) -> torch.Tensor:
-        """One batch of `shape[0]` continuous samples for conditions `cond`, drawn by the search method."""
-        return self.solve(ContinuousProblem(net, shape, cond, steps, self.reward_of(), gen, device))
+             device: torch.device, two_time: bool = False) -> torch.Tensor:
+        """One batch of `shape[0]` continuous samples for conditions `cond`, drawn by the search method
+        (`two_time`: the net is a flow map, stepped with its mean velocity over each step)."""
+        return self.solve(ContinuousProblem(net, shape, cond, steps, self.reward_of(), gen, device, two_time))
 
     def solve(self, problem: ContinuousProblem | MaskedProblem) -> torch.Tensor:
         """Run the method on one batch and keep its result for the metrics."""

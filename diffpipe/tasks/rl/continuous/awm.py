@@ -49,17 +49,17 @@ class AWMAlgorithm(ContinuousAlgorithm):
         x0 = batch.x0.repeat_interleave(k, 0)
         cond = select_conditions(batch.cond, torch.arange(n).repeat_interleave(k))
         xt, eps = noised(x0, t, gen)
-        v = velocity(nets.policy, xt, t, cond)
+        v = velocity(nets.to_data(nets.policy), xt, t, cond)
         fm_error = TIME_WEIGHTS[self.spec.weighting](t) * per_sample_mean((v - (eps - x0)) ** 2)
         loss = (advantages.repeat_interleave(k, 1) * fm_error).mean(1)
         with torch.no_grad():
-            v_ema = velocity(nets.anchors["ema"], xt, t, cond)
+            v_ema = velocity(nets.to_data(nets.anchors["ema"]), xt, t, cond)
         ema_mse = per_sample_mean((v - v_ema) ** 2).mean()
         regulariser = self.spec.ema_kl_beta * ema_mse
         stats = {"fm_error": float(fm_error.detach().mean()), "ema_mse": float(ema_mse.detach())}
         if self.uses_reference:
             with torch.no_grad():
-                v_ref = velocity(nets.reference, xt, t, cond)
+                v_ref = velocity(nets.to_data(nets.reference), xt, t, cond)
             kl = per_sample_mean((v - v_ref) ** 2).mean()
             regulariser = regulariser + self.spec.kl_beta * kl
             stats["kl"] = float(kl.detach())

@@ -26,6 +26,19 @@ class Nets:
     """The init checkpoint (KL anchor)."""
     anchors: dict[str, NetFn] = field(default_factory=dict)
     """The algorithm's own slowly updated copies (DiffusionNFT `old`, AWM `ema`)."""
+    two_time: bool = False
+    """The networks are flow maps u(x, r, t) (a MeanFlow / CMT student): steps use their jump velocity."""
+
+    def to_data(self, net: NetFn) -> NetFn:
+        """`net` as the forward-process losses call it (velocity at noisy data x_t, fitted against eps - x0).
+
+        A two-time net gives its mean velocity over the whole jump to data (r = 0): eps - x0 is exactly
+        that quantity on the straight path, and x_t - t u is the net's own one-call x0 prediction. A
+        one-time net is returned as it is.
+        """
+        if not self.two_time:
+            return net
+        return lambda x, timestep, cond: net(x, timestep, cond, torch.zeros_like(timestep))
 
 
 @dataclass
@@ -58,7 +71,7 @@ class ContinuousAlgorithm(ABC):
     def __init__(self, spec: Any, objective: FlowMatching):
         self.spec = spec
         self.pretraining_loss = FlowMatchingLoss(objective)
-        """The init checkpoint's own flow-matching loss (per sample)."""
+        """The init checkpoint's own flow-matching loss (per sample; for a flow-map init, the default one)."""
 
     @property
     def updates_per_rollout(self) -> int:

@@ -2,6 +2,11 @@
 
 Internal time convention (timeconv.py): x_t = (1 - t) x0 + t eps, t = 0 is data, v = eps - x0. On the
 sampler grid t_0 = 1 > t_1 > ... > t_T = 0, which is diffusers' FlowMatchEulerDiscreteScheduler `sigmas`.
+
+A two-time (flow-map) policy steps from t to t_next with its mean velocity u(x, t_next, t) in place of v:
+with noise level 0 that is exactly its few-step flow-map sampler, and with noise the step is the same
+Gaussian kernel with u in the drift and in the kernel's score estimate, so the log-probability of every
+stored transition is that of the kernel that drew it (and of the same kernel under the reference).
 """
 
 from __future__ import annotations
@@ -72,9 +77,13 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return per_sample_mean(log_density)
 
 
-def velocity(net: NetFn, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
-    """The network's velocity at internal times t (per sample) in float32."""
-    return net(x, diffusers_timestep_from_t(t.to(x.device)), cond).float()
+def velocity(net: NetFn, x: torch.Tensor, t: torch.Tensor, cond: Any, r: torch.Tensor | None = None) -> torch.Tensor:
+    """The network's velocity at internal times t (per sample) in float32.
+
+    With `r`, a two-time network's mean velocity over [r, t] (one-time networks have one velocity)."""
+    if r is None:
+        return net(x, diffusers_timestep_from_t(t.to(x.device)), cond).float()
+    return net(x, diffusers_timestep_from_t(t.to(x.device)), cond, diffusers_timestep_from_t(r.to(x.device))).float()
 
 
 @dataclass
@@ -94,9 +103,10 @@ class Rollout:
 @torch.no_grad()
 def rollout(net: NetFn, cond: Any, shape: tuple[int, ...], grid: torch.Tensor, noise_level: float,
             gen: torch.Generator, device: torch.device, keep_states: bool = False,
-            rows: slice | None = None) -> Rollout:
+            rows: slice | None = None, two_time: bool = False) -> Rollout:
     """Integrate the SDE (noise_level 0: the Euler ODE) from noise to data, storing what trajectory methods need.
 
+    `two_time`: the net is a flow map, stepped with its mean velocity over each step (`step_end`).
     `rows` computes only those rows of the batch (one rank's share; the Rollout then holds them alone).
     The noise is drawn for the whole batch, so every row's noise is the same whichever rows are computed.
     """
@@ -108,7 +118,7 @@ def rollout(net: NetFn, cond: Any, shape: tuple[int, ...], grid: torch.Tensor, n
     t_second = float(grid[1])
     for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         tt, tn = t.expand(n).to(device), t_next.expand(n).to(device)
-        step = sde_step(x, velocity(net, x, tt, cond), tt, tn, t_second, noise_level)
+        step = sde_step(x, velocity(net, x, tt, cond, step_end(tn, two_time)), tt, tn, t_second, noise_level)
         if noise_level > 0:
             x = step.mean + step.std * torch.randn(shape, generator=gen)[rows].to(device)
             log_probs.append(gaussian_log_prob(x, step.mean, step.std))
@@ -118,6 +128,11 @@ def rollout(net: NetFn, cond: Any, shape: tuple[int, ...], grid: torch.Tensor, n
     if not keep_states:
         return Rollout(x, cond, grid)
     return Rollout(x, cond, grid, torch.stack(states), torch.stack(log_probs) if log_probs else None)
+
+
+def step_end(t_next: torch.Tensor, two_time: bool) -> torch.Tensor | None:
+    """The `r` of `velocity` for a step to t_next: t_next for a two-time net, None (v at t) for a one-time one."""
+    return t_next if two_time else None
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, global_std: bool) -> torch.Tensor:

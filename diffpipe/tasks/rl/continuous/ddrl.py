@@ -54,9 +54,10 @@ class DDRLAlgorithm(ContinuousAlgorithm):
         x0 = batch.x0.repeat_interleave(k, 0)
         cond = select_conditions(batch.cond, torch.arange(n).repeat_interleave(k))
         xt, eps = noised(x0, t, gen)
-        fm_error = per_sample_mean((velocity(nets.policy, xt, t, cond) - (eps - x0)) ** 2)
+        policy = nets.to_data(nets.policy)
+        fm_error = per_sample_mean((velocity(policy, xt, t, cond) - (eps - x0)) ** 2)
         loss = (advantages.repeat_interleave(k, 1) * fm_error).mean(1)
         x_data, cond_data = data
-        data_loss = self.pretraining_loss(nets.policy, x_data, cond_data, gen).mean()
+        data_loss = self.pretraining_loss(policy, x_data, cond_data, gen).mean()
         return LossParts(loss, self.spec.data_weight * data_loss,
                          {"data_loss": float(data_loss.detach()), "fm_error": float(fm_error.detach().mean())})

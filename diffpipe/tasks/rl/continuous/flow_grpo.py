@@ -16,7 +16,7 @@ from diffpipe.tasks.registry import implements
 
 from ...conditions import select_conditions
 from .base import ContinuousAlgorithm, LossParts, Nets
-from .common import Rollout, gaussian_log_prob, per_sample_mean, sde_step, velocity
+from .common import Rollout, gaussian_log_prob, per_sample_mean, sde_step, step_end, velocity
 
 
 def ppo_clip_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
@@ -61,14 +61,15 @@ class FlowGRPOAlgorithm(ContinuousAlgorithm):
         x, x_next = states[:j].flatten(0, 1), states[1:j + 1].flatten(0, 1)
         t, t_next = grid[:j].repeat_interleave(n).to(x.device), grid[1:j + 1].repeat_interleave(n).to(x.device)
         cond = select_conditions(batch.cond, torch.arange(n).repeat(j))
-        step = sde_step(x, velocity(nets.policy, x, t, cond), t, t_next, float(grid[1]), self.spec.noise_level)
+        r = step_end(t_next, nets.two_time)
+        step = sde_step(x, velocity(nets.policy, x, t, cond, r), t, t_next, float(grid[1]), self.spec.noise_level)
         log_probs = gaussian_log_prob(x_next, step.mean, step.std).view(j, n)
         loss, clip_fraction = ppo_clip_loss(log_probs, batch.log_probs[:j], advantages, self.spec.clip_range)
         regulariser = torch.zeros((), device=x.device)
         stats = {"clip_fraction": float(clip_fraction)}
         if self.uses_reference:
             with torch.no_grad():
-                ref = sde_step(x, velocity(nets.reference, x, t, cond), t, t_next, float(grid[1]),
+                ref = sde_step(x, velocity(nets.reference, x, t, cond, r), t, t_next, float(grid[1]),
                                self.spec.noise_level)
             kl = per_sample_mean((step.mean - ref.mean) ** 2) / (2 * step.noise_scale**2)
             regulariser = self.spec.kl_beta * kl.mean()

@@ -66,9 +66,9 @@ class DiffusionNFTAlgorithm(ContinuousAlgorithm):
         t = times.reshape(-1).to(x0.device)
         cond = select_conditions(batch.cond, torch.arange(n).repeat_interleave(k))
         xt, _ = noised(x0, t, gen)
-        v = velocity(nets.policy, xt, t, cond)
+        v = velocity(nets.to_data(nets.policy), xt, t, cond)
         with torch.no_grad():
-            v_old = velocity(nets.anchors["old"], xt, t, cond)
+            v_old = velocity(nets.to_data(nets.anchors["old"]), xt, t, cond)
         b, te = self.spec.guidance_strength, expand_like(t, xt)
         positive = x0_error(xt - te * (b * v + (1 - b) * v_old), x0, self.spec.adaptive_weighting)
         negative = x0_error(xt - te * ((1 + b) * v_old - b * v), x0, self.spec.adaptive_weighting)
@@ -78,7 +78,7 @@ class DiffusionNFTAlgorithm(ContinuousAlgorithm):
         stats = {"positive_loss": float(positive.detach().mean()), "negative_loss": float(negative.detach().mean())}
         if self.uses_reference:
             with torch.no_grad():
-                v_ref = velocity(nets.reference, xt, t, cond)
+                v_ref = velocity(nets.to_data(nets.reference), xt, t, cond)
             kl = per_sample_mean((v - v_ref) ** 2).mean()
             regulariser = self.spec.kl_beta * kl
             stats["kl"] = float(kl.detach())

@@ -279,7 +279,7 @@ def run_rl(ctx: StageContext) -> StageOutput:
     write_json(out / "reward_log.json", {c: [None if math.isnan(v) else v for v in log[:, i].tolist()]
                                          for i, c in enumerate(done.state.columns)})
     metrics = {**reward_summary(done.state, spec), "algorithm": spec.algorithm.algorithm, "steps": spec.steps,
-               **done.result.metrics(spec.steps)}
+               **(done.result.timing() if done.result.flops_per_step is None else done.result.metrics(spec.steps))}
     if spec.combine == "marble":
         metrics["marble_alpha"] = done.state.alpha.cpu().tolist()
     write_json(out / "metrics.json", metrics)

@@ -10,6 +10,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny models: one thread each be
 
 from pathlib import Path  # noqa: E402
 
+# Prefect sets up its logging (replacing the root logger's handlers) when its API is first imported: at collection,
+# not at a test's first flow run, where it would drop the handler `caplog` reads.
+import prefect.main  # noqa: E402,F401
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402

@@ -1,5 +1,5 @@
 """Live progress in the Prefect UI: training (a progress artifact, the loss curve and table as training runs)
-and other long work (sampling, data builds: one progress artifact each).
+and other long work (sampling, data builds, evaluation: one progress artifact each).
 
 `LiveProgress` is the `StageContext.on_progress` hook of a node's task. Its progress artifact is updated on
 every call (every `log_every` steps); the loss table and the markdown loss curve are published again at
@@ -20,9 +20,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from .ui import image_markdown
+from .ui import artifact_slug, image_markdown
 
 REDRAW_S = 10.0
+"""Seconds between redraws of a training stage's loss table and curve."""
+UPDATE_S = 1.0
+"""Seconds between updates of a work progress artifact."""
 
 
 class LiveProgress:
@@ -59,17 +62,24 @@ class LiveProgress:
 
 
 class WorkProgress:
-    """Publishes the progress of a stage's other long work (`StageContext.on_work`) under `<prefix>-<what>-progress`."""
+    """Publishes the progress of a stage's other long work (`StageContext.on_work`: sampling, data builds,
+    evaluation) under `<prefix>-<what>-progress`: created at the first report, then updated at most every
+    `UPDATE_S` seconds and at the last unit, so a bar over thousands of units costs a few API calls."""
 
     def __init__(self, prefix: str, node: str):
         self.prefix, self.node = prefix, node
         self.artifacts: dict[str, UUID] = {}
+        self.updated_at: dict[str, float] = {}
 
     def __call__(self, what: str, done: int, total: int) -> None:
         """Report `done` of `total` units of `what`."""
         pct, text = 100.0 * done / max(1, total), f"{self.node}: {what} {done}/{total}"
+        now = time.monotonic()
         if what not in self.artifacts:
-            slug = "".join(c if c.isalnum() else "-" for c in what.lower()).strip("-")
-            self.artifacts[what] = create_progress_artifact(pct, key=f"{self.prefix}-{slug}-progress", description=text)
-        else:
+            self.artifacts[what] = create_progress_artifact(pct, key=f"{self.prefix}-{artifact_slug(what)}-progress",
+                                                            description=text)
+        elif done >= total or now - self.updated_at[what] >= UPDATE_S:
             update_progress_artifact(self.artifacts[what], pct, description=text)
+        else:
+            return
+        self.updated_at[what] = now

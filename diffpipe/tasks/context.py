@@ -16,6 +16,16 @@ from diffpipe.storage import ArtifactStore
 
 log = logging.getLogger("diffpipe")
 
+ProgressBars = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+"""`bars(what, total)`: a progress bar over `total` units of `what` that yields `advance(n)`: what data builders
+take to show their progress (`StageContext.progress_bar` inside a stage, `no_progress` elsewhere)."""
+
+
+@contextmanager
+def no_progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar that shows nothing (builders called outside a stage: tests, benchmarks)."""
+    yield lambda n: None
+
 
 @dataclass
 class StageOutput:

@@ -194,12 +194,12 @@ class ImageDomain:
             reference = reference[torch.randperm(len(reference), generator=gen)[: spec.max_reference]]
         train_x, train_y = self.load(data_path, "train")
         pick = torch.randperm(len(train_x), generator=gen)[: len(x)]
-        metrics = {
-            "model": self.score(spec, data_path, x, labels, reference),
-            "data_floor": self.score(spec, data_path, train_x[pick], None if labels is None else train_y[pick],
-                                     reference),
-            "num_samples": len(x), "num_reference": len(reference),
-        }
+        with ctx.progress_bar("sample sets scored", 2) as advance:
+            model = self.score(spec, data_path, x, labels, reference)
+            advance(1)
+            floor = self.score(spec, data_path, train_x[pick], None if labels is None else train_y[pick], reference)
+            advance(1)
+        metrics = {"model": model, "data_floor": floor, "num_samples": len(x), "num_reference": len(reference)}
         return StageOutput("metrics", metrics, metrics_table(metrics))
 
     def score(self, spec: EvaluateStage, data_path: Path, x: torch.Tensor, labels: torch.Tensor | None,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 from distributed import Client, LocalCluster
+from helpers import RecordedBars
 
 from diffpipe.errors import DataError
 from diffpipe.tasks.data.cei.build import CEI_BUILDER_VERSION, build_cei_dataset, open_cei_store
@@ -29,9 +30,12 @@ def built(cluster, tmp_path_factory):
     (root / "xyz").mkdir()
     (root / "xyz" / "hydroxyl.xyz").write_text("2\nOH\nO 0 0 0\nH 0 0 0.97\n")
     (root / "xyz" / "broken.xyz").write_text("2\nOH\nO 0 0 0\n")
+    bars = RecordedBars()
     with Client(cluster) as client:
         report = build_cei_dataset(store_path=str(root / "a.zarr"), xyz_folder=str(root / "xyz"),
-                                   client=client, **OPTIONS)
+                                   client=client, bars=bars, **OPTIONS)
+    assert bars.totals == {"events": report.n_events} and bars.done("events") == report.n_events  # chunk by chunk
+    assert len(bars.advances["events"]) == -(-report.n_events // OPTIONS["events_per_chunk"])
     return root, report
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from helpers import RecordedBars
 
 from diffpipe.errors import DataError
 from diffpipe.tasks.data.climate import (
@@ -97,7 +98,9 @@ def test_layout_and_contents(store: Path) -> None:
 
 
 def test_builder_is_deterministic(store: Path, tmp_path: Path) -> None:
-    again = build_climate_store(tmp_path / "again.zarr", SMALL)
+    bars = RecordedBars()
+    again = build_climate_store(tmp_path / "again.zarr", SMALL, bars)
+    assert bars.done("store tasks") == bars.totals["store tasks"] > len(SMALL.scenarios) * SMALL.members
     for name in ("outputs", "forcing_maps", "forcing_global", "outputs_mean"):
         np.testing.assert_array_equal(
             zarr.open_array(f"{store}/{name}")[:], zarr.open_array(f"{again}/{name}")[:]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ from ..registry import domain
 from .images import save_grid
 
 CLASSIFIER_FILE = "classifier.safetensors"
+CLASSIFIER_EPOCHS = 400
+"""Full-batch epochs of the frozen classifier the data build trains."""
 
 
 class DigitsClassifier(nn.Module):
@@ -41,8 +44,9 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = 400) -> DigitsClassifier:
-    """Train the classifier full-batch with Adam (deterministic for a seed)."""
+def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = CLASSIFIER_EPOCHS,
+                     advance: Callable[[int], None] | None = None) -> DigitsClassifier:
+    """Train the classifier full-batch with Adam (deterministic for a seed); `advance(1)` after each epoch."""
     torch.manual_seed(seed)
     clf = DigitsClassifier()
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3, weight_decay=1e-4)
@@ -53,6 +57,8 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = 
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if advance is not None:
+            advance(1)
     return clf.eval()
 
 
@@ -89,7 +95,9 @@ class DigitsDomain(ImageDomain):
         )
         write_dataset(_as_dataset(x_tr, y_tr), ctx.workdir / "train.zarr")
         write_dataset(_as_dataset(x_te, y_te), ctx.workdir / "test.zarr")
-        clf = train_classifier(torch.from_numpy(x_tr[:, None]), torch.from_numpy(y_tr), seed=spec.split_seed)
+        with ctx.progress_bar("classifier epochs", CLASSIFIER_EPOCHS) as advance:
+            clf = train_classifier(torch.from_numpy(x_tr[:, None]), torch.from_numpy(y_tr), seed=spec.split_seed,
+                                   epochs=CLASSIFIER_EPOCHS, advance=advance)
         save_tensors(clf.state_dict(), ctx.workdir / CLASSIFIER_FILE)
         with torch.no_grad():
             acc = float((clf(torch.from_numpy(x_te[:, None])).argmax(1) == torch.from_numpy(y_te)).float().mean())

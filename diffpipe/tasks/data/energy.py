@@ -87,7 +87,7 @@ class EnergyDomain:
               gen: torch.Generator) -> torch.Tensor:
         mc = spec.mcmc
         ctx.log(f"data: {mc.chains} MCMC chains x {mc.walkers_per_chain} walkers, {mc.burn_in} + {mc.sweeps} sweeps")
-        states, logps = run_chains(spec, ctx.runtime.dask_address, ctx.runtime.dask_workers)
+        states, logps = run_chains(spec, ctx.runtime.dask_address, ctx.runtime.dask_workers, ctx.progress_bar)
         rhat = split_rhat(logps)
         facts.update(source="mcmc", mcmc_rhat=rhat, mcmc_draws=int(logps.size))
         if rhat > mc.max_rhat:

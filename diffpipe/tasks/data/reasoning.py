@@ -22,6 +22,8 @@ import xarray as xr
 
 from diffpipe.errors import DataError
 
+from ..context import ProgressBars, no_progress
+
 PAD, MASK, EOS = 0, 1, 2
 SYMBOLS = "0123456789+-*/()=,"
 TOKENS = ("<pad>", "<mask>", "<eos>", *SYMBOLS)
@@ -257,23 +259,27 @@ def countdown_key(numbers: Sequence[int], target: int) -> str:
 
 
 def build_countdown(num_train: int, num_test: int, *, num_numbers: Sequence[int] = (3,), max_number: int = 9,
-                    max_target: int = 99, test_fraction: float = 0.2, seed: int = 0) -> dict[str, xr.Dataset]:
-    """Countdown train/test sets as token arrays plus numbers, targets and solution counts."""
+                    max_target: int = 99, test_fraction: float = 0.2, seed: int = 0,
+                    bars: ProgressBars = no_progress) -> dict[str, xr.Dataset]:
+    """Countdown train/test sets as token arrays plus numbers, targets and solution counts; `bars` shows the
+    distinct problems found."""
     width = max(num_numbers)
     prompt_len, completion_len = countdown_lengths(width, max_number, max_target)
     wanted = {"train": num_train, "test": num_test}
     found: dict[str, dict[str, tuple[tuple[int, ...], int]]] = {"train": {}, "test": {}}
     rng = np.random.default_rng(seed)
-    for _ in range(200 * (num_train + num_test) + 1000):
-        if all(len(found[s]) >= wanted[s] for s in wanted):
-            break
-        problem = _random_countdown(rng, int(rng.choice(num_numbers)), max_number, max_target)
-        if problem is None:
-            continue
-        key = countdown_key(*problem)
-        split = _split_of(key, test_fraction)
-        if len(found[split]) < wanted[split]:
-            found[split].setdefault(key, problem)
+    with bars("problems", num_train + num_test) as advance:
+        for _ in range(200 * (num_train + num_test) + 1000):
+            if all(len(found[s]) >= wanted[s] for s in wanted):
+                break
+            problem = _random_countdown(rng, int(rng.choice(num_numbers)), max_number, max_target)
+            if problem is None:
+                continue
+            key = countdown_key(*problem)
+            split = _split_of(key, test_fraction)
+            if len(found[split]) < wanted[split] and key not in found[split]:
+                found[split][key] = problem
+                advance(1)
     for split, problems in found.items():
         if len(problems) < wanted[split]:
             raise DataError(f"countdown {split} split", "not enough distinct problems",
@@ -450,28 +456,38 @@ def _make_puzzle(grid: np.ndarray, blanks: int, rng: np.random.Generator) -> np.
 
 
 def build_sudoku(num_train: int, num_test: int, *, min_blanks: int = 6, max_blanks: int = 10,
-                 test_fraction: float = 0.2, seed: int = 0) -> dict[str, xr.Dataset]:
-    """4x4 Sudoku train/test sets with unique solutions; test puzzles come from held-out solution grids."""
+                 test_fraction: float = 0.2, seed: int = 0, bars: ProgressBars = no_progress) -> dict[str, xr.Dataset]:
+    """4x4 Sudoku train/test sets with unique solutions; test puzzles come from held-out solution grids; `bars`
+    shows the distinct puzzles found."""
     grids = all_sudoku_grids()
     by_split = {s: [g for g in grids if _split_of("".join(map(str, g)), test_fraction) == s]
                 for s in ("train", "test")}
     wanted = {"train": num_train, "test": num_test}
     rng = np.random.default_rng(seed)
     out = {}
-    for split, pool in by_split.items():
-        puzzles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for _ in range(50 * wanted[split] + 100):
-            if len(puzzles) >= wanted[split]:
-                break
-            grid = pool[int(rng.integers(len(pool)))]
-            puzzle = _make_puzzle(grid, int(rng.integers(min_blanks, max_blanks + 1)), rng)
-            if puzzle is not None:
-                puzzles.setdefault("".join(map(str, puzzle)), (puzzle, grid))
-        if len(puzzles) < wanted[split]:
-            raise DataError(f"sudoku {split} split", "not enough distinct puzzles",
-                            expected=str(wanted[split]), found=str(len(puzzles)))
-        out[split] = _sudoku_dataset(list(puzzles.values()), split)
+    with bars("puzzles", num_train + num_test) as advance:
+        for split, pool in by_split.items():
+            puzzles = _distinct_puzzles(pool, wanted[split], min_blanks, max_blanks, rng, advance)
+            if len(puzzles) < wanted[split]:
+                raise DataError(f"sudoku {split} split", "not enough distinct puzzles",
+                                expected=str(wanted[split]), found=str(len(puzzles)))
+            out[split] = _sudoku_dataset(list(puzzles.values()), split)
     return out
+
+
+def _distinct_puzzles(pool: list[np.ndarray], wanted: int, min_blanks: int, max_blanks: int, rng: np.random.Generator,
+                      advance: Callable[[int], None]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Up to `wanted` distinct (puzzle, solution) pairs from the grids of `pool`, keyed by the puzzle's digits."""
+    puzzles: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for _ in range(50 * wanted + 100):
+        if len(puzzles) >= wanted:
+            break
+        grid = pool[int(rng.integers(len(pool)))]
+        puzzle = _make_puzzle(grid, int(rng.integers(min_blanks, max_blanks + 1)), rng)
+        if puzzle is not None and (key := "".join(map(str, puzzle))) not in puzzles:
+            puzzles[key] = (puzzle, grid)
+            advance(1)
+    return puzzles
 
 
 def _sudoku_dataset(items: list[tuple[np.ndarray, np.ndarray]], split: str) -> xr.Dataset:

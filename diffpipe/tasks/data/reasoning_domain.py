@@ -230,10 +230,12 @@ class ReasoningDomain(ABC):
                             self.task, repr(samples.attrs.get("task")))
         prompts, completions = token_tensors(samples)
         test = self.load_split(ctx.input_path("data"), "test")
-        metrics = {"model": self.score(prompts.numpy(), completions.numpy()),
-                   "data_floor": self.score(test["prompt"].values[: len(prompts)],
-                                       test["completion"].values[: len(prompts)]),
-                   "num_samples": len(prompts),
+        with ctx.progress_bar("sample sets scored", 2) as advance:
+            model = self.score(prompts.numpy(), completions.numpy())
+            advance(1)
+            floor = self.score(test["prompt"].values[: len(prompts)], test["completion"].values[: len(prompts)])
+            advance(1)
+        metrics = {"model": model, "data_floor": floor, "num_samples": len(prompts),
                    "not_applicable": sorted(set(spec.metrics) - {"domain"})}
         return StageOutput("metrics", metrics, metrics_table(metrics))
 
@@ -267,7 +269,7 @@ class CountdownDomain(ReasoningDomain):
         spec: CountdownData = ctx.pipeline.data
         return build_countdown(spec.num_train, spec.num_test, num_numbers=tuple(spec.num_numbers),
                                max_number=spec.max_number, max_target=spec.max_target,
-                               test_fraction=spec.test_fraction, seed=spec.seed)
+                               test_fraction=spec.test_fraction, seed=spec.seed, bars=ctx.progress_bar)
 
 
 @domain("sudoku")
@@ -287,4 +289,4 @@ class SudokuDomain(ReasoningDomain):
         """Sudoku splits from the data spec."""
         spec: SudokuData = ctx.pipeline.data
         return build_sudoku(spec.num_train, spec.num_test, min_blanks=spec.min_blanks, max_blanks=spec.max_blanks,
-                            test_fraction=spec.test_fraction, seed=spec.seed)
+                            test_fraction=spec.test_fraction, seed=spec.seed, bars=ctx.progress_bar)

@@ -15,6 +15,9 @@ import torch
 
 from diffpipe.schemas.targets import EnergyData
 
+from ..context import ProgressBars, no_progress
+from ..dask_progress import gather
+
 
 def run_chain(data: dict[str, Any], chain: int) -> tuple[np.ndarray, np.ndarray]:
     """One chain task: (walkers, draws, dim) kept states and (walkers, draws) log densities."""
@@ -79,10 +82,12 @@ def dask_client(address: str | None, workers: int) -> Iterator[Any]:
         yield client
 
 
-def run_chains(spec: EnergyData, address: str | None, workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """All chains in parallel on Dask: states (walkers, draws, dim) and log densities (walkers, draws)."""
+def run_chains(spec: EnergyData, address: str | None, workers: int,
+               bars: ProgressBars = no_progress) -> tuple[np.ndarray, np.ndarray]:
+    """All chains in parallel on Dask: states (walkers, draws, dim) and log densities (walkers, draws); `bars`
+    shows the chains as they finish."""
     data = spec.model_dump(mode="json")
-    with dask_client(address, workers) as client:
+    with dask_client(address, workers) as client, bars("MCMC chains", spec.mcmc.chains) as advance:
         futures = client.map(run_chain, [data] * spec.mcmc.chains, range(spec.mcmc.chains), pure=False)
-        results = client.gather(futures)
+        results = gather(client, futures, advance)
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])

@@ -26,6 +26,8 @@ import xarray as xr
 
 from diffpipe.errors import DataError
 
+from ...context import ProgressBars, no_progress
+from ...dask_progress import gather
 from .augment import random_rotations, rotate
 from .charges import masses_from_atomic_numbers, sample_charges
 from .forward import simulate_explosion
@@ -74,7 +76,7 @@ def build_cei_dataset(*, store_path: str, include_g2: bool = True, min_atoms: in
                       test_molecules: tuple[str, ...] | None = None, split_seed: int = 0, seed: int = 0,
                       events_per_chunk: int = 2048, momentum_rtol: float = 1e-4, steps_per_decade: int = 32,
                       max_time_au: float = 1e9, n_workers: int = 2, dask_address: str | None = None,
-                      client=None) -> CeiBuildReport:
+                      client=None, bars: ProgressBars = no_progress) -> CeiBuildReport:
     """Simulate Coulomb explosions of G2 and/or user molecules with Dask and write one zarr v3 store.
 
     Geometry: include_g2 (G2 molecules with min_atoms..max_atoms atoms of `elements`), xyz_folder
@@ -88,6 +90,7 @@ def build_cei_dataset(*, store_path: str, include_g2: bool = True, min_atoms: in
     Split: `test_molecules` (names) or a `test_fraction` of molecules drawn with `split_seed`.
     Runtime: `events_per_chunk` events per Dask task and zarr chunk; a LocalCluster of `n_workers`
     single-threaded processes, or the scheduler at `dask_address`, or a given distributed `client`.
+    `bars` shows the simulated events as chunks finish.
     """
     started = time.perf_counter()
     params = {
@@ -115,8 +118,9 @@ def build_cei_dataset(*, store_path: str, include_g2: bool = True, min_atoms: in
     jobs = [_ChunkJob(k, start, min(start + events_per_chunk, n_events), store_path, max_atoms_found,
                       {**params, "molecules": ordered})
             for k, start in enumerate(range(0, n_events, events_per_chunk))]
-    with _dask_client(n_workers, dask_address, client) as dask_client:
-        unconverged = sum(dask_client.gather(dask_client.map(simulate_chunk, jobs, pure=False)))
+    with _dask_client(n_workers, dask_address, client) as dask_client, bars("events", n_events) as advance:
+        futures = dask_client.map(simulate_chunk, jobs, pure=False)
+        unconverged = sum(gather(dask_client, futures, advance, [job.stop - job.start for job in jobs]))
     return CeiBuildReport(store_path, n_events, len(train) * geometries_per_molecule, max_atoms_found,
                           [m.name for m in train], [m.name for m in test], [str(p) for p in problems],
                           int(unconverged), time.perf_counter() - started)

@@ -109,7 +109,8 @@ class CeiDomain:
         spec: CoulombExplosionData = ctx.pipeline.data
         store = str(ctx.workdir / STORE_FILE)
         report = build_cei_dataset(store_path=store, n_workers=ctx.runtime.dask_workers,
-                                   dask_address=ctx.runtime.dask_address, **spec.builder_options())
+                                   dask_address=ctx.runtime.dask_address, bars=ctx.progress_bar,
+                                   **spec.builder_options())
         if report.n_train_events == 0 or report.n_train_events == report.n_events:
             raise DataError("data.test_fraction", "the molecule split left one side empty",
                             expected="train and held-out molecules",
@@ -217,10 +218,13 @@ class CeiDomain:
         reference = test.isel(event=samples["event_index"].values).load()
         check_matching_events(samples, reference, f"{ctx.node}: samples of '{samples.attrs.get('stage')}'")
         names = list(test.attrs["molecule_names"])
-        scores = score_samples(samples, reference["positions"].values, names)
-        scores["scheduler"] = samples.attrs["scheduler"]
-        image = preview(samples, reference["positions"].values, names, ctx.workdir / "geometries.png",
-                        f"{ctx.node}: {samples.attrs['scheduler']} (circles: true, dots: draws, x: mean)")
+        with ctx.progress_bar("evaluation steps (scores, preview)", 2) as advance:
+            scores = score_samples(samples, reference["positions"].values, names)
+            scores["scheduler"] = samples.attrs["scheduler"]
+            advance(1)
+            image = preview(samples, reference["positions"].values, names, ctx.workdir / "geometries.png",
+                            f"{ctx.node}: {samples.attrs['scheduler']} (circles: true, dots: draws, x: mean)")
+            advance(1)
         return StageOutput("metrics", scores, metrics_table(scores), {"predicted vs true geometries": image})
 
     def evaluate_folder(self, pipeline: Any, data_path: Path, checkpoints: dict[str, tuple[SampleStage, Path]],

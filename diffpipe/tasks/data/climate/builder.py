@@ -22,6 +22,8 @@ from distributed import Client, LocalCluster
 
 from diffpipe.errors import DataError
 
+from ...context import ProgressBars, no_progress
+from ...dask_progress import compute
 from . import spatial
 from .forcing import (
     available_scenarios,
@@ -284,8 +286,10 @@ def dask_client(address: str | None, workers: int) -> Iterator[Client | None]:
             yield None
 
 
-def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None) -> Path:
-    """Build every scenario and member with Dask and publish the climate store at `dest` atomically."""
+def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None,
+                        bars: ProgressBars = no_progress) -> Path:
+    """Build every scenario and member with Dask and publish the climate store at `dest` atomically; `bars` shows
+    the build's Dask tasks as they finish."""
     options = options or ClimateBuildOptions()
     validate_options(options)
     plans = plan_layout([(s, scenario_years(s), options.members) for s in options.scenarios])
@@ -305,6 +309,6 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None) 
                 dask.delayed(scenario_maps)(options, plan.name), (plan.steps, *map_shape), dtype=np.float32
             )
             scenarios.append(ScenarioData(outputs, maps, pathway(plan.name).scalar_inputs()))
-        dask.compute(*store_writes(tmp, scenarios))
+        compute(*store_writes(tmp, scenarios), bars=bars, what="store tasks")
         write_statistics(tmp, options.resolved_stats_scenarios())
     return Path(dest)

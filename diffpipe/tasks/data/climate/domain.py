@@ -140,10 +140,11 @@ class ClimateDomain:
             with dask_client(ctx.runtime.dask_address, ctx.runtime.dask_workers):
                 ingest_climatebench(source.uri, dest, scenarios=source.scenarios,
                                     stats_scenarios=source.stats_scenarios or data.train_scenarios,
-                                    storage_options=source.storage_options, chunk_records=source.chunk_records)
+                                    storage_options=source.storage_options, chunk_records=source.chunk_records,
+                                    bars=ctx.progress_bar)
             where = source.uri
         else:
-            build_climate_store(dest, builder_options(data, ctx))
+            build_climate_store(dest, builder_options(data, ctx), ctx.progress_bar)
             where = "data.source"
         store = open_climate_store(dest)
         check_period(store, data, where)
@@ -356,14 +357,18 @@ class ClimateDomain:
             raise SpecError(ctx.field_path("metrics"), "climate evaluation computes the domain scores only",
                             "[domain]", str(spec.metrics))
         data: ClimateData = ctx.pipeline.data
-        with dask_client(ctx.runtime.dask_address, 0):
+        steps = ctx.progress_bar("evaluation steps (baseline, scores, figures)", 3)
+        with dask_client(ctx.runtime.dask_address, 0), steps as advance:
             store = open_climate_store(self.store_path(ctx), block=READ_BLOCK)
             prediction = open_dataset(ctx.input_path("samples") / SAMPLES_FILE)
             target = scenario_view(store, data.test_scenario)
             baseline = pattern_scaling_forecast(store, list(data.train_scenarios), data.test_scenario)
+            advance(1)
             scores = score_all(prediction, baseline, target, data.evaluation_period)
+            advance(1)
             label = "emulator" if prediction.sizes["member"] > 1 else "deterministic model"
             images = figures(prediction, baseline, target, ctx.workdir, label, data.evaluation_period)
+            advance(1)
         metrics = {"test_scenario": data.test_scenario, "period": list(data.evaluation_period),
                    "members": prediction.sizes["member"], "target_members": target.sizes["member"], **scores}
         first, last = data.evaluation_period

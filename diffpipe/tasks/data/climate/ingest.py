@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import dask.array as da
 import fsspec
 import numpy as np
@@ -19,6 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from diffpipe.errors import DataError
 
+from ...context import ProgressBars, no_progress
+from ...dask_progress import compute
 from .layout import (
     CHUNK_RECORDS,
     GLOBAL_FORCERS,
@@ -298,7 +299,7 @@ def check_resolution(scenarios: list[ScenarioFiles]) -> int:
     return first.months
 
 
-def check_values(scenarios: list[ScenarioFiles]) -> None:
+def check_values(scenarios: list[ScenarioFiles], bars: ProgressBars = no_progress) -> None:
     """Raise DataError on the first variable holding NaN, infinite or fill (|x| >= 1e19) values."""
     counts = {}
     for s in scenarios:
@@ -309,7 +310,7 @@ def check_values(scenarios: list[ScenarioFiles]) -> None:
             for name in names:
                 x = ds[name].data
                 counts[(path, name)] = (~da.isfinite(x) | (abs(x) >= FILL_THRESHOLD)).sum()
-    (computed,) = dask.compute(counts)
+    (computed,) = compute(counts, bars=bars, what="value checks")
     for (path, name), n in computed.items():
         if n:
             raise DataError(
@@ -358,6 +359,7 @@ def ingest_climatebench(
     storage_options: dict[str, Any] | None = None,
     scheduler: str | None = None,
     chunk_records: int = CHUNK_RECORDS,
+    bars: ProgressBars = no_progress,
 ) -> Path:
     """Validate ClimateBench netCDF files under a directory or fsspec URI; write one climate store at `dest`.
 
@@ -365,7 +367,8 @@ def ingest_climatebench(
     `stats_scenarios` default: every scenario except ssp245. `scheduler` is passed to `dask.compute`.
     `chunk_records`: records (member-years, or member-months) per zarr chunk of the store. Outputs files
     whose `time` holds every month of each year are ingested as monthly records (12 per year and member)
-    beside the yearly forcing of the inputs files; one store is either yearly or monthly.
+    beside the yearly forcing of the inputs files; one store is either yearly or monthly. `bars` shows the
+    Dask tasks of the value checks and of the store writes as they finish.
     """
     source = str(source)
     fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
@@ -375,7 +378,7 @@ def ingest_climatebench(
         opened = [open_scenario(fs, n, found[n], stack) for n in names]
         check_grids([g for s in opened for g in (s.grids[1], s.grids[0])])
         months = check_resolution(opened)
-        check_values(opened)
+        check_values(opened, bars)
         plans = plan_layout([(s.name, s.years, s.outputs.sizes["member"]) for s in opened], months)
         stats = (
             list(stats_scenarios) if stats_scenarios else [n for n in names if n != TEST_SCENARIO] or names
@@ -388,7 +391,7 @@ def ingest_climatebench(
                              np.stack([s.inputs[n].values for n in GLOBAL_FORCERS], axis=-1))
                 for s in opened
             ]
-            dask.compute(*store_writes(tmp, scenarios), scheduler=scheduler)
+            compute(*store_writes(tmp, scenarios), bars=bars, what="store tasks", scheduler=scheduler)
             write_statistics(tmp, stats)
     return Path(dest)
 

@@ -79,7 +79,14 @@ def local_slice(n: int) -> slice:
 
 
 def local_rows(batch: torch.Tensor, *others: Any) -> tuple[Any, ...]:
-    """This rank's rows of `batch` and of every other global-batch tensor or condition structure."""
+    """This rank's rows of `batch` and of every other global-batch tensor or condition structure.
+
+    A batch that does not split evenly is returned whole (every rank computes it all, which is still the
+    gradient of its mean after DDP / FSDP2 average): the launcher refuses uneven `batch_size`s, so this only
+    happens to losses whose row count is their own (CMT's state pairs).
+    """
+    if batch.shape[0] % world_size():
+        return (batch, *others)
     rows = local_slice(batch.shape[0])
     if rows == slice(0, batch.shape[0]):
         return (batch, *others)

@@ -67,8 +67,9 @@ StepLoss = Callable[[torch.Generator], torch.Tensor]
 """Computes the mean loss of one fresh batch; all randomness comes from the given generator.
 
 Across processes every rank calls it with the same generator state: it draws the global batch and
-computes the mean over this rank's rows (`distributed.local_rows`; losses that do not slice compute
-the whole batch on every rank, which is correct but not faster).
+computes the mean over this rank's rows (`distributed.local_rows`), or the loss of the whole batch from
+forwards split over the ranks (`distributed.RowSharded`); losses that do neither compute the whole
+batch on every rank (continuous RL's update), which is correct but not faster.
 """
 
 

@@ -15,6 +15,7 @@ import torch
 
 from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.tasks.conditions import select_conditions
+from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
 from . import FlowMapLoss, TwoTimeNet, VelocityFn, bcast, per_sample_mean
@@ -58,7 +59,7 @@ class ConsistencyMidTrainingLoss(FlowMapLoss):
         pick = torch.randint(0, upper.shape[1], (pairs,), generator=generator)
         i, j = (idx.to(states.device) for idx in upper[:, pick])
         k = torch.randint(0, states.shape[1], (pairs,), generator=generator).to(states.device)
-        x_t, x_r, t, r = states[i, k], states[j, k], times[i], times[j]
+        x_t, x_r, t, r, k = local_rows(states[i, k], states[j, k], times[i], times[j], k)  # this rank's pairs
         target = (x_t - x_r) / bcast(t - r, x_t)
         pred = net(x_t, r, t, select_conditions(cond, k.cpu()))
         return per_sample_mean((pred - target) ** 2)
@@ -72,5 +73,6 @@ class ConsistencyMidTrainingLoss(FlowMapLoss):
         r = times[-1].expand(t.shape[0])
         end = states[-1].repeat(steps, *([1] * (states.dim() - 2)))
         tiled = select_conditions(cond, torch.arange(steps * count) % count)  # rows follow states[:-1].flatten(0, 1)
+        x_t, t, r, end, tiled = local_rows(x_t, t, r, end, tiled)  # this rank's states
         pred = x_t - bcast(t - r, x_t) * net(x_t, r, t, tiled)
         return per_sample_mean((pred - end) ** 2)

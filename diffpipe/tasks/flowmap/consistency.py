@@ -20,6 +20,7 @@ from torch import nn
 
 from diffpipe.schemas.distill import ConsistencyDistill
 from diffpipe.tasks import timeconv
+from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
 from . import FlowMapLoss, TwoTimeNet, VelocityFn, bcast, per_sample_mean
@@ -96,6 +97,7 @@ class ConsistencyDistillationLoss(FlowMapLoss):
         level = torch.randint(0, self.times.shape[0] - 1, (n,), generator=generator)
         t_lo, t_hi = (self.times[idx].to(device=x0.device, dtype=x0.dtype) for idx in (level, level + 1))
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        x0, t_lo, t_hi, eps, cond = local_rows(x0, t_lo, t_hi, eps, cond)  # drawn for the global batch
         x_hi = (1 - bcast(t_hi, x0)) * x0 + bcast(t_hi, x0) * eps
         x_lo = solver_step(self.teacher, x_hi, t_hi, t_lo, cond, self.solver)
         target_net = self._target_net(net)

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from diffpipe.schemas.distill import MeanFlowOptions
+from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
 from . import FlowMapLoss, TwoTimeNet, bcast
@@ -107,6 +108,7 @@ class MeanFlowLoss(FlowMapLoss):
         r, t = (s.to(device=device, dtype=x0.dtype) for s in sample_two_times(n, generator, **self.times))
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        x0, r, t, eps, cond = local_rows(x0, r, t, eps, cond)  # drawn for the global batch; this rank's rows
         xt = (1 - bcast(t, x0)) * x0 + bcast(t, x0) * eps
         v = self.velocity(x0, eps, xt, t, cond)
         u, target = meanflow_target(lambda z, tt: net(z, r, tt, cond), xt, r, t, v,

@@ -1,7 +1,7 @@
 """The artifact store on S3: moto's S3 server on loopback (what s3fs tests itself against), real s3fs.
 
-One digits run end to end through the CLI (run, status, show, cached rerun) with `gc` collecting the store
-beside it (nothing lost), atomic publish against a
+One digits run end to end through the CLI (run, status, show, then a sweep whose first cell is that run and
+its comparison report) with `gc` collecting the store beside the run (nothing lost), atomic publish against a
 killed writer and two concurrent writers of one key, the bad inputs (missing bucket, no credentials), and the
 read cache: a second read served from it, and `gc` pruning it without touching what a live process holds.
 """
@@ -69,7 +69,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=600)
 
 
-def test_digits_pipeline_runs_on_s3_with_gc_running_beside_it(s3_env, tmp_path: Path) -> None:
+def test_digits_pipeline_and_a_sweep_run_on_s3_with_gc_running_beside_it(s3_env, tmp_path: Path) -> None:
     from diffpipe.storage import ArtifactStore
     from diffpipe.storage.gc import collect
 
@@ -100,10 +100,22 @@ def test_digits_pipeline_runs_on_s3_with_gc_running_beside_it(s3_env, tmp_path: 
     assert show["location"].startswith(f"s3://{BUCKET}/runs/digits/objects/")
     assert "model/config.json" in show["files"]
 
-    rerun = _cli(["run", str(path), "--json"], env, tmp_path)
-    assert {s["state"] for s in json.loads(rerun.stdout)["stages"]} == {"cached"}
+    spec["sweep"] = {"grid": {"stages.sample.num_samples": [40, 20]}, "metrics": ["evaluate.model.frechet_distance"]}
+    sweep = tmp_path / "sweep.yaml"  # cell c00 is the run above (all cached); c01 samples and evaluates anew
+    sweep.write_text(yaml.safe_dump(spec))
+    done = _cli(["sweep", str(sweep), "--json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert [c["states"] for c in report["cells"]] == [
+        dict.fromkeys(stages, "cached"), {"data": "cached", "pretrain": "cached", "sample": "executed",
+                                          "evaluate": "executed"}]
+    assert report["location"].startswith(f"s3://{BUCKET}/runs/digits/objects/")
+    published = {p.rsplit("/", 1)[-1] for p in fs.ls(report["location"].removeprefix("s3://"))}
+    assert {"comparison.json", "comparison.csv", "evaluate.model.frechet_distance.png"} <= published
+    shown = json.loads(_cli(["show", str(sweep), "--json"], env, tmp_path).stdout)  # read back from the bucket
+    assert shown["location"] == report["location"] and shown["cells"] == report["cells"]
     cached = cached_artifacts(tmp_path / "cache")  # one known folder, one copy per artifact
-    assert len(cached) == 4 and {c.store for c in cached} == {f"s3://{BUCKET}/runs/digits"}
+    assert len(cached) == 7 and {c.store for c in cached} == {f"s3://{BUCKET}/runs/digits"}
 
 
 PUBLISHER = """
@@ -290,3 +302,4 @@ def test_gc_prunes_the_read_cache_but_not_what_a_live_process_holds(s3_env, tmp_
     assert [(r.what, r.nbytes) for r in report.removals] == [("cached copy", 21000)]
     assert "over the 0 GB bound" in report.removals[0].why and cached_artifacts(cache) == []
     assert _read(root, ["k" * 64], cache).returncode == 0  # still in the store: read again on demand
+

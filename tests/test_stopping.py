@@ -1,5 +1,6 @@
 """Stopping real `diffpipe run`s: SIGTERM stops within seconds with a checkpoint; after SIGTERM or kill -9 of
-the run's own pid (not its group) no process it started survives, the temporary Prefect API server included."""
+the run's own pid (not its group) no process it started survives, the temporary Prefect API server included.
+SIGTERM during sampling stops at a batch, publishes nothing, leaves no staging folder or held lease behind."""
 
 from __future__ import annotations
 
@@ -27,11 +28,14 @@ def _spec_file(tmp_path: Path) -> Path:
     return path
 
 
-def _start(spec: Path, tmp_path: Path) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONUNBUFFERED": "1"}
+def _start(spec: Path, tmp_path: Path, extra: list[str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONUNBUFFERED": "1",
+           "TMPDIR": str(tmp_path / "tmp")}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.Popen([sys.executable, "-m", "diffpipe.flows.cli", "run", str(spec)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "diffpipe.flows.cli", "run", str(spec), *(extra or [])],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, text=True)
 
 
 def _children(pid: int) -> set[int]:
@@ -97,3 +101,35 @@ def test_sigterm_stops_with_a_checkpoint_and_kill_9_leaves_no_survivors(tmp_path
     proc.wait(timeout=30)
     proc.stdout.close()
     assert not _gone_within(children, 15), "processes outlived the run after kill -9"
+
+
+def test_sigterm_during_sampling_publishes_nothing_and_the_rerun_completes(tmp_path: Path) -> None:
+    from diffpipe.storage import ArtifactStore
+
+    spec = tiny_digits_spec(tmp_path / "artifacts")
+    spec["stages"] = spec["stages"][:2]  # pretrain -> sample
+    spec["stages"][0].update({"steps": 8, "checkpoint_every": 8})
+    spec["stages"][1].update({"num_samples": 200_000, "batch_size": 100, "scheduler": {
+        "name": "FlowMatchEulerDiscreteScheduler", "steps": 50}})  # minutes of sampling: stopped long before
+    path = tmp_path / "sampling.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    proc, lines = _start(path, tmp_path), []
+    children = _wait_until_training(proc, lines, "pretrain: published")
+    time.sleep(3)  # inside the sample stage
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out = "".join(lines) + proc.communicate(timeout=60)[0]
+    assert time.monotonic() - sent < 30, "the run took too long to stop"
+    assert proc.returncode == 130, out[-3000:]
+    assert "sample: SIGTERM: stopped after" in out and "nothing published" in out  # at a batch, not forced
+    assert not _gone_within(children, 15), "processes outlived the run after SIGTERM"
+    store = ArtifactStore(str(tmp_path / "artifacts"))
+    assert len(list((tmp_path / "artifacts" / "keys").glob("*.json"))) == 2  # data and pretrain only
+    assert not list((tmp_path / "tmp").glob("diffpipe-*"))  # the sample stage's staging folder is gone
+    leases = [p.name for p in (tmp_path / "artifacts" / "leases").iterdir()]
+    assert len(leases) == 3 and all(store.lease_info(k).released for k in leases)  # a rerun does not wait
+
+    proc = _start(path, tmp_path, ["--set", "stages.sample.num_samples=50"])
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]
+    assert len(list((tmp_path / "artifacts" / "keys").glob("*.json"))) == 3

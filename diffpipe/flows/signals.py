@@ -1,8 +1,9 @@
 """SIGTERM, SIGINT and a deployment's timeout stop a run within seconds: stages checkpoint at their next step.
 
 The first signal asks every stage to stop (`tasks.stopping`); training loops save a checkpoint and raise
-`Interrupted`. Outside a stage the run stops at once. If the run is still alive `FORCE_AFTER_S` later,
-the main thread is interrupted; `EXIT_AFTER_S` later the process exits (the watchdog ends its children).
+`Interrupted`, and loops with a progress bar (sampling, ...) raise it at their next unit, publishing nothing.
+Outside a stage the run stops at once. If the run is still alive `FORCE_AFTER_S` later, the main thread is
+interrupted; `EXIT_AFTER_S` later the process exits (the watchdog ends its children).
 A second signal stops at once.
 """
 
@@ -31,8 +32,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     if stop_requested() or not _stages_running:
         request_stop(name)
         raise KeyboardInterrupt(name)
-    print(f"{name}: stopping at the next step and saving a checkpoint (send it again to stop now)", file=sys.stderr,
-          flush=True)
+    print(f"{name}: stopping at the next step; training saves a checkpoint (send it again to stop now)",
+          file=sys.stderr, flush=True)
     _stop_soon(name, 128 + signum)
 
 

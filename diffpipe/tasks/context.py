@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
+from diffpipe.errors import Interrupted
 from diffpipe.schemas import ArtifactKind, ArtifactRef, PipelineSpec, RuntimeSpec
 from diffpipe.storage import ArtifactStore
+
+from .stopping import stop_reason, stop_requested
 
 log = logging.getLogger("diffpipe")
 
@@ -58,7 +61,8 @@ class StageContext:
     @contextmanager
     def progress_bar(self, what: str, total: int) -> Iterator[Callable[[int], None]]:
         """A terminal bar over `total` units of `what` (tqdm) that also reaches `on_work` (the Prefect UI);
-        yields `advance(n)`."""
+        yields `advance(n)`, which raises Interrupted once the run was asked to stop (SIGTERM / SIGINT): the
+        stage ends at that unit, its staging folder is removed and nothing is published."""
         from tqdm.auto import tqdm
 
         bar, done = tqdm(total=total, desc=f"{self.node}: {what}", disable=not self.progress, leave=False), 0
@@ -69,6 +73,9 @@ class StageContext:
             bar.update(n)
             if self.on_work is not None:
                 self.on_work(what, done, total)
+            if stop_requested():
+                raise Interrupted(f"{self.node}: {stop_reason()}: stopped after {done}/{total} {what}; nothing "
+                                  "published, rerun to compute it")
 
         try:
             yield advance

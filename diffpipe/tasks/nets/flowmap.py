@@ -298,7 +298,7 @@ class TwoTimeCall(nn.Module):
 
     def forward(self, x: torch.Tensor, r: torch.Tensor, t: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """Mean velocity u over [r, t] (internal times, per sample or scalar)."""
-        net = network_fn(self.model, self.call)
+        net = network_fn(self.model, self.call)  # per call: a deep copy of this module must run its own model
         return net(x, timeconv.diffusers_timestep_from_t(t), cond, timeconv.diffusers_timestep_from_t(r))
 
 

@@ -90,7 +90,7 @@ class RLRun:
         self.ctx, self.spec, self.domain, self.policy, self.state = ctx, spec, domain, policy, state
         self.algorithm, self.rewards, self.batches, self.hook = algorithm, rewards, batches, hook
         self.data_path = ctx.input_path("data")
-        self.grid = sampler_grid(algorithm.sampler_steps)
+        self.grid = sampler_grid(algorithm.sampler_steps, two_time)
         self.nets = Nets(domain.net(policy), domain.net(reference) if algorithm.uses_reference else None,
                          {n: domain.net(m) for n, m in state.anchors.items()}, two_time=two_time)
         self.weights = torch.tensor([r.weight for r in spec.rewards])

@@ -49,7 +49,7 @@ class ContinuousProblem:
     grid: torch.Tensor = field(init=False)
 
     def __post_init__(self) -> None:
-        self.grid = sampler_grid(self.steps)
+        self.grid = sampler_grid(self.steps, self.two_time)
 
     @property
     def n(self) -> int:

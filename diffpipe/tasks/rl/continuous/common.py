@@ -3,10 +3,11 @@
 Internal time convention (timeconv.py): x_t = (1 - t) x0 + t eps, t = 0 is data, v = eps - x0. On the
 sampler grid t_0 = 1 > t_1 > ... > t_T = 0, which is diffusers' FlowMatchEulerDiscreteScheduler `sigmas`.
 
-A two-time (flow-map) policy steps from t to t_next with its mean velocity u(x, t_next, t) in place of v:
-with noise level 0 that is exactly its few-step flow-map sampler, and with noise the step is the same
-Gaussian kernel with u in the drift and in the kernel's score estimate, so the log-probability of every
-stored transition is that of the kernel that drew it (and of the same kernel under the reference).
+A two-time (flow-map) policy steps from t to t_next with its mean velocity u(x, t_next, t) in place of v,
+on the uniform grid of the flow-map scheduler: with noise level 0 that is exactly its few-step sampler,
+and with noise the step is the same Gaussian kernel with u in the drift and in the kernel's score
+estimate, so the log-probability of every stored transition is that of the kernel that drew it (and of
+the same kernel under the reference).
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import FlowMapEulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
 from diffpipe.tasks.conditions import select_conditions
 from diffpipe.tasks.objectives import NetFn
 from diffpipe.tasks.timeconv import diffusers_timestep_from_t
 
 
-def sampler_grid(steps: int, scheduler: FlowMatchEulerDiscreteScheduler | None = None) -> torch.Tensor:
-    """Times t_0 = 1 > ... > t_T = 0 of a `steps`-step flow-matching sampler (diffusers' sigmas)."""
-    scheduler = scheduler or FlowMatchEulerDiscreteScheduler()
+def sampler_grid(steps: int, two_time: bool = False) -> torch.Tensor:
+    """Times t_0 = 1 > ... > t_T = 0 of a `steps`-step sampler: diffusers' FlowMatchEulerDiscreteScheduler sigmas,
+    or for a two-time net its FlowMapEulerDiscreteScheduler sigmas (the uniform grid the sample stage steps)."""
+    scheduler = FlowMapEulerDiscreteScheduler() if two_time else FlowMatchEulerDiscreteScheduler()
     scheduler.set_timesteps(steps)
     return scheduler.sigmas.float().cpu()
 

@@ -11,7 +11,8 @@ seed (so both share the data artifact), and reports per seed and as mean +- std 
 
 Scores are in physical units (K, mm/day) of our offline builder's data, not SPF's standardised
 ClimateBench variables: only the ratios compare with the paper. Monthly fields: the builder writes yearly
-means only, so no monthly level is sampled or scored.
+means only and the emulators train on yearly stores (monthly files ingest for the loaders), so no monthly
+level is sampled or scored.
 
     python benchmarks/climate_spf.py                     # quick CPU profile (120 training steps, 3 seeds)
     python benchmarks/climate_spf.py --profile full      # GPU: climate_full.yaml + climate_spf_full.yaml as written

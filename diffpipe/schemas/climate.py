@@ -156,7 +156,8 @@ class ClimateData(Strict):
     """Give the network the calendar year through the UNet's class embedding (sinusoidal, year - 1850)."""
     memory_budget_mb: float = Field(default=2048.0, gt=0.0)
     """Memory for training data (MB): a training split up to this size (float32) is read once into memory;
-    a larger one streams from zarr through a shuffle buffer of this size."""
+    a larger one streams from zarr with this much for its shuffle buffer, forcing maps and batches ahead
+    (the pyramid of `arch: spf` takes its coarse levels' blocks out of it first)."""
     stream: ClimateStream = Field(default_factory=lambda: ClimateStream())
     """How a training split larger than `memory_budget_mb` is streamed from the store."""
 

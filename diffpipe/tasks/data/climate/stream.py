@@ -183,7 +183,9 @@ class ChunkStream:
         """(training steps, 2, lat, lon) normalised forcing maps of every year the training records use."""
         s, (_, maps) = self.samples, self.samples.arrays()
         fields = maps.get_orthogonal_selection((self.map_steps,))
-        return torch.from_numpy((fields - s.map_mean[:, None, None]) / s.map_std[:, None, None])
+        np.subtract(fields, s.map_mean[:, None, None], out=fields)  # in place: no second copy of the maps
+        np.divide(fields, s.map_std[:, None, None], out=fields)
+        return torch.from_numpy(fields)
 
     # -- the schedule (pure functions of seed and step) ----------------------------------------------------
     def read_at(self, position: int) -> int:

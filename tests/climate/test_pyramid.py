@@ -105,10 +105,10 @@ def test_training_batches_condition_on_the_true_coarser_field(small_store: Path,
     torch.testing.assert_close(coarse[0].target, decadal.target)  # accumulated over parts of 50 reads
     cpu, gen = torch.device("cpu"), torch.Generator().manual_seed(0)
 
-    def source() -> CachedBatches | ChunkStream:
+    def source(start: int = 0) -> CachedBatches | ChunkStream:
         if not streamed:
             return CachedBatches(samples, static, cpu)
-        return ChunkStream(samples, static, cpu, seed=1, batch=5, budget_mb=0.08, prefetch=2)
+        return ChunkStream(samples, static, cpu, seed=1, batch=5, budget_mb=0.08, prefetch=2, start_step=start)
 
     finest, reference = source(), source()  # the reference repeats the finest level's draws
     if streamed:
@@ -126,8 +126,11 @@ def test_training_batches_condition_on_the_true_coarser_field(small_store: Path,
         torch.testing.assert_close(x0, whole["target"][rows], rtol=0, atol=0)
         torch.testing.assert_close(cond.maps, whole["maps"][rows], rtol=0, atol=0)
         torch.testing.assert_close(cond.coarse, pyramid.upsample(decadal.target[decadal.block_of_record[rows]], 2))
-    for s in (finest, reference):
-        if streamed:
+    if streamed:  # resumed at step 5: the stream resumes at its own step 5 // 2 (steps 1 and 3 were yearly)
+        again = source(start=5 // 2)
+        resumed = pyramid.PyramidBatches(pyramid.Pyramid(coarse, 2), again, samples.records, static, cpu, 5)
+        torch.testing.assert_close(resumed.next(torch.Generator(), 5)[0], x0, rtol=0, atol=0)
+        for s in (finest, reference, again):
             s.close()
 
 

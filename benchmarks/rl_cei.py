@@ -38,6 +38,11 @@ QUICK = ["stages.diffusion.steps=40", "stages.diffusion.checkpoint_every=40", "d
 """--quick: a smoke run (tiny data, 40 pretraining steps, small rollout batches), not a measurement."""
 
 
+def default_root(quick: bool) -> Path:
+    """The artifact root of these runs (and of rl_cei_drift.py's, which reuses their data and pretraining)."""
+    return Path(tempfile.gettempdir()) / ("diffpipe_rl_cei_quick" if quick else "diffpipe_rl_cei")
+
+
 def sweep_algorithms(root: Path, algorithms: list[str], seeds: int, rollouts: int, parallel: int,
                      extra: list[str]) -> list[dict]:
     """The cells of the sweeps (one per number of updates per rollout batch) over `algorithms` x seeds."""
@@ -107,7 +112,7 @@ def main() -> None:
                          help="artifact root, reused as a cache by later runs (default: one under the temp folder)")
     args = open_benchmark(options.parse_args())
     rollouts = args.rollouts or (2 if args.quick else 100)
-    root = args.root or Path(tempfile.gettempdir()) / ("diffpipe_rl_cei_quick" if args.quick else "diffpipe_rl_cei")
+    root = args.root or default_root(args.quick)
     t0 = time.perf_counter()
     runs = sweep_algorithms(root, args.algorithms, args.seeds, rollouts, args.parallel, QUICK if args.quick else [])
     result = {"spec": "pipelines/cei_rl.yaml", "config": {**vars(args), "rollouts": rollouts, "root": str(root),

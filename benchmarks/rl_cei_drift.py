@@ -6,27 +6,26 @@ rollout batches the online policy samples fixed events with the sample stage's s
 and is scored twice: the reward it is trained on, minus the round-trip error, on training-molecule
 events, and the drift, MAE against the true geometry, on held-out molecules. Drift is then read at a
 common reward gain (see `summarise`), interpolated linearly along each curve. The data and pretrained
-model come from the artifact root that rl_cei.py filled (run it first).
+model come from the artifact root that rl_cei.py filled (run it first, with --quick for a --quick run here).
 Prints and writes benchmarks/results/rl_cei_drift.json.
 
     python benchmarks/rl_cei_drift.py --seeds 0 1 2
+    python benchmarks/rl_cei_drift.py --quick     # after rl_cei.py --quick: a smoke run, to a temp folder
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
-from rl_cei import ALGORITHMS, SPEC
+from harness import open_benchmark, parser, write_result
+from rl_cei import ALGORITHMS, QUICK, SPEC, default_root
 
 from diffpipe.flows.plan import status
-from diffpipe.flows.spec_loading import validate_spec
+from diffpipe.flows.spec_loading import apply_override, validate_spec
 from diffpipe.storage import ArtifactStore
 from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.data.cei.build import open_cei_store
@@ -34,8 +33,6 @@ from diffpipe.tasks.data.cei.domain import STORE_FILE, CeiDomain
 from diffpipe.tasks.data.cei.inference import balanced_events, score_samples
 from diffpipe.tasks.rl.stage import RLRun, fine_tune
 from diffpipe.tasks.schedulers import make_scheduler
-
-RESULTS = Path(__file__).parent / "results" / "rl_cei_drift.json"
 
 
 class Probe:
@@ -71,9 +68,11 @@ class Probe:
                 "round_trip_heldout": test["momentum_rel_error"]}
 
 
-def pipeline(root: Path, seed: int, algorithm: str, rollouts: int) -> dict:
-    """The cei_rl spec for one seed and algorithm, artifacts under `root`."""
+def pipeline(root: Path, seed: int, algorithm: str, rollouts: int, quick: bool) -> dict:
+    """The cei_rl spec for one seed and algorithm (with rl_cei.py's --quick overrides), artifacts under `root`."""
     raw = yaml.safe_load(SPEC.read_text())
+    for assignment in QUICK if quick else []:
+        apply_override(raw, assignment)
     updates = 2 if algorithm == "flow_grpo" else 1
     raw["storage"], raw["runtime"]["seed"] = {"root": str(root)}, seed
     rl = next(s for s in raw["stages"] if s["name"] == "rl")
@@ -84,7 +83,7 @@ def pipeline(root: Path, seed: int, algorithm: str, rollouts: int) -> dict:
 
 def run_one(root: Path, seed: int, algorithm: str, args) -> dict:
     """One fine-tuning run with the probe every `eval_every` rollout batches."""
-    spec = validate_spec(pipeline(root, seed, algorithm, args.rollouts))
+    spec = validate_spec(pipeline(root, seed, algorithm, args.rollouts, args.quick))
     store = ArtifactStore(spec.storage.root)
     refs = {r.name: r.ref for r in status(spec, store) if r.ref is not None}
     if "diffusion" not in refs:
@@ -141,15 +140,17 @@ def summarise(runs: list[dict]) -> dict:
 
 def main() -> None:
     """Run every (seed, algorithm) pair and write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    parser.add_argument("--rollouts", type=int, default=100)
-    parser.add_argument("--eval-every", type=int, default=20)
-    parser.add_argument("--events", type=int, default=96, help="events per probe split")
-    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "diffpipe_rl_cei")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    options.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    options.add_argument("--rollouts", type=int, default=100)
+    options.add_argument("--eval-every", type=int, default=20)
+    options.add_argument("--events", type=int, default=96, help="events per probe split")
+    options.add_argument("--root", type=Path, default=None, help="rl_cei.py's artifact root (default: its default)")
+    args = open_benchmark(options.parse_args())
+    if args.quick:
+        args.seeds, args.rollouts, args.eval_every, args.events = [0], 2, 1, 8
+    args.root = args.root or default_root(args.quick)
     t0, runs = time.perf_counter(), []
     for seed in args.seeds:
         for algorithm in args.algorithms:
@@ -158,11 +159,9 @@ def main() -> None:
             print(f"seed {seed} {algorithm:>13}: reward {first['reward']:.4f} -> {last['reward']:.4f}, held-out MAE "
                   f"{first['mae_heldout_bohr']:.4f} -> {last['mae_heldout_bohr']:.4f}", flush=True)
             runs.append(run)
-    result = {"config": {**vars(args), "root": str(args.root)}, "summary": summarise(runs), "runs": runs,
+    result = {"config": vars(args), "summary": summarise(runs), "runs": runs,
               "benchmark_wall_s": time.perf_counter() - t0}
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps(result["summary"], indent=1))
-    print(f"wrote {RESULTS} in {result['benchmark_wall_s']:.0f} s")
+    write_result("rl_cei_drift", result, args.out)
 
 
 if __name__ == "__main__":

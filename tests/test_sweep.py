@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from diffpipe.flows.cli import main
+from diffpipe.flows.comparison import MAX_DEFAULT_PLOTS, default_headline
 from diffpipe.flows.graph import GraphFailed
 from diffpipe.flows.pipeline import execute
 from diffpipe.flows.spec_loading import validate_spec
@@ -56,6 +57,20 @@ def test_empty_sweep_block_and_colliding_roots(tiny_spec: dict, tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: sweep cell c01") and "collides with cell c00" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_default_plots_are_the_overall_headline_scores_and_few() -> None:
+    # a CEI-like spec: 20 evaluate stages, each with overall and per-molecule scores
+    metrics = sorted(f"evaluate_{i:02d}.sample.{where}.{name}" for i in range(20)
+                     for where in ("overall", "by_molecule.h2o.x")
+                     for name in ("mae_frame_bohr", "rmsd_bohr", "coverage_0.9", "n_events"))
+    metrics += ["evaluate_00.data_floor.mae_frame_bohr", "pretrain.final_loss"]
+    chosen = default_headline(metrics, {f"evaluate_{i:02d}" for i in range(20)})
+    assert len(chosen) == MAX_DEFAULT_PLOTS
+    assert all(".overall." in m and m.endswith(("mae_frame_bohr", "rmsd_bohr")) for m in chosen)
+    assert default_headline(["evaluate.model.frechet_distance", "evaluate.model.n"], {"evaluate"}) == [
+        "evaluate.model.frechet_distance"]
+    assert default_headline(["evaluate.model.n"], {"evaluate"}) == ["evaluate.model.n"]  # no headline name: all
 
 
 @pytest.mark.slow

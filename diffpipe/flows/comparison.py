@@ -62,13 +62,23 @@ def build_report(cells: list[Cell], summary: dict[str, list[dict[str, Any]]], he
 
 HEADLINE_NAMES = frozenset({"frechet_distance", "classifier_accuracy", "mmd2", "sliced_wasserstein", "mae", "rmsd",
                             "nrmse", "crps", "accuracy", "reward_gain", "gain", "spread_skill"})
-"""Metric names plotted by default (a sweep's `metrics:` list chooses others)."""
+"""Metric names plotted by default, also as the start of a name (`mae_frame_bohr`); a sweep's `metrics:` list
+chooses others."""
+MAX_DEFAULT_PLOTS = 12
+"""At most this many metrics are plotted by default (a spec with many evaluate stages scores hundreds); every
+metric stays in comparison.json and comparison.csv."""
 
 
 def default_headline(metrics: list[str], evaluate_stages: set[str]) -> list[str]:
-    """The evaluate stages' metrics with a headline name, not the data floor; else every evaluate metric."""
+    """The evaluate stages' metrics with a headline name, not the data floor (else every evaluate metric),
+    shallowest paths first (overall scores before per-group ones), at most MAX_DEFAULT_PLOTS."""
     evaluated = [m for m in metrics if m.split(".")[0] in evaluate_stages and "data_floor" not in m]
-    return [m for m in evaluated if m.rsplit(".", 1)[-1] in HEADLINE_NAMES] or evaluated
+    named = [m for m in evaluated if _is_headline(m.rsplit(".", 1)[-1])] or evaluated
+    return sorted(named, key=lambda m: m.count("."))[:MAX_DEFAULT_PLOTS]
+
+
+def _is_headline(name: str) -> bool:
+    return name in HEADLINE_NAMES or any(name.startswith(f"{h}_") for h in HEADLINE_NAMES)
 
 
 def _evaluate_stages(cells: list[Cell]) -> set[str]:

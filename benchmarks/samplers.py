@@ -8,9 +8,12 @@ PIS spends `batch_size` per step, buffer methods `batch_size` per refill (every 
 NAAS `2 sde_steps batch_size` per refill (scores along the path, then Hessian-vector products in the
 adjoint). The evaluations the stage reports are recorded beside the budget.
 
-Adjoint Sampling uses the reference code's sigma_max = 2 (its VE reference then has variance 4, and with
-100 equal-variance Euler steps the chain is stable on MW54 and DW-4; see docs/samplers.md). It is not run
-on GMM-40, whose modes need sigma_max ~ 60 and so more than ~1000 Euler steps per rollout.
+Adjoint Sampling uses the reference code's sigma_max = 2 (with sigma_max = 3 and 100 Euler steps its first
+step is about 1 times the network and the chain diverged; see docs/samplers.md). It is not run on GMM-40,
+whose modes need sigma_max ~ 60 and so far more Euler steps per rollout.
+
+`--methods` reruns only some methods of a family and replaces their entries in the existing results
+(the other methods' entries, with their own provenance, stay).
 
 Claims tested: PDNS keeps the 40 modes of GMM-40 where the reverse-KL sampler (PIS) drops modes; NAAS
 needs no importance weights and matches or beats Adjoint Sampling (many-well MW54, exact mode weights
@@ -155,6 +158,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--families", nargs="+", default=["gmm40", "many_well", "dw4", "ising", "potts"])
     parser.add_argument("--root", default=str(REPO / "benchmarks" / "artifacts" / "samplers"))
+    parser.add_argument("--methods", nargs="+", help="run only these methods (their entries replace the old ones)")
     parser.add_argument("--budget", type=float, default=1.0, help="multiplies the energy budget of the families run")
     args = parser.parse_args()
     budgets = {k: int(v * args.budget) for k, v in
@@ -162,6 +166,9 @@ def main() -> None:
     root, work = Path(args.root), Path(args.root) / "specs"
     work.mkdir(parents=True, exist_ok=True)
     configs = {f: c for f, c in families(budgets).items() if any(f.startswith(w) for w in args.families)}
+    if args.methods:
+        configs = {f: {**c, "methods": {m: o for m, o in c["methods"].items() if m in args.methods}}
+                   for f, c in configs.items()}
     results: dict = {}
     for family, config in configs.items():
         t0, load0 = time.perf_counter(), os.getloadavg()[0]
@@ -181,7 +188,15 @@ def main() -> None:
             print(f"  {family:18s} {m:8s} {shown}", flush=True)
     out = REPO / "benchmarks" / "results" / "samplers.json"
     previous = json.loads(out.read_text()) if out.exists() else {}
-    doc = {"benchmark": "samplers", "results": {**previous.get("results", {}), **results}, **provenance(None),
+    merged = previous.get("results", {})
+    for family, entry in results.items():
+        if args.methods and family in merged:  # a partial rerun: keep the other methods and their provenance
+            entry = {**merged[family], "methods": {**merged[family]["methods"], **{
+                m: {**v, "rerun": {k: entry[k] for k in ("commit", "date", "wall_s", "load_average_start",
+                                                         "load_average_end", "budget_energy_evals")}}
+                for m, v in entry["methods"].items()}}}
+        merged[family] = entry
+    doc = {"benchmark": "samplers", "results": merged, **provenance(None),
            "note": "each family carries its own commit, date, load and budget; wall times are from a shared "
                    "2-core machine (1 thread per process) and only their ratios within a family mean anything"}
     out.write_text(json.dumps(doc, indent=2) + "\n")

@@ -1,12 +1,11 @@
 """Adjoint Sampling baseline (Havens et al. 2025): on-policy buffer, regression on the terminal adjoint.
 
-Reference: X_0 = 0, f = 0, geometric VE diffusion g_t, on the grid with equal variance per Euler step
-(sde.DiracBrownian). The network is score-like: the control is g_t net(t, x), the drift g_t^2 net. With
-no drift and no state cost the lean adjoint is constant in time, so the regression target of net(t, X_t)
-is grad r(X_1) = grad log pi~(X_1) + X_1 / V (r = log pi~ - log N(0, V), V = int_0^1 g^2; the energy
-gradient's norm is clipped), with X_t drawn from the Brownian bridge between 0 and a buffer sample X_1 at
-a grid time t_k, k uniform (the times the rollout queries): X_t = s X_1 + sqrt(V s (1 - s)) z,
-s = c(t_k) / V. No importance weights in the loss.
+Reference: X_0 = 0, f = 0, geometric VE diffusion g_t on a uniform grid (sde.DiracBrownian). The network
+is score-like: the control is g_t net(t, x), the drift g_t^2 net. With no drift and no state cost the lean
+adjoint is constant in time, so the regression target of net(t, X_t) is grad r(X_1) = grad log pi~(X_1)
++ X_1 / V (r = log pi~ - log N(0, V), V = int_0^1 g^2; the energy gradient's norm is clipped), with X_t
+drawn from the Brownian bridge between 0 and a buffer sample X_1 at a grid time t_k, k uniform (the times
+the rollout queries): X_t = s X_1 + sqrt(V s (1 - s)) z, s = c(t_k) / V. No importance weights in the loss.
 """
 
 from __future__ import annotations

@@ -73,33 +73,19 @@ def ve_clock(sigma_min: float, sigma_max: float) -> VarianceClock:
     return lambda t: sigma_max**2 * (1 - ratio ** (-2 * t))
 
 
-def equal_variance_grid(clock: VarianceClock, steps: int, iters: int = 60) -> torch.Tensor:
-    """Times 0 = t_0 < ... < t_K = 1 with equal variance increments c(t_{k+1}) - c(t_k) = c(1) / K (bisection)."""
-    levels = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) * clock(torch.tensor(1.0, dtype=torch.float64))
-    lo, hi = torch.zeros_like(levels), torch.ones_like(levels)
-    for _ in range(iters):
-        mid = 0.5 * (lo + hi)
-        below = clock(mid) < levels
-        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    grid = 0.5 * (lo + hi)
-    grid[0], grid[-1] = 0.0, 1.0
-    return grid
-
-
 class DiracBrownian(Reference):
     """X_0 = 0, f = 0, diffusion given by its variance clock c(t) (constant for PIS, geometric VE for
-    adjoint sampling), on the grid with equal variance per step.
+    adjoint sampling), on a uniform grid in t.
 
-    Only c matters to the chain: in the clock's time the reference is a plain Brownian motion and the
-    controlled drift g^2 net moves x by (c(t_{k+1}) - c(t_k)) net per step. Equal increments c(1) / K keep
-    that step the same size everywhere; a uniform grid in t would put most of the variance (and the
-    largest, least stable Euler steps) in the first few steps of a geometric schedule. On each step g is
-    the constant with g_k^2 dt_k = c(t_{k+1}) - c(t_k), so the chain's variance at t_k is exactly c(t_k).
+    On each step g is the constant with g_k^2 dt = c(t_{k+1}) - c(t_k), so the chain's variance at t_k is
+    exactly c(t_k) and the bridge X_{t_k} | X_K is the exact one. The controlled drift g^2 net moves x by
+    (c(t_{k+1}) - c(t_k)) net per step: for the geometric schedule that step shrinks with the variance still
+    to come (about 2 ln(sigma_max / sigma_min) / K of it), small where the optimal control is sharp (near
+    t = 1) and largest at t = 0, where it is c(1 / K) ~ 2 ln(sigma_max / sigma_min) sigma_max^2 / K.
     """
 
     def __init__(self, dim: int, steps: int, clock: VarianceClock):
         super().__init__(dim, steps)
-        self.grid = equal_variance_grid(clock, steps)
         self.levels = clock(self.grid)
         """c(t_k), the chain's variance at each grid time."""
         self.g = (self.levels.diff() / self.step_sizes()).sqrt()

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import threading
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -114,10 +115,31 @@ def _source_file(module: str, package_dir: Path) -> Path | None:
     return None
 
 
-def _diffpipe_imports(source: str, package: str) -> list[str]:
+_PARSE_LOCK = threading.Lock()
+
+
+def _parse(source: str) -> ast.Module:
+    """`ast.parse(source)`, one thread at a time, retried once on CPython 3.11's spurious SystemError.
+
+    Keys are computed while other stages run in threads; CPython before 3.12 keeps the AST constructor's
+    recursion depth in interpreter-wide state, and a parse that overlaps another thread's can fail with
+    "AST constructor recursion depth mismatch" (python/cpython#106905). The state is reset at the start of
+    every parse, so a second attempt succeeds.
+    """
+    with _PARSE_LOCK:
+        try:
+            return ast.parse(source)
+        except SystemError as error:
+            if "recursion depth mismatch" not in str(error):
+                raise
+            return ast.parse(source)
+
+
+@cache
+def _diffpipe_imports(source: str, package: str) -> tuple[str, ...]:
     """Modules named by the diffpipe imports of `source` (a module of `package`), except type-checking-only ones."""
     out = []
-    for node in _executed_nodes(ast.parse(source)):
+    for node in _executed_nodes(_parse(source)):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names if a.name.startswith("diffpipe")]
         elif isinstance(node, ast.ImportFrom):
@@ -128,7 +150,7 @@ def _diffpipe_imports(source: str, package: str) -> list[str]:
             if base.startswith("diffpipe"):
                 out.append(base)
                 out += [f"{base}.{a.name}" for a in node.names]
-    return out
+    return tuple(out)
 
 
 def _executed_nodes(tree: ast.AST) -> list[ast.AST]:

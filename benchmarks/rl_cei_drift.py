@@ -54,7 +54,7 @@ class Probe:
     def scores(self, split: str, policy) -> dict:
         """Overall metrics of one draw per event of `split`."""
         events, names = self.splits[split]
-        samples, _ = self.domain.draw(events, policy, self.objective, self.scheduler, self.sample,
+        samples, _ = self.domain.draw(events, self.domain.net(policy), self.objective, self.scheduler, self.sample,
                                       self.spec.data, self.settings, self.spec.runtime, contextlib.nullcontext)
         return score_samples(samples, events["positions"].values, names)["sample"]["overall"]
 

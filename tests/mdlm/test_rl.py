@@ -11,6 +11,7 @@ from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS, DiscreteAlgorithmS
 from diffpipe.tasks.data.reasoning import EOS, MASK
 from diffpipe.tasks.mdlm import exact_elbo
 from diffpipe.tasks.rl.discrete import Rollouts, group_advantages, make_algorithm, rl_update
+from diffpipe.tasks.rl.discrete.tr2d2 import SearchRollouts
 
 ALGORITHMS = sorted(cls.model_fields["algorithm"].default for cls in DISCRETE_ALGORITHMS)
 
@@ -32,6 +33,15 @@ def toy_rollouts(group_size: int) -> Rollouts:
     return Rollouts(prompt, completion, rewards, rewards > 0, group_size)
 
 
+def toy_batch(algorithm: str, group_size: int) -> Rollouts:
+    """The toy group; TR2-D2 takes search rollouts, here with a zero path term so log RND = r / alpha."""
+    batch = toy_rollouts(group_size)
+    if algorithm != "tr2d2":
+        return batch
+    return SearchRollouts(batch.prompt, batch.completion, batch.rewards, batch.correct, group_size,
+                          batch.rewards.double())
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_each_loss_raises_the_rewarded_completion(algorithm):
     """A few gradient steps on one group: the exact ELBO of the reward-1 completion rises against the others."""
@@ -39,7 +49,7 @@ def test_each_loss_raises_the_rewarded_completion(algorithm):
     ref = copy.deepcopy(model).requires_grad_(False)
     spec = algorithm_spec(algorithm, num_iterations=4)
     algo = make_algorithm(spec, MASK, EOS)
-    batch = toy_rollouts(4)
+    batch = toy_batch(algorithm, 4)
 
     def margin() -> float:
         elbo = exact_elbo(model, batch.prompt, batch.completion, MASK)
@@ -77,16 +87,17 @@ def test_advantages_follow_each_reference():
 
 EXPECTED_FORWARDS = {  # (no-grad scoring, with-grad) sequence forwards per rollout at mu = 2
     "diffu_grpo": (4, 2), "coupled_grpo": (12, 6), "espo": (16, 8), "gdpo": (12, 6), "dmpo": (8, 8), "wd1": (0, 2),
-    # sdpo: the reference's log p(x0 | x_t) once per iteration; tr2d2: ELBO_ref and ELBO_theta (4 passes each),
-    # and 16 WDCE replicates per iteration
-    "sdpo": (2, 2), "tr2d2": (8, 32),
+    # sdpo: the reference's log p(x0 | x_t) once per iteration; tr2d2: none (its log RND is summed while
+    # searching, see SAMPLING_FORWARDS), and 16 WDCE replicates per iteration
+    "sdpo": (2, 2), "tr2d2": (0, 32),
 }
 SEARCH = {"mcts_iterations": 2, "num_children": 2}
 """tr2d2 at a budget of 4 reward evaluations per prompt (the other algorithms' group_size)."""
-SAMPLING_FORWARDS = {"tr2d2": 5}
-"""Rows through the network per rollout while sampling (others: one per decoding step, 6). tr2d2 expands
+SAMPLING_FORWARDS = {"tr2d2": 10}
+"""Rows through the networks per rollout while sampling (others: one per decoding step, 6). tr2d2 expands
 the root (1 row) and completes 2 children over 5 steps, then expands a depth-1 child (1) and completes 2
-over 4 steps: (1 + 10 + 1 + 8) / 4 rollouts."""
+over 4 steps: (1 + 10 + 1 + 8) / 4 rollouts = 5 rows, each through the policy and through the pretrained
+model (whose per-step log-probabilities make the path's log RND): 10."""
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

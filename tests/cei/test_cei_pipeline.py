@@ -84,7 +84,7 @@ def artifact(store: ArtifactStore, entry: dict) -> Path:
 
 
 def test_schema_mirrors_the_builder_one_to_one():
-    runtime_only = {"store_path", "n_workers", "dask_address", "client"}
+    runtime_only = {"store_path", "n_workers", "dask_address", "client", "bars"}
     builder = set(inspect.signature(build_cei_dataset).parameters) - runtime_only
     assert set(CoulombExplosionData().builder_options()) == builder
 

@@ -15,10 +15,12 @@ mean base-pair F1 of those samples.
 
 Sudoku scores partial credit (the exact verifier's share of blanks filled right) besides exact solves.
 
-Prints and writes benchmarks/results/mdlm_align.json (the environment from benchmarks/harness.py).
-One thread; a busy shared 2-core machine.
+Prints and writes benchmarks/results/mdlm_align.json through benchmarks/harness.py (commit, libraries,
+device, threads, load, date; plus ViennaRNA's version), after every run so a stopped benchmark keeps
+what it measured. One thread; a busy shared 2-core machine.
 
     python benchmarks/mdlm_align.py --seeds 0 1 2
+    python benchmarks/mdlm_align.py --quick     # one seed at tiny sizes, to a temporary folder
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from harness import REPO, RESULTS, environment
+from harness import REPO, open_benchmark, parser, write_result
 from prefect import flow
 
 from diffpipe.flows.pipeline import execute
@@ -46,7 +48,6 @@ from diffpipe.tasks.data.rna import RNADesignDomain, design_scores
 from diffpipe.tasks.rl.discrete import rollout
 from diffpipe.tasks.sample import load_checkpoint
 
-RESULT = RESULTS / "mdlm_align.json"
 GROUP_SIZE = 6
 ALGORITHMS = {  # num_iterations pinned so every algorithm gets the same rollout batches
     "coupled_grpo": {"algorithm": "coupled_grpo", "num_iterations": 2},
@@ -55,6 +56,9 @@ ALGORITHMS = {  # num_iterations pinned so every algorithm gets the same rollout
     "tr2d2": {"algorithm": "tr2d2", "num_iterations": 2, "mcts_iterations": 2, "num_children": 3,
               "num_replicates": 4},
 }
+QUICK = {"seeds": [0], "pretrain_steps": 20, "rl_steps": 2, "groups_per_step": 2, "diversity_targets": 2}
+"""--quick: sizes that only check every task and algorithm runs."""
+QUICK_DATA = {"num_train": 100, "num_test": 8}
 TASKS = {  # sample_steps: decoding steps of the evaluation sampler (one token per step for Sudoku and RNA)
     "countdown": {"spec": "countdown.yaml", "data": {"num_train": 1500, "num_test": 200},
                   "block_length": 4, "sample_steps": 8,
@@ -70,7 +74,7 @@ def spec(task: str, root: Path, seed: int, algorithm: dict, args: argparse.Names
     """The shipped spec of `task`, CPU-shrunk, with the given rl algorithm."""
     setting = TASKS[task]
     raw = yaml.safe_load((REPO / "pipelines" / setting["spec"]).read_text())
-    raw["data"].update(setting["data"])
+    raw["data"].update(setting["data"], **(QUICK_DATA if args.quick else {}))
     raw["model"] = {"arch": "mdlm", "d_model": 64, "num_layers": 2, "num_heads": 4}
     length = setting["block_length"]
     for stage in raw["stages"]:
@@ -130,13 +134,6 @@ def one_run(task: str, root: Path, seed: int, name: str, args: argparse.Namespac
     return run
 
 
-def versions() -> dict:
-    """The harness's environment (commit, libraries, device, threads, load, date) and ViennaRNA's version."""
-    import RNA
-
-    return {**environment(), "viennarna": RNA.__version__}
-
-
 def summarise(runs: dict) -> dict:
     """Per task and algorithm: mean and spread over seeds of held-out accuracy and reward, and wall time."""
     out: dict = {}
@@ -161,32 +158,36 @@ def summarise(runs: dict) -> dict:
 
 def main() -> None:
     """Run every (task, seed, algorithm), print and write the JSON (seeds outermost within a task)."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
-    parser.add_argument("--pretrain-steps", type=int, default=600)
-    parser.add_argument("--rl-steps", type=int, default=32)
-    parser.add_argument("--groups-per-step", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--diversity-targets", type=int, default=20)
-    parser.add_argument("--diversity-samples", type=int, default=8)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    environment, runs = versions(), {}
+    p = parser(__doc__)
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=list(ALGORITHMS))
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--rl-steps", type=int, default=32)
+    p.add_argument("--groups-per-step", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--diversity-targets", type=int, default=20)
+    p.add_argument("--diversity-samples", type=int, default=8)
+    p.add_argument("--note", default="", help="a line on how this run's sizes were chosen, kept in the JSON config")
+    args = open_benchmark(p.parse_args())
+    if args.quick:
+        vars(args).update(QUICK)
+    runs: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         for task, seed, name in itertools.product(args.tasks, args.seeds, args.algorithms):
             runs[f"{task}/{name}/seed{seed}"] = one_run(task, Path(tmp) / f"{task}-{seed}", seed, name, args)
             print(task, name, seed, json.dumps(runs[f"{task}/{name}/seed{seed}"]), flush=True)
-            write(args, environment, runs)  # after every run, so a stopped benchmark keeps what it measured
-    print(json.dumps(summarise(runs), indent=1))
+            write(args, runs)  # after every run, so a stopped benchmark keeps what it measured
 
 
-def write(args: argparse.Namespace, environment: dict, runs: dict) -> None:
-    """The results JSON of the runs so far."""
-    result = {"config": {**vars(args), "group_size": GROUP_SIZE, "algorithms": ALGORITHMS},
-              "environment": environment, "summary": summarise(runs), "runs": runs}
-    RESULT.write_text(json.dumps(result, indent=1) + "\n")
+def write(args: argparse.Namespace, runs: dict) -> None:
+    """The results JSON of the runs so far (the harness adds the environment)."""
+    import RNA
+
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    result = {"config": {**config, "group_size": GROUP_SIZE, "algorithms": ALGORITHMS},
+              "viennarna": RNA.__version__, "summary": summarise(runs), "runs": runs}
+    write_result("mdlm_align", result, args.out)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,6 @@ def run_distill(ctx: StageContext) -> StageOutput:
     """Train the student from `init` (or random) with the method's loss; publish a FlowMapNet checkpoint."""
     spec = ctx.pipeline.stage(ctx.node)
     student = initial_student(ctx, spec, "init" if spec.init is not None else None)
-    result, ema = train_student(ctx, spec, student, method_loss(ctx, spec))
+    student, result, ema = train_student(ctx, spec, student, method_loss(ctx, spec))
     info = {"method": spec.method, "init": spec.init or "random"}
     return publish_student(ctx, spec, student, ema, result, info)

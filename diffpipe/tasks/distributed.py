@@ -39,6 +39,12 @@ STRATEGY_ENV = "DIFFPIPE_DISTRIBUTED_STRATEGY"
 FULL = StateDictOptions(full_state_dict=True)
 """Whole (unsharded) tensors on every rank: what checkpoints hold, so a resume may change the world size."""
 
+GATHERED = StateDictOptions(full_state_dict=True, cpu_offload=True)
+"""Whole tensors gathered onto rank 0's CPU (the other ranks get an empty state dict)."""
+
+BROADCAST = StateDictOptions(full_state_dict=True, cpu_offload=True, broadcast_from_rank0=True)
+"""Rank 0's whole state dict broadcast into every rank's plain (unsharded) module, one tensor at a time."""
+
 
 def active() -> bool:
     """Whether this process is one rank of several (a process group is up)."""
@@ -215,30 +221,40 @@ class StepModule(nn.Module):
 
 
 class Wrapped:
-    """A model prepared for the strategy in use, and how to undo it once training ends."""
+    """A model prepared for the strategy in use, and the plain trained model once training ends (`unwrap`).
+
+    Under FSDP2 the model is sharded in place; a plain (unsharded) copy kept on the CPU receives the
+    gathered whole weights at the end, so the sharded module is never turned back into a plain one.
+    """
 
     def __init__(self, model: nn.Module, step: Any, device: torch.device):
-        self.model, self.step, self.strategy = model, step, strategy() if active() else None
+        self.model, self.step, self.device = model, step, device
+        self.strategy = strategy() if active() else None
         self.plain: nn.Module | None = None
         if self.strategy == "ddp":
             ids = [device.index if device.index is not None else torch.cuda.current_device()] \
                 if device.type == "cuda" else None
             self.step = DistributedDataParallel(StepModule(model, step), device_ids=ids)
         elif self.strategy == "fsdp":
-            self.plain = copy.deepcopy(model)
+            self.plain = copy.deepcopy(model).to("cpu")
             shard(model)
 
     def loss(self, gen: torch.Generator) -> torch.Tensor:
         """Run the step's loss (through DDP's forward when DDP is in use)."""
         return self.step(gen)
 
-    def unwrap(self) -> None:
-        """Leave the caller's model object a plain module holding the full trained weights (FSDP2: gathered)."""
+    def unwrap(self) -> nn.Module:
+        """The trained model as a plain module on the training device, on every rank (every rank takes part).
+
+        Without FSDP2 that is the model itself (DDP wraps the step, not the model). Under FSDP2 rank 0
+        gathers the whole state dict onto its CPU one tensor at a time (`GATHERED`) and broadcasts it into
+        every rank's plain copy (`BROADCAST`): no GPU holds more than one whole tensor at a time.
+        """
         if self.plain is None:
-            return
-        state = get_model_state_dict(self.model, options=FULL)
-        self.plain.load_state_dict(state)
-        self.model.__class__, self.model.__dict__ = self.plain.__class__, self.plain.__dict__
+            return self.model
+        state = get_model_state_dict(self.model, options=GATHERED)
+        set_model_state_dict(self.plain, state, options=BROADCAST)
+        return self.plain.to(self.device)
 
 
 def frozen_copy(model: nn.Module, device: torch.device) -> nn.Module:

@@ -15,6 +15,6 @@ def run_midtrain(ctx: StageContext) -> StageOutput:
     spec: MidtrainStage = ctx.pipeline.stage(ctx.node)
     teacher, velocity = load_teacher(ctx)
     student = initial_student(ctx, spec, teacher if spec.init == "teacher" else None)
-    result, ema = train_student(ctx, spec, student, method_loss(ctx, spec, velocity))
+    student, result, ema = train_student(ctx, spec, student, method_loss(ctx, spec, velocity))
     info = {"method": spec.method, "form": spec.form, "solver": spec.solver, "solver_steps": spec.solver_steps}
     return publish_student(ctx, spec, student, ema, result, info)

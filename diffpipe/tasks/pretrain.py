@@ -47,8 +47,7 @@ def fit(ctx: StageContext, spec: PretrainStage,
         drop = torch.rand(spec.batch_size, generator=gen) < spec.cond_dropout
         return loss_fn(net, x0, domain.drop_condition(model, cond, drop), gen).mean()
 
-    result, ema = train(ctx, model, step_loss, train_config(spec), ctx.generator(offset=1))
-    return model, result, ema
+    return train(ctx, model, step_loss, train_config(spec), ctx.generator(offset=1))
 
 
 def publish_checkpoint(ctx: StageContext, spec: PretrainStage, model: ModelMixin, ema: EMAModel | None,

@@ -130,12 +130,13 @@ def _lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainConfig, gen: torch.Generator,
-          loss_state: LossState | None = None) -> tuple[TrainResult, EMAModel | None]:
-    """Run (or resume) the loop; returns the loss history and the EMA of the weights.
+          loss_state: LossState | None = None) -> tuple[ModelMixin, TrainResult, EMAModel | None]:
+    """Run (or resume) the loop; returns the trained model (eval mode), the loss history and the EMA of the weights.
 
     `loss_state` is saved with every checkpoint and restored on resume (after the model weights).
-    Across processes `model` is trained in place (FSDP2 shards it) and is a plain module holding the
-    whole trained weights again when this returns, on every rank.
+    The returned model is a plain module holding the whole trained weights, on every rank: `model`
+    itself, except under FSDP2, which shards `model` in place and returns a plain copy of it holding the
+    gathered weights (`distributed.Wrapped.unwrap`); use the returned model, not `model`, afterwards.
     """
     device = ctx.device
     model.to(device).train()
@@ -189,9 +190,7 @@ def train(ctx: StageContext, model: ModelMixin, step_loss: StepLoss, cfg: TrainC
     result.steps_per_s = (cfg.steps - start) / result.wall_s if result.wall_s > 0 else math.nan
     if ema is not None:
         ema.shadow_params = full_tensors(ema.shadow_params)
-    wrapped.unwrap()
-    model.eval()
-    return result, ema
+    return wrapped.unwrap().eval(), result, ema
 
 
 def _checkpoint(run, step, model, ema, opt, sched, gen, result, loss_state) -> None:

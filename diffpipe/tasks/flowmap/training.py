@@ -69,8 +69,9 @@ def method_loss(ctx: StageContext, spec: TwoTimeTraining, teacher: VelocityFn | 
 
 
 def train_student(ctx: StageContext, spec: TwoTimeTraining, student: FlowMapNet,
-                  loss_fn: FlowMapLoss) -> tuple[TrainResult, EMAModel | None]:
-    """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout."""
+                  loss_fn: FlowMapLoss) -> tuple[FlowMapNet, TrainResult, EMAModel | None]:
+    """Run the shared resumable loop on `loss_fn(student, x0, cond, gen)` with condition dropout; the trained student,
+    the loop's result and the EMA."""
     domain = stage_domain(ctx)
     batches = domain.batches(ctx, ctx.device)
     net = TwoTimeCall(student.to(ctx.device), domain.base_call)

@@ -232,7 +232,7 @@ def fine_tune(ctx: StageContext, spec: RLStage, hook: Hook | None = None) -> Fin
     cfg = TrainConfig(steps=spec.steps, lr=spec.lr, weight_decay=spec.weight_decay, warmup_steps=spec.warmup_steps,
                       grad_clip=spec.grad_clip, ema_decay=spec.ema_decay, checkpoint_every=spec.checkpoint_every,
                       log_every=spec.log_every, count_flops=algorithm.updates_per_rollout == 1)
-    result, ema = train(ctx, policy, run.step_loss, cfg, ctx.generator(offset=2), loss_state=state)
+    policy, result, ema = train(ctx, policy, run.step_loss, cfg, ctx.generator(offset=2), loss_state=state)
     return FineTuned(policy, state, ema, result, {**info, "objective": objective.model_dump(mode="json")})
 
 

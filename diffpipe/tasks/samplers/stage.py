@@ -51,10 +51,9 @@ def run_neural_sampler(ctx: StageContext) -> StageOutput:
     torch.manual_seed(ctx.runtime.seed + spec.seed)
     model = get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx).to(ctx.device)
     method = get_implementation("method", spec.method)(spec, target, model, ctx.device)
-    result, ema = train(ctx, model, method.step_loss, train_config(spec), ctx.generator(offset=1 + 1000 * spec.seed),
-                       loss_state=method)
+    model, result, ema = train(ctx, model, method.step_loss, train_config(spec),
+                               ctx.generator(offset=1 + 1000 * spec.seed), loss_state=method)
     train_evals = target.evals
-    model.eval()
     t0 = time.perf_counter()
     x, log_w = draw(method, published_weights(model, ema), spec.num_samples, spec.batch_size,
                     ctx.generator(offset=2 + 1000 * spec.seed))

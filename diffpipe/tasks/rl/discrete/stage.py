@@ -199,8 +199,8 @@ def fine_tune_discrete(ctx: StageContext, spec: RLStage, hook: Hook | None = Non
     state = DiscreteState(spec.steps, algorithm.state).to(ctx.device)
     run = DiscreteRun(spec, policy, reference, algorithm, make_reward_fn(ctx, spec, domain),
                       train_split.labels, train_split.x.shape[1], state, hook)
-    result, ema = train(ctx, policy, run.step_loss, train_config(spec, spec.algorithm.num_iterations),
-                        ctx.generator(offset=2), loss_state=state)
+    policy, result, ema = train(ctx, policy, run.step_loss, train_config(spec, spec.algorithm.num_iterations),
+                                ctx.generator(offset=2), loss_state=state)
     return FineTuned(policy, state, ema, result, {**info, "objective": objective.model_dump(mode="json")})
 
 

@@ -1,8 +1,11 @@
-"""Against a real `prefect server start` on loopback: a CLI run and its artifacts (deployments: test_team_server.py)."""
+"""Against a real `prefect server start` on loopback: a CLI run and its artifacts through the API, and the same
+pages a person opens in the Prefect UI, driven in headless Chromium (deployments: test_team_server.py)."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -115,3 +118,68 @@ def test_runs_are_named_keyed_and_followed_through_the_api(server, tmp_path: Pat
     assert f"digits {override} [{v2}]" in {r["name"] for r in _filter(api, "flow_runs")}
     assert len(_artifacts(api, f"digits-{v2}-sample-summary")) == 1  # its own key: the variant v's is untouched
     assert len(_artifacts(api, f"digits-{v}-sample-summary")) == 1
+
+
+def test_a_person_follows_the_runs_in_the_ui_in_headless_chromium(server, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium binary on PATH (`chromium`; .ci/run installs the Debian package)")
+    from playwright.sync_api import expect, sync_playwright
+
+    api, env = server
+    raw = tiny_digits_spec(tmp_path / "ui")
+    raw["runtime"]["seed"] = 1  # a variant of its own: the other test's runs and artifact keys stay apart
+    spec = tmp_path / "ui.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    _cli([str(BIN / "diffpipe"), "run", str(spec)], env, tmp_path)
+    _cli([str(BIN / "diffpipe"), "run", str(spec)], env, tmp_path)  # the rerun: every stage cached
+    v = _variant(spec)
+    name, prefix = f"digits [{v}]", f"digits-{v}"
+    first, rerun = sorted((r for r in _filter(api, "flow_runs") if r["name"] == name), key=lambda r: r["start_time"])
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)  # a loaded machine renders slowly; a missing element still fails
+        expect.set_options(timeout=60_000)
+        page.goto(api.removesuffix("/api") + "/")  # the server's default UI, as a person opens it
+        runs_link = page.get_by_role("link", name="Runs", exact=True).first  # the sidebar's (a breadcrumb's too)
+        runs_link.click()
+        expect(page.get_by_role("link", name=name, exact=True)).to_have_count(2)  # listed under the spec's name
+
+        page.locator(f"a[href$='/runs/flow-run/{first['id']}']").first.click()
+        expect(page.get_by_role("tab", name="Parameters")).to_be_visible()  # the run's page, not the list's tabs
+        page.get_by_role("tab", name="Task Runs").click()
+        tasks = page.get_by_role("tabpanel", name="Task Runs")
+        expect(tasks).to_contain_text("(4 Completed)")
+        for stage in ("data", "pretrain", "sample", "evaluate"):
+            expect(tasks.get_by_role("link", name=stage, exact=True)).to_be_visible()
+        page.get_by_role("tab", name="Artifacts").click()
+        for key, alt in ((f"{prefix}-pretrain-loss-curve", "loss"), (f"{prefix}-sample-summary", "samples")):
+            page.get_by_text(key, exact=True).first.click()  # the key's versions, newest first
+            page.locator("a[href*='/artifacts/artifact/']").first.click()
+            page.wait_for_function("alt => [...document.querySelectorAll('img')].some("
+                                   "i => i.alt === alt && i.complete && i.naturalWidth > 0)", arg=alt)
+            page.go_back()
+            page.go_back()
+            expect(page.get_by_role("tabpanel", name="Artifacts")).to_be_visible()
+
+        runs_link.click()
+        page.locator(f"a[href$='/runs/flow-run/{rerun['id']}']").first.click()
+        expect(page.get_by_role("tab", name="Parameters")).to_be_visible()
+        page.get_by_role("tab", name="Task Runs").click()
+        tasks = page.get_by_role("tabpanel", name="Task Runs")
+        expect(tasks).to_contain_text("(4 Cached)")
+        for stage in ("data", "pretrain", "sample", "evaluate"):
+            rows = tasks.get_by_role("listitem").filter(has=page.get_by_role("link", name=stage, exact=True))
+            expect(rows.filter(has_text="Cached")).to_have_count(1)  # the stage's row carries the Cached badge
+        page.get_by_role("tab", name="Artifacts").click()
+        page.get_by_text(f"{prefix}-pretrain-cached", exact=True).click()
+        page.locator("a[href*='/artifacts/artifact/']").first.click()
+        computed_by = page.get_by_role("listitem").filter(has_text="computed by")  # the rendered markdown's line
+        link = computed_by.get_by_role("link", name=name, exact=True)
+        expect(link).to_have_attribute("href", re.compile(first["id"]))
+        link.click()
+        expect(page).to_have_title(f"Flow Run: {name} • Prefect Server")  # the run that computed the stage
+        assert first["id"] in page.url
+        browser.close()

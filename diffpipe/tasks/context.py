@@ -95,6 +95,12 @@ class StageContext:
         """Local folder of the input artifact bound to `name` (`data`, `model`, `init`, ...)."""
         return self.store.local_path(self.inputs[name])
 
+    def input_timings(self, name: str, file: str = "metrics.json") -> dict[str, Any]:
+        """Run facts (wall times, speeds) the input artifact `name` recorded in `file`, kept in its manifest's
+        lineage because they are not part of its content (`diffpipe.flows.timings`); empty when none."""
+        lineage = self.store.manifest(self.inputs[name].sha256).get("lineage", {})
+        return dict(lineage.get("timings", {}).get(file, {}))
+
     @property
     def runtime(self) -> RuntimeSpec:
         """The pipeline's runtime settings."""

@@ -125,3 +125,21 @@ def test_unconverged_mcmc_fails_the_data_stage(tmp_path: Path, prefect_api) -> N
     with pytest.raises(Exception, match="did not converge: split R-hat"):
         run(spec)
     assert not list((tmp_path / "a").glob("objects/*/*/reference.zarr"))
+
+
+def test_identical_sampler_runs_publish_identical_digests(tmp_path: Path, prefect_api) -> None:
+    """The samples hold content only: two roots, one spec, one digest per stage; timings live in the lineage."""
+    runs = []
+    for root in ("a", "b"):
+        spec = tiny("samplers_gmm40.yaml", tmp_path / root)
+        spec["stages"] = [s for s in spec["stages"] if s["name"] in ("pdns", "evaluate_pdns")]
+        runs.append(run(spec))
+    assert [s["state"] for s in runs[1].values()] == ["executed"] * 3  # another root: computed again
+    digests = [{n: s["artifact"]["sha256"] for n, s in summary.items()} for summary in runs]
+    assert digests[0] == digests[1]
+    store = ArtifactStore(str(tmp_path / "b"))
+    assert set(samples_of(tmp_path / "b", runs[1]["pdns"]).attrs) == {"stage", "method", "energy_evals"}
+    timings = store.manifest(digests[1]["pdns"])["lineage"]["timings"]["metrics.json"]
+    assert timings["train_wall_s"] > 0 and timings["sampling_wall_s"] > 0
+    report = runs[1]["evaluate_pdns"]["metrics"]  # evaluate still reports the sampler's wall times
+    assert report["train_wall_s"] == timings["train_wall_s"] and report["sampling_wall_s"] == timings["sampling_wall_s"]

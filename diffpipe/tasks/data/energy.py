@@ -140,7 +140,9 @@ class EnergyDomain:
         if spec.max_reference and len(reference) > spec.max_reference:
             reference = reference[torch.randperm(len(reference), generator=gen)[: spec.max_reference]]
         metrics, images = sampler_metrics(target, facts, x, log_w, reference, spec, gen, ctx.workdir)
-        metrics.update({k: attrs[k] for k in ("method", "energy_evals", "train_wall_s") if k in attrs})
+        metrics.update({k: attrs[k] for k in ("method", "energy_evals") if k in attrs})
+        timings = ctx.input_timings("samples")
+        metrics.update({k: timings[k] for k in ("train_wall_s", "sampling_wall_s") if k in timings})
         rows = [f"| {k} | {v:.5g} |" for k, v in metrics.items() if isinstance(v, float)]
         summary = "| metric | value |\n|---|---|\n" + "\n".join(rows)
         return StageOutput("metrics", metrics, summary, images)

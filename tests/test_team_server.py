@@ -117,29 +117,28 @@ def test_two_workers_run_scheduled_and_manual_runs_of_the_deployment(team_server
     for r in _runs(api, dep["id"]):
         _api(api, "DELETE", f"flow_runs/{r['id']}")
 
-    workers = [subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "diffpipe", "--name", name],
-                                env=client, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True) for name in ("worker-a", "worker-b")]
+    workers = {name: subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "diffpipe", "--name", name],
+                                      env=client, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True) for name in ("worker-a", "worker-b")}
     try:
+        _wait_for_workers(api, set(workers))
         spec = tmp_path / "tiny.yaml"
         spec.write_text(yaml.safe_dump(tiny_digits_spec(tmp_path / "artifacts")))
         run = [str(BIN / "prefect"), "deployment", "run", "diffpipe/digits-nightly", "--param", f"spec_path={spec}"]
-        _cli([*run, "--start-in", "5 seconds"], client)  # a scheduled run
+        _cli([*run, "--start-in", "5 seconds"], client)  # a scheduled run: either worker may take it
+        (scheduled,) = _wait_for_runs(api, dep["id"], 1)
+        first = _worker_of(scheduled)
+        _stop(workers.pop(first))  # that worker leaves the pool: the other one must run what comes next
         _cli(run, client)  # a manual run
         bad = ["stages.sample.scheduler.options={no_such_option: 1}"]  # only the library checks catch it
         _cli([*run, "--param", f"overrides={json.dumps(bad)}"], client)
         runs = _wait_for_runs(api, dep["id"], 3)
-        registered = _api(api, "POST", "work_pools/diffpipe/workers/filter", {}).json()
-        assert {w["name"] for w in registered} >= {"worker-a", "worker-b"}
     finally:
-        for w in workers:
-            os.killpg(w.pid, signal.SIGTERM)
-        for w in workers:
-            try:
-                w.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # a worker busy polling a loaded server: stop it anyway
-                os.killpg(w.pid, signal.SIGKILL)
-                w.wait()
+        for w in workers.values():
+            _stop(w)
+    (second,) = workers
+    by_worker = {r["id"]: _worker_of(r) for r in runs}
+    assert by_worker.pop(scheduled["id"]) == first and set(by_worker.values()) == {second}  # each ran runs
     by_overrides = {bool(r["parameters"].get("overrides")): r for r in runs}
     assert sorted(r["state_type"] for r in runs) == ["COMPLETED", "COMPLETED", "FAILED"]
     failed = by_overrides[True]
@@ -147,6 +146,30 @@ def test_two_workers_run_scheduled_and_manual_runs_of_the_deployment(team_server
     assert "stages[1].scheduler.options.no_such_option: FlowMatchEulerDiscreteScheduler has no such option" in (
         failed["state"]["message"])
     assert len(list((tmp_path / "artifacts").glob("manifests/*.json"))) == 4  # computed once, then cached
+
+
+def _wait_for_workers(api: str, names: set[str], timeout_s: float = 120) -> None:
+    """Until every named worker has registered with the pool (it polls for runs from then on)."""
+    deadline = time.monotonic() + timeout_s
+    while not names <= {w["name"] for w in _api(api, "POST", "work_pools/diffpipe/workers/filter", {}).json()}:
+        assert time.monotonic() < deadline, f"workers {sorted(names)} did not register"
+        time.sleep(0.5)
+
+
+def _worker_of(run: dict) -> str:
+    """The worker that executed a flow run: the label it gives the run after winning the run's Pending state."""
+    assert run["infrastructure_pid"], run  # it was started as a process, not merely claimed
+    return run["labels"]["prefect.worker.name"]
+
+
+def _stop(worker: subprocess.Popen) -> None:
+    """SIGTERM a worker's process group; SIGKILL if it is still busy polling a loaded server 30 s later."""
+    os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
 
 
 def _runs(api: str, deployment_id: str) -> list[dict]:

@@ -34,3 +34,34 @@ class ContextModel(torch.nn.Module):
         fraction = (input_ids == MASK).float().mean(dim=1, keepdim=True).unsqueeze(-1)
         logits = logits + fraction * self.masked_fraction[:length]
         return logits.index_fill(-1, torch.tensor([MASK]), float("-inf"))
+
+
+def rl_rollout_batch(model: torch.nn.Module, algorithm: dict, prompts: torch.Tensor, reward_fn, *,
+                     completion_length: int, group_size: int = 4, groups_per_step: int = 2, lr: float = 1e-3):
+    """One rollout batch through the `rl` stage's per-step work (`DiscreteRun.step_loss`): `num_iterations`
+    optimizer steps, each back-propagated, clipped and stepped as the shared loop does; returns the run's
+    state (its per-step log) and the losses."""
+    from diffpipe.schemas.rl import RLStage
+    from diffpipe.tasks.data.reasoning import EOS
+    from diffpipe.tasks.distributed import frozen_copy
+    from diffpipe.tasks.rl.discrete import make_algorithm
+    from diffpipe.tasks.rl.discrete.stage import DiscreteRun, DiscreteState
+
+    spec = RLStage.model_validate({"name": "rl", "init": "pretrain", "algorithm": algorithm,
+                                   "rewards": [{"name": "verifier"}], "group_size": group_size,
+                                   "groups_per_step": groups_per_step, "steps": algorithm["num_iterations"],
+                                   "lr": lr})
+    algo = make_algorithm(spec.algorithm, MASK, EOS)
+    state = DiscreteState(spec.steps, algo.state)
+    run = DiscreteRun(spec, model, frozen_copy(model, torch.device("cpu")), algo, reward_fn, prompts,
+                      completion_length, state)
+    optimizer, gen, losses = torch.optim.AdamW(model.parameters(), lr=spec.lr), torch.Generator().manual_seed(0), []
+    model.train()
+    for _ in range(spec.steps):
+        optimizer.zero_grad(set_to_none=True)
+        loss = run.step_loss(gen)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return state, losses

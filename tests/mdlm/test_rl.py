@@ -1,16 +1,18 @@
-"""Discrete RL algorithms: gradient sign on a toy group, forward counts and one full update each."""
+"""Discrete RL algorithms: gradient sign on a toy group, forward counts and one rollout batch each through the
+`rl` stage's per-step work."""
 
 import copy
 
 import pytest
 import torch
-from mdlm_helpers import tiny_model
+from mdlm_helpers import rl_rollout_batch, tiny_model
 from pydantic import TypeAdapter
 
 from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS, DiscreteAlgorithmSpec
 from diffpipe.tasks.data.reasoning import EOS, MASK
 from diffpipe.tasks.mdlm import exact_elbo
-from diffpipe.tasks.rl.discrete import Rollouts, group_advantages, make_algorithm, rl_update
+from diffpipe.tasks.rl.discrete import Rollouts, group_advantages, make_algorithm
+from diffpipe.tasks.rl.discrete.stage import summary_metrics
 from diffpipe.tasks.rl.discrete.tr2d2 import SearchRollouts
 
 ALGORITHMS = sorted(cls.model_fields["algorithm"].default for cls in DISCRETE_ALGORITHMS)
@@ -101,21 +103,21 @@ model (whose per-step log-probabilities make the path's log RND): 10."""
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_rl_update_runs_and_counts_forwards(algorithm):
+def test_rollout_batch_of_the_stage_counts_forwards(algorithm):
     model = tiny_model(seed=5, max_length=10)
-    ref = copy.deepcopy(model).requires_grad_(False)
-    spec = algorithm_spec(algorithm, num_iterations=2, block_length=3, **(SEARCH if algorithm == "tr2d2" else {}))
+    options = {"algorithm": algorithm, "num_iterations": 2, "block_length": 3,
+               **(SEARCH if algorithm == "tr2d2" else {})}
     before = [p.detach().clone() for p in model.parameters()]
 
     def reward_fn(prompts: torch.Tensor, completions: torch.Tensor):
         rewards = (completions % 2 == 0).float().mean(dim=1)
         return rewards, rewards > 0.5
 
-    stats = rl_update(model, ref, torch.optim.Adam(model.parameters(), lr=1e-3), torch.randint(3, 21, (2, 4)),
-                      spec, torch.Generator().manual_seed(0), group_size=4, reward_fn=reward_fn,
-                      completion_length=6, eos_token_id=EOS)
-    assert stats["rollouts"] == 8 and stats["sampling_forwards_per_rollout"] == SAMPLING_FORWARDS.get(algorithm, 6)
-    expected = EXPECTED_FORWARDS[algorithm]
-    assert (stats["scoring_forwards_per_rollout"], stats["grad_forwards_per_rollout"]) == expected
+    state, losses = rl_rollout_batch(model, options, torch.randint(3, 21, (2, 4)), reward_fn, completion_length=6)
+    stats = summary_metrics(state)
+    assert stats["rollout_batches"] == 1 and stats["samples_generated"] == 8 and len(losses) == 2
+    forwards = stats["forwards_per_rollout"]
+    assert forwards["sampling"] == SAMPLING_FORWARDS.get(algorithm, 6)
+    assert (forwards["scoring"], forwards["grad"]) == EXPECTED_FORWARDS[algorithm]
     changed = any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert changed == (stats["zero_std_ratio"] < 1.0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from mdlm_helpers import tiny_model
+from mdlm_helpers import rl_rollout_batch, tiny_model
 from pydantic import TypeAdapter
 from test_mdlm_pipeline import run, tiny_countdown_spec
 
@@ -22,10 +22,10 @@ from diffpipe.tasks.context import StageContext
 from diffpipe.tasks.data.reasoning import EOS, MASK, build_sudoku, reward_fn_for
 from diffpipe.tasks.data.reasoning_domain import token_tensors
 from diffpipe.tasks.mdlm.plans import masked_token_logps
-from diffpipe.tasks.rl.discrete import Rollouts, make_algorithm, rl_update
+from diffpipe.tasks.rl.discrete import Rollouts, make_algorithm
 from diffpipe.tasks.rl.discrete.replay import ReplayBuffer
 from diffpipe.tasks.rl.discrete.sdpo import sdpo_loss
-from diffpipe.tasks.rl.discrete.stage import fine_tune_discrete
+from diffpipe.tasks.rl.discrete.stage import fine_tune_discrete, summary_metrics
 from diffpipe.tasks.rl.discrete.tr2d2 import (
     SearchRollouts,
     StepSchedule,
@@ -259,10 +259,11 @@ def test_one_update_on_sudoku_with_its_exact_verifier(algorithm: dict) -> None:
     prompts, _ = token_tensors(ds)
     model = tiny_model(seed=6, max_length=32)
     before = [p.detach().clone() for p in model.parameters()]
-    stats = rl_update(model, copy.deepcopy(model), torch.optim.Adam(model.parameters(), lr=1e-3), prompts[:2],
-                      spec_of(algorithm), torch.Generator().manual_seed(0), group_size=4,
-                      reward_fn=reward_fn_for("sudoku"), completion_length=16, eos_token_id=EOS)
-    assert stats["rollouts"] == 8 and 0.0 <= stats["reward_mean"] <= 1.0 and math.isfinite(stats["loss"])
+    state, losses = rl_rollout_batch(model, copy.deepcopy(algorithm), prompts[:2], reward_fn_for("sudoku"),
+                                     completion_length=16)
+    stats = summary_metrics(state)
+    assert stats["samples_generated"] == 8 and 0.0 <= stats["train_reward"]["first"] <= 1.0
+    assert all(math.isfinite(v) for v in losses)
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)) or (
         stats["zero_std_ratio"] == 1.0)
 

@@ -81,6 +81,18 @@ CASES = [
     ("unet on countdown", "countdown.yaml", ["model={arch: unet2d}"], "model.arch"),
     ("heads do not divide", "countdown.yaml", ["model.num_heads=5"], "model.num_heads"),
     ("climate seed beyond range", "climate.yaml", ["data.source.seed=-3"], "data.source.seed"),
+    ("zero self-training generations", "rna_self_train.yaml", ["stages.self_train.generations=0"],
+     "stages[1].generations"),
+    ("real-data fraction above one", "rna_self_train.yaml", ["stages.self_train.real_fraction=1.5"],
+     "stages[1].real_fraction"),
+    ("negative real-data fraction", "rna_self_train.yaml", ["stages.self_train.real_fraction=-0.1"],
+     "stages[1].real_fraction"),
+    ("entropy selection on data without entropy features", "cei.yaml",
+     ["stages=[{name: pretrain, stage: pretrain, objective: {kind: flow_matching}}, {name: st, stage: self_train, "
+      "model: pretrain, selection: entropy, objective: {kind: flow_matching}}]"], "stages[1].selection"),
+    ("tr2d2 search beyond the rollout budget", "rna_design.yaml",
+     ["stages.rl.algorithm={algorithm: tr2d2, mcts_iterations: 4, num_children: 3}"],
+     "stages[3].algorithm.num_children"),
 ]
 
 SET_CASES = [

@@ -46,15 +46,15 @@ CACHE = Path(tempfile.gettempdir()) / "diffpipe_search_digits_cache"
 REWARD = "classifier_logprob"
 
 
-def methods(budget: int) -> dict[str, dict]:
-    """Search blocks of every method at one budget."""
+def methods(budget: int, reward: str = REWARD) -> dict[str, dict]:
+    """Search blocks of every method at one budget with `reward` (shared with search_cei.py)."""
     return {
-        "best_of_n": {"method": "best_of_n", "reward": REWARD, "particles": budget},
-        "fk_max": {"method": "fk_steering", "reward": REWARD, "particles": max(2, budget), "potential": "max"},
-        "fk_difference": {"method": "fk_steering", "reward": REWARD, "particles": max(2, budget),
+        "best_of_n": {"method": "best_of_n", "reward": reward, "particles": budget},
+        "fk_max": {"method": "fk_steering", "reward": reward, "particles": max(2, budget), "potential": "max"},
+        "fk_difference": {"method": "fk_steering", "reward": reward, "particles": max(2, budget),
                           "potential": "difference"},
-        "dts": {"method": "tree_search", "reward": REWARD, "rollouts": budget, "variant": "dts"},
-        "dts_star": {"method": "tree_search", "reward": REWARD, "rollouts": budget, "variant": "dts_star"},
+        "dts": {"method": "tree_search", "reward": reward, "rollouts": budget, "variant": "dts"},
+        "dts_star": {"method": "tree_search", "reward": reward, "rollouts": budget, "variant": "dts_star"},
     }
 
 
@@ -82,8 +82,14 @@ def pipeline(args: argparse.Namespace) -> dict:
     return raw
 
 
-def summarise(rows: list[dict]) -> dict:
-    """Mean and std over seeds per (method, budget), and the equal-NFE comparisons with best-of-N."""
+DIGITS_METRICS = ("reward", "nfe_per_sample", "frechet_distance", "classifier_accuracy", "search_wall_s")
+
+
+def summarise(rows: list[dict], keys: tuple[str, ...] = DIGITS_METRICS, quality: str = "frechet_distance",
+              label: str = "fd") -> dict:
+    """Mean and std over seeds per (method, budget) of `keys`, and the equal-NFE comparisons with best-of-N:
+    reward and `quality` (as `<label>_minus_best_of_n`) differences, and the NFE at which each method first
+    reaches best-of-N's reward at its top budget (shared with search_cei.py)."""
     table: dict[str, dict[int, dict]] = {}
     for method in dict.fromkeys(r["method"] for r in rows):
         for budget in sorted({r["budget"] for r in rows if r["method"] == method}):
@@ -91,7 +97,7 @@ def summarise(rows: list[dict]) -> dict:
             table.setdefault(method, {})[budget] = {
                 k: {"mean": statistics.fmean(r[k] for r in group),
                     "std": statistics.stdev(r[k] for r in group) if len(group) > 1 else 0.0}
-                for k in ("reward", "nfe_per_sample", "frechet_distance", "classifier_accuracy", "search_wall_s")}
+                for k in keys}
     bon = table["best_of_n"]
     comparisons = {}
     for method, by_budget in table.items():
@@ -99,7 +105,7 @@ def summarise(rows: list[dict]) -> dict:
             continue
         comparisons[method] = {
             budget: {"reward_minus_best_of_n": v["reward"]["mean"] - bon[budget]["reward"]["mean"],
-                     "fd_minus_best_of_n": v["frechet_distance"]["mean"] - bon[budget]["frechet_distance"]["mean"],
+                     f"{label}_minus_best_of_n": v[quality]["mean"] - bon[budget][quality]["mean"],
                      "nfe_ratio_to_best_of_n": v["nfe_per_sample"]["mean"] / bon[budget]["nfe_per_sample"]["mean"]}
             for budget, v in by_budget.items() if budget in bon}
         top = max(bon)

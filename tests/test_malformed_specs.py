@@ -2,7 +2,8 @@
 
 Each case is a shipped or tiny spec, the `--set` overrides that break it, and the field path the one-line
 error must name. `validate` runs the schema and the library checks (schedulers, rewards, the model
-checked against the data it will see), the same path as `diffpipe run` before anything runs.
+checked against the data it will see) and the distributed launch's checks (processes against the cores,
+batches and rollout groups against the processes), the same path as `diffpipe run` before anything runs.
 """
 
 from __future__ import annotations
@@ -93,6 +94,17 @@ CASES = [
     ("tr2d2 search beyond the rollout budget", "rna_design.yaml",
      ["stages.rl.algorithm={algorithm: tr2d2, mcts_iterations: 4, num_children: 3}"],
      "stages[3].algorithm.num_children"),
+    ("more processes than usable cores", "tiny", ["runtime.distributed.nproc_per_node=4096"],
+     "runtime.distributed.nproc_per_node"),
+    ("nccl on the CPU", "tiny", ["runtime.distributed={nproc_per_node: 2, backend: nccl}"],
+     "runtime.distributed.backend"),
+    ("global batch that does not split over the processes", "tiny",
+     ["runtime.distributed.nproc_per_node=2", "stages.pretrain.batch_size=33"], "stages[0].batch_size"),
+    ("rl groups that do not split over the processes", "digits_rl.yaml",
+     ["runtime.distributed.nproc_per_node=2", "stages.rl.groups_per_step=3"], "stages[1].groups_per_step"),
+    ("MARBLE under FSDP2", "digits_rl.yaml",
+     ["runtime.distributed={nproc_per_node: 2, strategy: fsdp}", "stages.rl.combine=marble",
+      "stages.rl.rewards=[{name: classifier_logprob}, {name: ink}]"], "runtime.distributed.strategy"),
 ]
 
 SET_CASES = [

@@ -54,6 +54,7 @@ def _store(spec: PipelineSpec):
 def cmd_validate(args: argparse.Namespace) -> int:
     """Validate a spec and print what it will run."""
     spec = _spec(args)
+    _launch_checks(spec)
     stages = ", ".join(f"{s.name} ({s.stage})" for s in spec.stages)
     print(f"OK: pipeline '{spec.name}': data {spec.data.kind}, model {spec.model.arch}; stages: {stages}")
     return 0

@@ -13,11 +13,12 @@ held-out distance, and the Kozachenko-Leonenko entropy (k = 1; pixels, or one-ho
 training set. The claim tested: entropy (farthest-point) selection slows the drift to memorisation.
 
 Prints and writes benchmarks/results/self_train_collapse.json (digits) or
-self_train_collapse_rna.json, with the environment from benchmarks/harness.py. One thread; a busy
-shared 2-core machine, so wall times are indicative only.
+self_train_collapse_rna.json through benchmarks/harness.py (commit, libraries, device, threads, load,
+date). One thread; a busy shared 2-core machine, so wall times are indicative only.
 
     python benchmarks/self_train_collapse.py --seeds 0 1 2 --generations 5
     python benchmarks/self_train_collapse.py --data rna_design --seeds 0 1 2 --generations 5
+    python benchmarks/self_train_collapse.py --quick   # tiny sizes, to a temporary folder
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
-from harness import REPO, RESULTS, environment
+from harness import REPO, open_benchmark, parser, write_result
 from prefect import flow
 
 from diffpipe.flows.pipeline import execute
@@ -45,13 +45,15 @@ COMMON = {"memorisation_ratio": ("memorisation", "memorisation_ratio"),
           "training_set_entropy": ("entropy", "training_set"),
           "sample_entropy": ("sample_entropy",)}
 DATA = {  # per kind of data: shipped spec, results file, the quality metrics tracked, CPU shrinking
-    "digits": {"spec": "digits_self_train.yaml", "result": "self_train_collapse.json",
+    "digits": {"spec": "digits_self_train.yaml", "result": "self_train_collapse",
                "quality": ("classifier_accuracy", "frechet_distance"),
                "model": {"arch": "unet2d", "block_out_channels": [16, 32], "norm_num_groups": 8, "attention": False},
                "scheduler": lambda args: {"name": "FlowMatchEulerDiscreteScheduler", "steps": args.sampler_steps}},
-    "rna_design": {"spec": "rna_self_train.yaml", "result": "self_train_collapse_rna.json",
+    "rna_design": {"spec": "rna_self_train.yaml", "result": "self_train_collapse_rna",
                    "quality": ("accuracy", "reward", "unique_sequences"), "model": None, "scheduler": None},
 }
+QUICK = {"seeds": [0], "generations": 2, "steps": 20, "data_size": 32, "eval_samples": 32, "sampler_steps": 4}
+"""--quick: sizes that only check the loop runs (results to a temporary folder unless --out names one)."""
 
 
 def tracked(data: str) -> dict[str, tuple[str, ...]]:
@@ -108,18 +110,18 @@ def summarise(runs: dict, data: str) -> dict:
 
 def main() -> None:
     """Run every (seed, selection), print and write the JSON."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", choices=list(DATA), default="digits")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--generations", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--data-size", type=int, default=256)
-    parser.add_argument("--real-fraction", type=float, default=0.0)
-    parser.add_argument("--eval-samples", type=int, default=256)
-    parser.add_argument("--sampler-steps", type=int, default=10)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    measured_in = environment()
+    p = parser(__doc__)
+    p.add_argument("--data", choices=list(DATA), default="digits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--generations", type=int, default=5)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--data-size", type=int, default=256)
+    p.add_argument("--real-fraction", type=float, default=0.0)
+    p.add_argument("--eval-samples", type=int, default=256)
+    p.add_argument("--sampler-steps", type=int, default=10)
+    args = open_benchmark(p.parse_args())
+    if args.quick:
+        vars(args).update(QUICK)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -130,12 +132,11 @@ def main() -> None:
                 runs[f"{selection}/seed{seed}"] = {"curves": curves(summary, args.data),
                                                    "wall_s": time.perf_counter() - t0}
                 print(selection, seed, json.dumps(runs[f"{selection}/seed{seed}"]["curves"]), flush=True)
-    result = {"config": vars(args), "environment": measured_in, "mean_over_seeds": summarise(runs, args.data),
-              "runs": runs,
+    config = {k: v for k, v in vars(args).items() if k != "out"}
+    result = {"config": config, "mean_over_seeds": summarise(runs, args.data), "runs": runs,
               "notes": "curves start at generation 0 (the pretrain model, from generation 1's `generation_0` "
                        "block) except training_set_entropy, which starts at generation 1's training set"}
-    print(json.dumps(result["mean_over_seeds"], indent=1))
-    (RESULTS / DATA[args.data]["result"]).write_text(json.dumps(result, indent=1) + "\n")
+    write_result(DATA[args.data]["result"], result, args.out)
 
 
 if __name__ == "__main__":

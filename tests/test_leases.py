@@ -85,6 +85,51 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _at_once(tmp_path: Path, specs: list[dict]) -> list[dict[str, dict]]:
+    """`diffpipe run` of every spec, all started at once as their own processes; stage name -> entry, per run."""
+    paths = []
+    for i, raw in enumerate(specs):
+        paths.append(tmp_path / f"spec{i}.yaml")
+        paths[-1].write_text(yaml.safe_dump(raw))
+    runs = [subprocess.Popen([sys.executable, "-m", "diffpipe.flows.cli", "run", str(path), "--json"],
+                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for path in paths]
+    outs = [r.communicate(timeout=600) for r in runs]
+    for r, (_, err) in zip(runs, outs, strict=True):
+        assert r.returncode == 0, err[-3000:]
+    return [{s["name"]: s for s in json.loads(out)["stages"]} for out, _ in outs]
+
+
+def _index_agrees(root: Path, pairs: list[tuple[dict, dict[str, dict]]]) -> None:
+    """Every lease released; the index agrees with what each run reported, and every object verifies."""
+    assert all(json.loads(p.read_text())["released"] for p in root.glob("leases/*/*.json"))
+    store = ArtifactStore(str(root))
+    for raw, run in pairs:
+        rows = status(validate_spec(copy.deepcopy(raw)), store, verify=True)
+        assert {r.name: (r.state, r.ref.sha256) for r in rows} == {
+            n: ("cached", s["artifact"]["sha256"]) for n, s in run.items()}
+
+
+def test_two_specs_on_one_root_at_once(tmp_path: Path) -> None:
+    """Spec A and spec B (same data and pretrain, each its own sample) as two processes on one root at once."""
+    root = tmp_path / "artifacts"
+    a = tiny_digits_spec(root)
+    a["stages"] = a["stages"][:2]  # data -> pretrain -> sample: seconds of work, the startup dominates
+    a["stages"][0].update(steps=4, checkpoint_every=4, log_every=4, warmup_steps=0)
+    a["stages"][1]["num_samples"] = 8
+    b = {**copy.deepcopy(a), "name": "digits_other"}
+    b["stages"][1]["num_samples"] = 12
+    ra, rb = _at_once(tmp_path, [a, b])
+    for name in ("data", "pretrain"):  # shared: built by one run, the other waited on its lease and reused it
+        assert sorted((ra[name]["state"], rb[name]["state"])) == ["cached", "executed"], name
+        assert ra[name]["artifact"] == rb[name]["artifact"]
+    assert ra["sample"]["state"] == rb["sample"]["state"] == "executed"
+    assert ra["sample"]["artifact"]["sha256"] != rb["sample"]["artifact"]["sha256"]
+    assert len(list(root.glob("objects/*/*"))) == len(list(root.glob("manifests/*.json"))) == 4
+    assert len(list(root.glob("keys/*.json"))) == 4
+    _index_agrees(root, [(a, ra), (b, rb)])
+
+
 @pytest.mark.slow
 def test_runs_of_one_spec_and_of_another_on_one_root_at_once(tmp_path: Path) -> None:
     """Two runs of spec A and one of spec B (same data and pretrain, its own sample) on one root, at once."""
@@ -92,16 +137,7 @@ def test_runs_of_one_spec_and_of_another_on_one_root_at_once(tmp_path: Path) -> 
     a = tiny_digits_spec(root)
     b = {**copy.deepcopy(a), "name": "digits_other"}
     b["stages"][1]["num_samples"] = 32
-    paths = {"a": tmp_path / "a.yaml", "b": tmp_path / "b.yaml"}
-    paths["a"].write_text(yaml.safe_dump(a))
-    paths["b"].write_text(yaml.safe_dump(b))
-    runs = [subprocess.Popen([sys.executable, "-m", "diffpipe.flows.cli", "run", str(paths[which]), "--json"],
-                             cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for which in ("a", "a", "b")]
-    outs = [r.communicate(timeout=600) for r in runs]
-    for r, (_, err) in zip(runs, outs, strict=True):
-        assert r.returncode == 0, err[-3000:]
-    a1, a2, b1 = ({s["name"]: s for s in json.loads(out)["stages"]} for out, _ in outs)
+    a1, a2, b1 = _at_once(tmp_path, [a, a, b])
     for name in ("data", "pretrain"):  # shared by both specs: built once, reused by the two other runs
         assert sorted(run[name]["state"] for run in (a1, a2, b1)) == ["cached", "cached", "executed"], name
         assert a1[name]["artifact"] == a2[name]["artifact"] == b1[name]["artifact"]
@@ -111,9 +147,4 @@ def test_runs_of_one_spec_and_of_another_on_one_root_at_once(tmp_path: Path) -> 
         assert b1[name]["artifact"]["sha256"] != a1[name]["artifact"]["sha256"]
     assert len(list(root.glob("objects/*/*"))) == len(list(root.glob("manifests/*.json"))) == 6
     assert len(list(root.glob("keys/*.json"))) == 6
-    assert all(json.loads(p.read_text())["released"] for p in root.glob("leases/*/*.json"))
-    store = ArtifactStore(str(root))
-    for raw, run in ((a, a1), (b, b1)):  # the index agrees with what each run reported, and every object verifies
-        rows = status(validate_spec(copy.deepcopy(raw)), store, verify=True)
-        assert {r.name: (r.state, r.ref.sha256) for r in rows} == {
-            n: ("cached", s["artifact"]["sha256"]) for n, s in run.items()}
+    _index_agrees(root, [(a, a1), (b, b1)])

@@ -119,3 +119,36 @@ def test_ls_and_gc_commands(populated, capsys: pytest.CaptureFixture) -> None:
     assert doc["freed_bytes"] > 0 and not made["staging"].exists()
     assert main(["gc", store.path(), "--keep-last", "0"]) == 2
     assert main(["gc", str(Path(store.path()) / "nothing-here")]) == 2
+
+
+HOLDER = """
+import sys
+from diffpipe.storage import ArtifactStore
+with ArtifactStore(sys.argv[1]).lease(sys.argv[2]):
+    print("computing", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_gc_on_a_store_a_run_is_writing_to_exits_2_naming_it(populated, capsys: pytest.CaptureFixture) -> None:
+    import subprocess
+    import sys
+
+    store, made = populated
+    _age(made["live_run"], 2 * 86400)  # untouched for two days: only its lease keeps these checkpoints
+    before = sorted(p for p in Path(store.path()).rglob("*") if "leases" not in p.parts)
+    stage = subprocess.Popen([sys.executable, "-c", HOLDER, store.path(), "c" * 64], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # a stage computing key c... (its lease)
+    try:
+        assert stage.stdout.readline().strip() == "computing"
+        assert main(["gc", store.path(), "--keep-last", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"store: a run is writing to {store.path()}: nothing was removed" in err
+        assert f"key {'c' * 12} being computed by {os.uname().nodename}:{stage.pid}" in err and "--while-running" in err
+        assert sorted(p for p in Path(store.path()).rglob("*") if "leases" not in p.parts) == before  # nothing lost
+        assert main(["gc", store.path(), "--keep-last", "1", "--while-running"]) == 0
+        assert made["live_run"].exists() and not made["staging"].exists()  # the running stage's checkpoints stay
+    finally:
+        stage.communicate("\n", timeout=60)
+    assert main(["gc", store.path(), "--keep-last", "1"]) == 0  # the stage has ended: gc runs again
+    assert not made["live_run"].exists()

@@ -27,6 +27,8 @@ def add_store_commands(sub: Any) -> None:
     c.add_argument("--older-than", type=float, default=0.0, metavar="DAYS",
                    help="only remove what is older than DAYS (nothing younger than an hour is ever removed)")
     c.add_argument("--dry-run", action="store_true", help="say what would be removed; remove nothing")
+    c.add_argument("--while-running", action="store_true",
+                   help="collect even while a run computes a stage in the store (what it holds stays)")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.set_defaults(fn=cmd_gc)
 
@@ -94,14 +96,27 @@ def _read_cache(store: Any) -> dict[str, Any]:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """Remove (or with --dry-run list) what no kept key or named run refers to; print the bytes freed."""
+    """Remove (or with --dry-run list) what no kept key or named run refers to; print the bytes freed.
+
+    While a run computes a stage in the store (a live lease), gc exits 2 naming it and removes nothing,
+    unless `--while-running` (or `--dry-run`) says to go on."""
     from diffpipe.storage.gc import collect, describe
 
     if args.keep_last is not None and args.keep_last < 1:
         raise InputError("--keep-last", "must keep at least one run", "N >= 1", str(args.keep_last))
     if args.older_than < 0:
         raise InputError("--older-than", "an age cannot be negative", "DAYS >= 0", str(args.older_than))
-    report = collect(open_store(args.store), args.keep_last, args.older_than, args.dry_run)
+    store = open_store(args.store)
+    running = store.active_leases()
+    if running and not (args.dry_run or args.while_running):
+        import datetime as dt
+
+        held = "; ".join(f"key {key[:12]} being computed by {lease.holder.rsplit(':', 1)[0]} (lease until "
+                         f"{dt.datetime.fromtimestamp(lease.expires, dt.UTC):%H:%M:%S} UTC)"
+                         for key, lease in sorted(running.items()))
+        raise InputError("store", f"a run is writing to {store.root_uri}: nothing was removed",
+                         "no stage computing there, or --while-running (what running stages hold stays)", held)
+    report = collect(store, args.keep_last, args.older_than, args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": report.dry_run, "freed_bytes": report.freed,
                           "removed": [vars(r) for r in report.removals]}, indent=2))

@@ -249,21 +249,31 @@ def test_two_nodes_on_loopback(tmp_path: Path, built: Built) -> None:
     assert_weights_close(load_file(weights), built.one["weights"])
 
 
-@pytest.mark.slow
-def test_flow_map_stages_at_two_ranks(built: Built) -> None:
+FLOW_MAP_STAGES = [
+    {"name": "cmt", "stage": "midtrain", "method": "cmt", "steps": 4, "batch_size": 8, "checkpoint_every": 2,
+     "trajectories": 4, "solver_steps": 4},
+    {"name": "mf", "stage": "distill", "method": "meanflow", "init": "cmt", "steps": 4, "batch_size": 8,
+     "checkpoint_every": 2},
+    {"name": "cd", "stage": "distill", "method": "consistency", "init": "cmt", "steps": 4, "batch_size": 8,
+     "checkpoint_every": 2}]
+"""CMT solves 4 teacher trajectories a step (2 per rank) and regresses 8 state pairs; the distillations start
+from its one-process checkpoint."""
+
+
+@pytest.mark.parametrize("stage", ["cmt", "mf", pytest.param("cd", marks=pytest.mark.slow)])
+def test_flow_map_stages_at_two_ranks(built: Built, stage: str) -> None:
     """midtrain (CMT), distill (MeanFlow, consistency distillation) through DDP: each loss draws the global
-    batch's times and noise and computes this rank's rows, so the weights are one process's to float
-    rounding (the halves' gradients are summed in another order)."""
-    stages = [{"name": "cmt", "stage": "midtrain", "method": "cmt", "steps": 4, "batch_size": 8, "checkpoint_every": 2},
-              {"name": "mf", "stage": "distill", "method": "meanflow", "init": "cmt", "steps": 4, "batch_size": 8,
-               "checkpoint_every": 2},
-              {"name": "cd", "stage": "distill", "method": "consistency", "init": "cmt", "steps": 4, "batch_size": 8,
-               "checkpoint_every": 2}]
-    for stage in stages:
-        one = built.run(stage["name"], f"{stage['name']}-one", extra=stages)
-        two = built.run(stage["name"], f"{stage['name']}-two", extra=stages, nproc_per_node=2)
-        torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=LOSS_RTOL, atol=0)
-        assert_weights_close(two["weights"], one["weights"], atol=FLOW_MAP_WEIGHT_ATOL)
+    batch's times and noise and computes this rank's rows (CMT: also its rows of the teacher's trajectories),
+    so the weights are one process's to float rounding (the halves' gradients are summed in another order)
+    and step 0's FLOPs summed over the ranks are one process's (a rank computing the whole batch would double
+    them)."""
+    if "cmt" not in built.refs:
+        built.run("cmt", "cmt-one", extra=FLOW_MAP_STAGES)
+    one = built.run(stage, f"{stage}-one", extra=FLOW_MAP_STAGES)
+    two = built.run(stage, f"{stage}-two", extra=FLOW_MAP_STAGES, nproc_per_node=2)
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=LOSS_RTOL, atol=0)
+    assert_weights_close(two["weights"], one["weights"], atol=FLOW_MAP_WEIGHT_ATOL)
+    assert two["metrics"]["flops_per_step"] == one["metrics"]["flops_per_step"] > 0
 
 
 def test_rl_stage_at_two_ranks(built: Built) -> None:

@@ -5,6 +5,11 @@ set). The student then learns either the consistency form (every trajectory stat
 solver's endpoint, sony/cmt) or the flow-map form (the exact average velocity between two trajectory
 states, sony/mf-rae). States are labelled with the times the solver actually used (scheduler.sigmas),
 which fixes mf-rae's quirk of training on a shifted grid with unshifted time labels.
+
+Across processes every rank draws the global batch's noise, pairs and times; each rank solves its
+rows of the trajectories (gathered: every rank holds all of them, as the pairs pick states of any
+trajectory) and regresses its rows of the pairs or states (`distributed.local_rows`; whole on every
+rank where a count does not split).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 
 from diffpipe.schemas.distill import MidtrainStage
 from diffpipe.tasks.conditions import select_conditions
-from diffpipe.tasks.distributed import local_rows
+from diffpipe.tasks.distributed import all_gather_rows, local_rows
 from diffpipe.tasks.registry import implements
 
 from . import FlowMapLoss, TwoTimeNet, VelocityFn, bcast, per_sample_mean
@@ -47,7 +52,10 @@ class ConsistencyMidTrainingLoss(FlowMapLoss):
         count = self.trajectories or max(1, batch // self.solver["steps"])
         noise = torch.randn((count, *x0.shape[1:]), generator=generator, dtype=x0.dtype).to(x0.device)
         traj_cond = select_conditions(cond, torch.arange(count) % batch)
-        states, times = teacher_trajectory(self.teacher, noise, traj_cond, **self.solver)
+        own, own_cond = local_rows(noise, traj_cond)  # this rank's trajectories
+        states, times = teacher_trajectory(self.teacher, own, own_cond, **self.solver)
+        if own.shape[0] < count:
+            states = all_gather_rows(states, dim=1)
         if self.form == "consistency":
             return self._consistency(net, states, times, traj_cond)
         return self._flow_map(net, states, times, traj_cond, self.pairs or batch, generator)

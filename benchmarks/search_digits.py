@@ -1,49 +1,48 @@
 """Inference-time search on digits: reward and Frechet distance against NFE, each method vs best-of-N.
 
-One class-conditional flow-matching UNet (the shipped digits spec with a small UNet, pretrained once,
-runtime seed 0) is sampled by sample stages with a `search:` block, each scored by an evaluate stage:
-the whole spec runs in this process through the pipeline's own stage functions and store
-(benchmarks/inprocess.py), so every number is what `diffpipe run` would record.
+A sweep of the shipped digits spec (`pipelines/digits.yaml`, `diffpipe sweep` through the shared harness)
+with a small UNet (16/32 channels, pretrained once at runtime seed 0) over the `sample` stage's
+`search:` block x its `seed`; the spec's `evaluate` stage scores every cell. All cells share one
+artifact root, so every method searches the same checkpoint.
 
-Methods at budgets B in --budgets (NFE per sample about B x steps on a `steps`-step SDE grid):
-best_of_n (N = B, ODE), fk_steering with the max and the difference potential (B particles, SDE),
-tree_search DTS and DTS* (B rollouts). B = 1 best-of-N is plain Euler sampling. Reward: the digits
+Methods at budgets B in --budgets (NFE per sample about B x steps on a `steps`-step grid): best_of_n
+(N = B Euler ODE trajectories from N noises; B = 1 is plain sampling), fk_steering with the max and the
+difference potential (B particles, SDE), tree_search DTS and DTS* (B rollouts). Reward: the digits
 classifier's log-probability of the requested class (`classifier_logprob`); beside it the evaluate
 stage's Frechet distance in the classifier's features (reward hacking shows as FD rising) and
-classifier accuracy. Seeds: the sample stages' `seed` (initial noise and SDE noise), one model.
+classifier accuracy. Seeds: the sample stage's `seed` (initial noise and SDE noise), one model. Cells
+run one stage at a time (`runtime.max_parallel_stages=1`) so wall times are not shared.
 
-One CPU thread; the machine is shared, so wall times are noisy. Usage:
-    python benchmarks/search_digits.py [--seeds 0 1 2] [--budgets 1 4 8 16]
+    python benchmarks/search_digits.py [--seeds 0 1 2] [--budgets 1 4 8 16] [--pretrain-steps 800]
+    python benchmarks/search_digits.py --quick      # a smoke run of minutes, written to a temp folder
 Writes benchmarks/results/search_digits.json, one entry per --pretrain-steps (a briefly pretrained
 model leaves the classifier reward room to rise; a well-trained one saturates it).
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
-import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import diffusers
-import torch
-import yaml
+from harness import REPO, environment, open_benchmark, parser, run_sweep, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inprocess import metrics_of, run_in_process  # noqa: E402
-
-from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "search_digits.json"
-CACHE = Path(tempfile.gettempdir()) / "diffpipe_search_digits_cache"
+SPEC = REPO / "pipelines" / "digits.yaml"
+STAGE = "stages.sample"
 REWARD = "classifier_logprob"
+SMALL_UNET = "{arch: unet2d, block_out_channels: [16, 32], norm_num_groups: 8, layers_per_block: 1}"
+
+
+def digits_overrides(root: Path, pretrain_steps: int, samples: int, steps: int) -> list[str]:
+    """`--set` options of the digits spec for the search benchmarks: the small UNet pretrained for
+    `pretrain_steps`, a sample stage of `samples` draws in one batch on a `steps`-step grid, domain metrics,
+    one stage at a time, artifacts under `root` (shared with chords_digits.py)."""
+    return [f"storage.root={root}", "runtime.device=cpu", "runtime.max_parallel_stages=1", f"model={SMALL_UNET}",
+            f"stages.pretrain.steps={pretrain_steps}", "stages.pretrain.batch_size=64",
+            f"stages.pretrain.checkpoint_every={pretrain_steps}", f"{STAGE}.num_samples={samples}",
+            f"{STAGE}.batch_size={samples}", f"{STAGE}.scheduler.steps={steps}", "stages.evaluate.metrics=[domain]"]
 
 
 def methods(budget: int, reward: str = REWARD) -> dict[str, dict]:
@@ -58,28 +57,17 @@ def methods(budget: int, reward: str = REWARD) -> dict[str, dict]:
     }
 
 
-def pipeline(args: argparse.Namespace) -> dict:
-    """The digits spec with a small UNet and one sample + evaluate stage per (method, budget, seed)."""
-    raw = yaml.safe_load((REPO / "pipelines" / "digits.yaml").read_text())
-    raw["name"] = "search_digits"
-    raw["model"] = {"arch": "unet2d", "block_out_channels": [16, 32], "norm_num_groups": 8, "layers_per_block": 1}
-    raw["stages"][0].update(steps=args.pretrain_steps, batch_size=64, checkpoint_every=args.pretrain_steps)
-    stages = [raw["stages"][0]]
-    for seed in args.seeds:
-        for budget in args.budgets:
-            for name, search in methods(budget).items():
-                if budget == 1 and name != "best_of_n":
-                    continue
-                tag = f"{name}_b{budget}_s{seed}"
-                stages.append({"name": f"sample_{tag}", "stage": "sample", "model": "pretrain", "seed": seed,
-                               "num_samples": args.samples, "batch_size": args.samples,
-                               "scheduler": {"steps": args.steps}, "search": search})
-                stages.append({"name": f"evaluate_{tag}", "stage": "evaluate", "samples": f"sample_{tag}",
-                               "metrics": ["domain"]})
-    raw["stages"] = stages
-    raw["storage"] = {"root": str(CACHE)}
-    raw["runtime"] = {"device": "cpu", "seed": 0}
-    return raw
+def searches(budgets: list[int], reward: str = REWARD, names: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """`<method>_b<budget>` -> search block (best-of-N alone at budget 1: plain sampling)."""
+    return {f"{name}_b{b}": block for b in budgets for name, block in methods(b, reward).items()
+            if (names is None or name in names) and (b > 1 or name == "best_of_n")}
+
+
+def cells_by_tag(done, blocks: dict[str, dict], stage: str = STAGE) -> list[tuple[str, int, dict]]:
+    """(tag, seed, the cell's stages) of every cell of a search x seed sweep."""
+    tags = {json.dumps(block, sort_keys=True): tag for tag, block in blocks.items()}
+    return [(tags[json.dumps(row["params"][f"{stage}.search"], sort_keys=True)], row["params"][f"{stage}.seed"],
+             done.cells[row["cell"]]) for row in done.report["cells"]]
 
 
 DIGITS_METRICS = ("reward", "nfe_per_sample", "frechet_distance", "classifier_accuracy", "search_wall_s")
@@ -116,52 +104,51 @@ def summarise(rows: list[dict], keys: tuple[str, ...] = DIGITS_METRICS, quality:
     return {"table": table, "vs_best_of_n": comparisons}
 
 
-def environment() -> dict:
-    """Commit, versions, device, threads and date of this run."""
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return {"commit": commit, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "python": platform.python_version(), "device": "cpu", "torch_threads": torch.get_num_threads(),
-            "machine": platform.machine(), "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+def record(tag: str, seed: int, nodes: dict[str, dict]) -> dict:
+    """One cell: the search's reward, NFE and wall time, and the evaluate stage's FD and accuracy."""
+    sampled, scored = nodes["sample"]["metrics"], nodes["evaluate"]["metrics"]
+    method, budget = tag.rsplit("_b", 1)
+    row = {"method": method, "budget": int(budget), "seed": seed, "reward": sampled["search_reward_mean"],
+           "nfe_per_sample": sampled["nfe_per_sample"], "search_wall_s": sampled["search_wall_s"],
+           "flops_per_evaluation": sampled["flops_per_evaluation"],
+           "frechet_distance": scored["model"]["frechet_distance"],
+           "classifier_accuracy": scored["model"]["classifier_accuracy"],
+           "data_floor_frechet_distance": scored["data_floor"]["frechet_distance"]}
+    print(f"{method:>14} B={budget:<3} seed {seed}: reward {row['reward']:.3f}, NFE {row['nfe_per_sample']:.0f}, "
+          f"FD {row['frechet_distance']:.2f}, acc {row['classifier_accuracy']:.3f}", flush=True)
+    return row
 
 
 def main() -> None:
-    """Run the spec, collect each sample stage's search metrics and its evaluation, print and write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budgets", type=int, nargs="+", default=[1, 4, 8, 16])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--pretrain-steps", type=int, default=800)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    spec = validate_spec(pipeline(args))
-    store, refs = run_in_process(spec)
-    rows = []
-    for stage in spec.stages:
-        if stage.stage != "sample":
-            continue
-        tag = stage.name.removeprefix("sample_")
-        method, rest = tag.rsplit("_b", 1)
-        budget, seed = (int(v) for v in rest.split("_s"))
-        sampled, scored = metrics_of(store, refs[stage.name]), metrics_of(store, refs[f"evaluate_{tag}"])
-        rows.append({"method": method, "budget": budget, "seed": seed, "reward": sampled["search_reward_mean"],
-                     "nfe_per_sample": sampled["nfe_per_sample"], "search_wall_s": sampled["search_wall_s"],
-                     "flops_per_evaluation": sampled["flops_per_evaluation"],
-                     "frechet_distance": scored["model"]["frechet_distance"],
-                     "classifier_accuracy": scored["model"]["classifier_accuracy"],
-                     "data_floor_frechet_distance": scored["data_floor"]["frechet_distance"]})
-        print(f"{method:>14} B={budget:<3} seed {seed}: reward {rows[-1]['reward']:.3f}, "
-              f"NFE {rows[-1]['nfe_per_sample']:.0f}, FD {rows[-1]['frechet_distance']:.2f}, "
-              f"acc {rows[-1]['classifier_accuracy']:.3f}", flush=True)
-    result = {"config": vars(args), "environment": environment(), "summary": summarise(rows), "runs": rows,
-              "benchmark_wall_s": time.perf_counter() - started}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    everything = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    everything[f"pretrain_steps={args.pretrain_steps}"] = result
-    RESULTS.write_text(json.dumps(everything, indent=1))
-    print(json.dumps(result["summary"]["vs_best_of_n"], indent=1))
-    print(f"wrote {RESULTS} in {result['benchmark_wall_s']:.0f} s")
+    """Sweep every (method, budget) x seed over the digits spec; print and write JSON."""
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sample stage seeds")
+    options.add_argument("--budgets", type=int, nargs="+", default=None, help="default 1 4 8 16 (--quick: 1 2)")
+    options.add_argument("--steps", type=int, default=10, help="steps of the sampler grid")
+    options.add_argument("--samples", type=int, default=None, help="samples per stage (default 100, --quick 20)")
+    options.add_argument("--pretrain-steps", type=int, default=None, help="default 800 (--quick 20)")
+    options.add_argument("--root", type=Path, default=None, help="artifact root, reused as a cache by later runs")
+    args = open_benchmark(options.parse_args())
+    budgets = args.budgets or ([1, 2] if args.quick else [1, 4, 8, 16])
+    samples, pretrain = args.samples or (20 if args.quick else 100), args.pretrain_steps or (20 if args.quick else 800)
+    root = args.root or Path(tempfile.gettempdir()) / ("diffpipe_search_digits_quick" if args.quick else
+                                                       "diffpipe_search_digits")
+    blocks = searches(budgets)
+    overrides = digits_overrides(root, pretrain, samples, args.steps)
+    t0 = time.perf_counter()
+    done = run_sweep(SPEC, {f"{STAGE}.search": list(blocks.values()), f"{STAGE}.seed": args.seeds}, 1, overrides,
+                     root / "sweep")
+    runs = [record(tag, seed, nodes) for tag, seed, nodes in cells_by_tag(done, blocks)]
+    result = {"spec": "pipelines/digits.yaml", "overrides": overrides, "searches": blocks,
+              "config": {**vars(args), "budgets": budgets, "samples": samples, "pretrain_steps": pretrain,
+                         "root": str(root), "out": str(args.out)},
+              "summary": summarise(runs), "runs": runs, "sweep_wall_s": done.wall_s,
+              "benchmark_wall_s": time.perf_counter() - t0, "environment": environment()}
+    path = args.out / "search_digits.json"  # one entry per pretraining length, kept across runs
+    everything = json.loads(path.read_text()) if path.exists() else {}
+    everything = {k: v for k, v in everything.items() if k.startswith("pretrain_steps=")}
+    everything[f"pretrain_steps={pretrain}"] = result
+    write_result("search_digits", everything, args.out)
 
 
 if __name__ == "__main__":

@@ -93,6 +93,11 @@ def _check_search(spec: PipelineSpec, i: int, stage: SampleStage) -> None:
         raise SpecError(f"{where}.init_steps", "every core must start before the last step",
                         f"start steps below scheduler.steps ({stage.scheduler.steps})",
                         str(method.starts(stage.scheduler.steps)))
+    if isinstance(spec.model, SPFSpec):
+        raise SpecError(f"{where}.method", "a Spatiotemporal Pyramid Flow solves each level as one batch of blocks "
+                        "conditioned on the coarser level's draw; a search draws and scores the samples of a "
+                        "single-level model", "no search on an spf model (search the single-level emulator, "
+                        "pipelines/climate.yaml)", repr(method.method))
     if kind in CONTINUOUS:
         _check_continuous_source(spec, i, stage)
     _check_memory(spec, i, stage)

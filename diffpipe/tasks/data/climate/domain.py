@@ -291,9 +291,6 @@ class ClimateDomain:
         """Every level of the pyramid for the held-out scenario, coarse to fine, each level one batched solve
         over all its blocks and members; the yearly level is `samples.zarr`, coarser ones `level_<k>.zarr`."""
         data: ClimateData = ctx.pipeline.data
-        if getattr(spec, "search", None) is not None:
-            raise SpecError(ctx.field_path("search"), "the pyramid samples its levels without inference-time search",
-                            "null", spec.search.method)
         levels = ctx.pipeline.model.levels
         test = self.samples(ctx, [data.test_scenario])
         first_member = np.flatnonzero(test.record_member[test.records] == 0).tolist()

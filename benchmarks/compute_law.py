@@ -1,77 +1,51 @@
 """A compute law for sampling: wall time (and energy, where measured) against FLOPs, per model family.
 
-Grid per family (digits, 8x8, class-conditional): network size x sampler steps x batch x guidance
-(classifier-free guidance doubles the rows of every call). Each configuration is a sample stage run
-through the pipeline's own stage functions (benchmarks/inprocess.py) on a checkpoint pretrained for one
-step (the weights do not change the cost); its metrics give the FLOPs (torch's FLOP counter on the
-first network call x evaluations), the wall time of the sampling loop and the energy counters.
-Recorded run: 3 sizes x 2 step counts x 2 batches x 2 guidance settings per family, seed 0 only (the
-machine's time ran short; the script's default is 3 seeds). The
-FLOP-counted first call is slower than the others, so the fitted time is the loop's time without it,
-scaled back to all calls: (sampling_wall_s - flop_count_s) x calls / (calls - 1). Each configuration
-runs for 3 seeds; the median time is used.
+A sweep of the shipped digits spec (`pipelines/digits.yaml`, `diffpipe sweep` through the shared harness;
+8x8, class-conditional) over network size x sampler steps x batch x guidance (classifier-free guidance
+doubles the rows of every call) x the sample stage's seed, per family (diffusers UNet2DModel and
+DiTTransformer2DModel, 3 sizes each). The spec's stages are cut to its pretrain (one step: the weights
+do not change the cost) and its sample stage; each cell's sample metrics give the FLOPs (torch's FLOP
+counter on the first network call x evaluations), the sampling loop's wall time and the energy
+counters. Cells run one stage at a time (`runtime.max_parallel_stages=1`). The FLOP-counted first call
+is slower than the others, so the fitted time is the loop's time without it, scaled back to all calls:
+(sampling_wall_s - flop_count_s) x calls / (calls - 1); the median over seeds is used.
 
 Fit per family: log t = a + alpha log C, with R^2; across families the Spearman rank correlation of C
-and t over every configuration; held out: each family's largest network is predicted from a fit on the
-others (median absolute relative error). Energy: this machine exposes no RAPL counters and no GPU, so
-only time is fitted; the stages record "not available". One torch thread; a shared 2-core machine.
+and t over every configuration, and each family's law applied to the other family; held out: each
+family's largest network predicted from a fit on its smaller ones (relative errors). Energy: the
+stages record RAPL package energy where /sys/class/powercap is readable and NVML energy on a GPU; where
+neither is, only time is fitted and the JSON says why. One torch thread; a shared 2-core machine.
 
     python benchmarks/compute_law.py [--seeds 0 1 2]
+    python benchmarks/compute_law.py --quick        # one size per family, one seed: a smoke run, to a temp folder
 Writes benchmarks/results/compute_law.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import yaml
+from harness import REPO, open_benchmark, parser, run_sweep, write_result
 from scipy.stats import spearmanr
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inprocess import metrics_of, run_in_process  # noqa: E402
-from search_digits import environment  # noqa: E402
-
-from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results" / "compute_law.json"
-CACHE = Path(tempfile.gettempdir()) / "diffpipe_compute_law_cache"
+SPEC = REPO / "pipelines" / "digits.yaml"
+STAGE = "stages.sample"
 FAMILIES = {
     "unet2d": [{"arch": "unet2d", "block_out_channels": list(c), "norm_num_groups": 8, "layers_per_block": 1}
                for c in ((16, 32), (32, 64), (64, 128))],
     "dit": [{"arch": "dit", "num_layers": n, "num_attention_heads": h, "attention_head_dim": d}
             for n, h, d in ((2, 2, 16), (4, 2, 32), (4, 4, 32))],
 }
-STEPS, BATCHES, GUIDANCE = (4, 16), (64, 256), (1.0, 2.0)
-
-
-def spec_for(model: dict, seeds: list[int]) -> dict:
-    """Digits with this network: a one-step pretrain and a sample stage per (steps, batch, guidance, seed)."""
-    raw = yaml.safe_load((REPO / "pipelines" / "digits.yaml").read_text())
-    raw["name"] = "compute_law"
-    raw["model"] = model
-    raw["stages"][0].update(steps=1, batch_size=8, checkpoint_every=1, warmup_steps=0)
-    stages = [raw["stages"][0]]
-    for steps in STEPS:
-        for batch in BATCHES:
-            for guidance in GUIDANCE:
-                for seed in seeds:
-                    stages.append({"name": f"s{steps}_b{batch}_g{guidance:g}_seed{seed}", "stage": "sample",
-                                   "model": "pretrain", "seed": seed, "num_samples": batch, "batch_size": batch,
-                                   "guidance_scale": guidance,
-                                   "scheduler": {"name": "FlowMatchEulerDiscreteScheduler", "steps": steps}})
-    raw["stages"] = stages
-    raw["storage"] = {"root": str(CACHE)}
-    raw["runtime"] = {"device": "cpu", "seed": 0}
-    return raw
+STEPS, BATCHES, GUIDANCE = [4, 12], [32, 128], [1.0, 2.0]
+STAGES = ("[{name: pretrain, stage: pretrain, objective: {kind: flow_matching}, steps: 1, batch_size: 8, "
+          "checkpoint_every: 1, warmup_steps: 0}, {name: sample, stage: sample, model: pretrain, "
+          "scheduler: {name: FlowMatchEulerDiscreteScheduler, steps: 4}, batch_size: 128}]")
+"""The spec's pretrain (one step) and sample stage (every cell's draws in one batch); no evaluation."""
 
 
 def loop_time(m: dict) -> float:
@@ -93,64 +67,102 @@ def predict(law: dict, flops: np.ndarray) -> np.ndarray:
     return np.exp(law["log_a"] + law["alpha"] * np.log(flops))
 
 
-def main() -> None:
-    """Run the grid, fit the law per family, print and write JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    started, rows = time.perf_counter(), []
-    for family, models in FAMILIES.items():
-        for size, model in enumerate(models):
-            spec = validate_spec(spec_for(model, args.seeds))
-            store, refs = run_in_process(spec)
-            for key in dict.fromkeys(s.name.rsplit("_seed", 1)[0] for s in spec.stages[1:]):
-                runs = [metrics_of(store, refs[f"{key}_seed{seed}"]) for seed in args.seeds]
-                steps, batch, guidance = key.split("_")
-                rows.append({"family": family, "size": size, "model": model, "steps": int(steps[1:]),
-                             "batch": int(batch[1:]), "guidance": float(guidance[1:]),
-                             "flops": runs[0]["sampling_flops"],
-                             "flops_per_evaluation": runs[0]["flops_per_evaluation"],
-                             "seconds": statistics.median(loop_time(m) for m in runs),
-                             "raw_seconds": statistics.median(m["sampling_wall_s"] for m in runs),
-                             "seconds_spread": max(loop_time(m) for m in runs) - min(loop_time(m) for m in runs),
-                             "cpu_energy_j": runs[0]["cpu_energy_j"]})
-            print(f"{family} size {size}: {len(rows)} configurations so far", flush=True)
-    laws, held_out = {}, {}
-    for family in FAMILIES:
+def errors(law: dict, rows: list[dict]) -> np.ndarray:
+    """Absolute relative errors of the law's predicted seconds on `rows`."""
+    truth = np.array([r["seconds"] for r in rows])
+    return np.abs(predict(law, np.array([r["flops"] for r in rows])) - truth) / truth
+
+
+def configurations(done, families: dict[str, list[dict]], seeds: list[int]) -> list[dict]:
+    """One row per (model, steps, batch, guidance): FLOPs, median loop time over seeds, energy counters."""
+    models = {json.dumps(m, sort_keys=True): (family, size) for family, ms in families.items()
+              for size, m in enumerate(ms)}
+    groups: dict[tuple, list[dict]] = {}
+    for row in done.report["cells"]:
+        p = row["params"]
+        key = (json.dumps(p["model"], sort_keys=True), p[f"{STAGE}.scheduler.steps"], p[f"{STAGE}.num_samples"],
+               p[f"{STAGE}.guidance_scale"])
+        groups.setdefault(key, []).append(done.cells[row["cell"]]["sample"]["metrics"])
+    rows = []
+    for (model, steps, batch, guidance), runs in groups.items():
+        assert len(runs) == len(seeds)
+        family, size = models[model]
+        rows.append({"family": family, "size": size, "model": json.loads(model), "steps": steps, "batch": batch,
+                     "guidance": guidance, "flops": runs[0]["sampling_flops"],
+                     "flops_per_evaluation": runs[0]["flops_per_evaluation"],
+                     "seconds": statistics.median(loop_time(m) for m in runs),
+                     "raw_seconds": statistics.median(m["sampling_wall_s"] for m in runs),
+                     "seconds_per_seed": [loop_time(m) for m in runs],
+                     "cpu_energy_j": [m["cpu_energy_j"] for m in runs],
+                     "gpu_energy_j": [m.get("gpu_energy_j") for m in runs]})
+    return rows
+
+
+def laws(rows: list[dict], families: list[str]) -> dict:
+    """Per-family fits, held-out largest size, rank correlation across families and cross-family errors."""
+    out: dict = {"laws": {}, "held_out_largest_size": {}, "cross_family": {}}
+    for family in families:
         mine = [r for r in rows if r["family"] == family]
-        flops, seconds = np.array([r["flops"] for r in mine]), np.array([r["seconds"] for r in mine])
-        laws[family] = {"loop_time": fit(flops, seconds),
-                        "raw_wall_time": fit(flops, np.array([r["raw_seconds"] for r in mine]))}
-        train = [r for r in mine if r["size"] < max(r["size"] for r in mine)]
-        test = [r for r in mine if r not in train]
-        law = fit(np.array([r["flops"] for r in train]), np.array([r["seconds"] for r in train]))
-        truth = np.array([r["seconds"] for r in test])
-        error = np.abs(predict(law, np.array([r["flops"] for r in test])) - truth) / truth
-        held_out[family] = {"fit_on_smaller_sizes": law, "median_abs_relative_error": float(np.median(error)),
-                            "max_abs_relative_error": float(error.max()), "n_held_out": len(test)}
+        flops = np.array([r["flops"] for r in mine])
+        out["laws"][family] = {"loop_time": fit(flops, np.array([r["seconds"] for r in mine])),
+                               "raw_wall_time": fit(flops, np.array([r["raw_seconds"] for r in mine]))}
+        largest = max(r["size"] for r in mine)
+        train, test = [r for r in mine if r["size"] < largest], [r for r in mine if r["size"] == largest]
+        if train:
+            law = fit(np.array([r["flops"] for r in train]), np.array([r["seconds"] for r in train]))
+            error = errors(law, test)
+            out["held_out_largest_size"][family] = {
+                "fit_on_smaller_sizes": law, "median_abs_relative_error": float(np.median(error)),
+                "max_abs_relative_error": float(error.max()), "n_held_out": len(test)}
     rho, p = spearmanr([r["flops"] for r in rows], [r["seconds"] for r in rows])
-    cross = {}
-    for a in FAMILIES:
-        for b in FAMILIES:
+    out["rank_correlation_all"] = {"spearman": float(rho), "p_value": float(p), "n": len(rows)}
+    for a in families:
+        for b in families:
             if a != b:
-                law = laws[a]["loop_time"]
                 other = [r for r in rows if r["family"] == b]
-                truth = np.array([r["seconds"] for r in other])
-                error = np.abs(predict(law, np.array([r["flops"] for r in other])) - truth) / truth
-                cross[f"{a}_law_on_{b}"] = {"median_abs_relative_error": float(np.median(error)),
-                                            "spearman": float(spearmanr(predict(law, np.array(
-                                                [r["flops"] for r in other])), truth)[0])}
-    result = {"config": {"seeds": args.seeds, "steps": STEPS, "batches": BATCHES, "guidance": GUIDANCE,
-                         "families": FAMILIES},
-              "environment": environment(), "laws": laws, "held_out_largest_size": held_out,
-              "rank_correlation_all": {"spearman": float(rho), "p_value": float(p), "n": len(rows)},
-              "cross_family": cross, "energy": rows[0]["cpu_energy_j"], "runs": rows,
-              "benchmark_wall_s": time.perf_counter() - started}
-    RESULTS.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("laws", "held_out_largest_size", "rank_correlation_all",
-                                             "cross_family", "energy")}, indent=1))
-    print(f"wrote {RESULTS} in {result['benchmark_wall_s']:.0f} s")
+                law = out["laws"][a]["loop_time"]
+                out["cross_family"][f"{a}_law_on_{b}"] = {
+                    "median_abs_relative_error": float(np.median(errors(law, other))),
+                    "spearman": float(spearmanr(predict(law, np.array([r["flops"] for r in other])),
+                                                [r["seconds"] for r in other])[0])}
+    return out
+
+
+def energy_note(rows: list[dict]) -> dict:
+    """What the stages' energy counters said: measured joules, or why there are none."""
+    cpu = {str(v) for r in rows for v in r["cpu_energy_j"] if isinstance(v, str)}
+    gpu = {v for r in rows for v in r["gpu_energy_j"] if isinstance(v, str)}
+    measured = all(isinstance(v, float) for r in rows for v in r["cpu_energy_j"])
+    return {"cpu_energy_measured": measured, "cpu_energy_j": sorted(cpu) or "measured per stage (see runs)",
+            "gpu_energy_j": sorted(gpu) or "not recorded: no CUDA device", "fitted": "time and energy" if measured else
+            "time only: no energy counter was readable on this machine (RAPL under /sys/class/powercap "
+            "not readable, no GPU)"}
+
+
+def main() -> None:
+    """Sweep the grid, fit the law per family, print and write JSON."""
+    options = parser(__doc__)
+    options.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sample stage seeds")
+    options.add_argument("--root", type=Path, default=None, help="artifact root, reused as a cache by later runs")
+    args = open_benchmark(options.parse_args())
+    families = {f: ms[:1] for f, ms in FAMILIES.items()} if args.quick else FAMILIES
+    steps, batches = ([2, 4], [8]) if args.quick else (STEPS, BATCHES)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    root = args.root or Path(tempfile.gettempdir()) / ("diffpipe_compute_law_quick" if args.quick else
+                                                       "diffpipe_compute_law")
+    overrides = [f"storage.root={root}", "runtime.device=cpu", "runtime.max_parallel_stages=1", f"stages={STAGES}",
+                 f"{STAGE}.batch_size={max(batches)}"]
+    grid = {"model": [m for ms in families.values() for m in ms], f"{STAGE}.scheduler.steps": steps,
+            f"{STAGE}.num_samples": batches, f"{STAGE}.guidance_scale": GUIDANCE, f"{STAGE}.seed": seeds}
+    t0 = time.perf_counter()
+    done = run_sweep(SPEC, grid, 1, overrides, root / "sweep")
+    rows = configurations(done, families, seeds)
+    result = {"spec": "pipelines/digits.yaml", "overrides": overrides,
+              "config": {**vars(args), "seeds": seeds, "steps": steps, "batches": batches, "guidance": GUIDANCE,
+                         "families": families, "root": str(root), "out": str(args.out)},
+              **laws(rows, list(families)), "energy": energy_note(rows), "runs": rows, "sweep_wall_s": done.wall_s,
+              "benchmark_wall_s": time.perf_counter() - t0}
+    write_result("compute_law", result, args.out)
 
 
 if __name__ == "__main__":

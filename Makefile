@@ -29,13 +29,18 @@ benchmarks: setup
 	$(PY) benchmarks/pipeline_cache.py
 	$(PY) benchmarks/pretrain_throughput.py
 
+# `make ui PORT=4300` / `make server PORT=4300` for another port: the browser UI is told to read that
+# port's API (PREFECT_UI_API_URL), unless PREFECT_UI_API_URL is set already.
+PORT ?= 4200
+
 ui: setup
-	$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+	PREFECT_UI_API_URL=$${PREFECT_UI_API_URL:-http://127.0.0.1:$(PORT)/api} \
+	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PORT)
 
 # A Prefect server on PostgreSQL (a local cluster under .prefect/postgres unless
-# PREFECT_API_DATABASE_CONNECTION_URL names one), on 127.0.0.1:4200; see README "Running a server for a team".
+# PREFECT_API_DATABASE_CONNECTION_URL names one), on 127.0.0.1:$(PORT); see README "Running a server for a team".
 server: setup
-	$(PY) -m diffpipe.server --port 4200
+	$(PY) -m diffpipe.server --port $(PORT)
 
 clean:
 	rm -rf artifacts .prefect

@@ -113,6 +113,7 @@ def test_runs_are_named_keyed_and_followed_through_the_api(server, tmp_path: Pat
     assert {t["name"] for t in cached} >= {"data", "pretrain", "sample", "evaluate"}
     (link,) = _artifacts(api, f"digits-{v}-pretrain-cached")
     assert first["id"] in link["data"] and "file://" in link["data"]  # the run that computed it, and where
+    assert f"{api.removesuffix('/api')}/v2/runs/flow-run/{first['id']})" in link["data"]  # its page in the V2 UI
 
     _cli([str(BIN / "diffpipe"), "run", str(spec), "--set", override], env, tmp_path)
     assert f"digits {override} [{v2}]" in {r["name"] for r in _filter(api, "flow_runs")}
@@ -178,8 +179,8 @@ def test_a_person_follows_the_runs_in_the_ui_in_headless_chromium(server, tmp_pa
         page.locator("a[href*='/artifacts/artifact/']").first.click()
         computed_by = page.get_by_role("listitem").filter(has_text="computed by")  # the rendered markdown's line
         link = computed_by.get_by_role("link", name=name, exact=True)
-        expect(link).to_have_attribute("href", re.compile(first["id"]))
+        expect(link).to_have_attribute("href", re.compile(f"/v2/runs/flow-run/{first['id']}$"))
         link.click()
         expect(page).to_have_title(f"Flow Run: {name} • Prefect Server")  # the run that computed the stage
-        assert first["id"] in page.url
+        assert f"/v2/runs/flow-run/{first['id']}" in page.url  # in the UI it was opened in, not V1
         browser.close()

@@ -93,6 +93,8 @@ def test_requests_without_the_credentials_are_refused(team_server, tmp_path: Pat
     assert httpx.post(f"{api}/flow_runs/filter", json={}, timeout=30).status_code == 401
     assert httpx.post(f"{api}/flow_runs/filter", json={}, auth=(USER, "wrong"), timeout=30).status_code == 401
     assert _api(api, "POST", "flow_runs/filter", {}).status_code == 200
+    ui = httpx.get(f"{api.removesuffix('/api')}/ui-settings", timeout=30).json()
+    assert ui["api_url"] == api and ui["auth"] == "BASIC"  # the browser UI reads this server, not port 4200
     spec = tmp_path / "tiny.yaml"
     spec.write_text(yaml.safe_dump(tiny_digits_spec(tmp_path / "artifacts")))
     wrong = {**client, "PREFECT_API_AUTH_STRING": f"{USER}:wrong"}
@@ -194,3 +196,10 @@ def test_a_wrong_database_url_exits_2_naming_it(postgres: LocalPostgres, tmp_pat
     assert done.returncode == 2
     assert "PREFECT_API_DATABASE_CONNECTION_URL: cannot connect to the database" in done.stderr
     assert "not-the-password" not in done.stderr and "password authentication failed" in done.stderr
+    for url, why in ((f"postgresql+asyncpg://prefect:pw@127.0.0.1:{_free_port()}/prefect", "ConnectionRefused"),
+                     ("postgres-at-db-host", "not a database URL")):  # nothing listens there; not a URL at all
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
+        done = subprocess.run([sys.executable, "-m", "diffpipe.server"], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and "PREFECT_API_DATABASE_CONNECTION_URL: " in done.stderr, done.stderr[-2000:]
+        assert why in done.stderr

@@ -11,6 +11,7 @@ the run that computed a cached stage.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -50,10 +51,36 @@ def run_name() -> str:
 def computed_by() -> dict[str, Any]:
     """The Prefect flow run and task run computing now (recorded in an artifact's lineage)."""
     from prefect.runtime import flow_run, task_run
+    from prefect.settings import PREFECT_UI_URL
 
-    ui_url = flow_run.ui_url
+    base = PREFECT_UI_URL.value()
+    page = run_page(base, flow_run.id) if base and base.startswith("http") and flow_run.id else None
     return {"flow_run_id": flow_run.id, "flow_run_name": flow_run.name, "task_run_id": task_run.id,
-            "ui_url": ui_url if ui_url and ui_url.startswith("http") else None}
+            "ui_url": page}
+
+
+def run_page(ui_url: str, flow_run_id: str) -> str:
+    """A flow run's page in the UI the server opens by default: V2 (`/v2/runs/flow-run/ID`) unless it serves V1.
+
+    Prefect's own `flow_run.ui_url` is V1's address (`/flow-runs/flow-run/ID`), which opens the old UI."""
+    ui = _ui_settings(ui_url.rstrip("/"))
+    v1, v2 = (ui.get("v1_base_url") or "/").rstrip("/"), ui.get("v2_base_url")
+    if ui.get("default_ui", "v2") == "v2" and v2 and v2.startswith(v1):
+        return f"{ui_url.rstrip('/')}{v2[len(v1):].rstrip('/')}/runs/flow-run/{flow_run_id}"
+    return f"{ui_url.rstrip('/')}/flow-runs/flow-run/{flow_run_id}"
+
+
+@functools.cache
+def _ui_settings(ui_url: str) -> dict[str, Any]:
+    """The server's `/ui-settings` (which UI it serves by default, and where); empty when it does not answer."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{ui_url}/ui-settings", timeout=5)
+        r.raise_for_status()
+        return r.json()
+    except (httpx.HTTPError, ValueError):
+        return {}
 
 
 def link_cached(spec: PipelineSpec, node: str, ref: ArtifactRef, store: ArtifactStore) -> None:

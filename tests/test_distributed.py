@@ -303,6 +303,46 @@ def test_row_sharded_model_splits_rows_and_gives_the_gradient_of_the_whole_batch
         assert result["score_rows"] == [4] and result["scores_exact"]
 
 
+SPLIT_WEIGHT_ATOL = 1e-6
+"""Every algorithm's weights after one rollout batch (2 steps at lr 1e-3) at 2 ranks: the halves' gradients summed in
+another order (measured below 2e-7), except the attention's key bias, whose gradient is exactly zero (softmax
+ignores a shift): Adam turns its float noise (~1e-9) into whole steps, so it is left out."""
+
+
+def test_every_discrete_rl_algorithm_splits_its_rows_over_two_ranks(tmp_path: Path) -> None:
+    """One rollout batch of each masked-diffusion RL algorithm (DiscreteRun under DDP, two real ranks) against one
+    process: each rank's policy and reference network computed half the rows (sampling, scoring, the loss)
+    and its verifier scored half the rollouts, while the losses, rollout log and weights are one process's.
+    TR2-D2's searches expand a one-row root per iteration, which does not split: those rows run on both ranks."""
+    from discrete_rl_worker import ALGORITHMS, run_algorithm
+
+    worker = Path(__file__).with_name("discrete_rl_worker.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                    str(worker), str(tmp_path)], check=True, timeout=300, capture_output=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for algorithm in ALGORITHMS:
+        one = run_algorithm(algorithm)
+        assert one["rows"]["policy"] > 0 and one["scored"] == 8
+        unsplit = {"policy": 2, "reference": 2} if algorithm == "tr2d2" else {"policy": 0, "reference": 0}
+        for result in ranks:
+            two = result[algorithm]
+            for net in ("policy", "reference"):  # tr2d2: 2 searches x 2 iterations x 1 root row, on each rank
+                assert two["rows"][net] == one["rows"][net] // 2 + unsplit[net], (algorithm, net, two, one["rows"])
+            assert two["scored"] == 4, algorithm
+            torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5,
+                                       atol=1e-7)
+            for column in ("samples", "reward", "accuracy", "zero_std_ratio"):
+                torch.testing.assert_close(torch.tensor(two["log"][column], dtype=torch.float64),
+                                           torch.tensor(one["log"][column], dtype=torch.float64), equal_nan=True)
+        weights = load_file(tmp_path / f"rank0-{algorithm}.safetensors")
+        d = weights["token_embedding.weight"].shape[1]
+        for name, w in one["weights"].items():
+            w2 = weights[name]
+            if name.endswith("self_attn.in_proj_bias"):
+                w, w2 = torch.cat([w[:d], w[2 * d:]]), torch.cat([w2[:d], w2[2 * d:]])  # query, value parts
+            torch.testing.assert_close(w2, w, rtol=0, atol=SPLIT_WEIGHT_ATOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def rollout_log(log: dict[str, list[float | None]]) -> torch.Tensor:
     """The reward log's columns that depend only on the rollouts (rows: steps; NaN where a step drew none)."""
     columns = ["samples", "reward", "accuracy", "zero_std_ratio", "sampling_forwards", "scoring_forwards"]

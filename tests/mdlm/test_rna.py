@@ -13,6 +13,9 @@ from prefect import flow
 from diffpipe.flows.pipeline import execute
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas.rna import RNADesignData
+from diffpipe.storage import ArtifactStore
+from diffpipe.storage.formats import open_dataset
+from diffpipe.tasks.data.reasoning_domain import diversity
 from diffpipe.tasks.data.rna import RNA_VOCAB, build_rna_design, design_scores, fold, pair_f1
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +50,14 @@ def test_splits_fold_into_their_prompts_and_share_no_structure() -> None:
     assert all(s.count("(") >= 2 for s in structures["train"])
 
 
+def test_diversity_by_hand() -> None:
+    draws = np.array([[1, 2, 3], [1, 2, 3], [1, 2, 4],  # prompt 1: 2 distinct of 3; Hamming 0, 1, 1
+                      [0, 0, 0], [1, 1, 1], [2, 2, 2]])  # prompt 2: all distinct; Hamming 3, 3, 3
+    out = diversity(draws, 3)
+    assert out["distinct_share"] == pytest.approx((2 / 3 + 1) / 2)
+    assert out["mean_pairwise_hamming"] == pytest.approx((2 / 3 + 3) / 2)
+
+
 def tiny_rna_spec(root: Path, algorithm: dict | None = None) -> dict:
     """The shipped RNA design pipeline shrunk to seconds."""
     spec = yaml.safe_load((REPO / "pipelines" / "rna_design.yaml").read_text())
@@ -54,7 +65,9 @@ def tiny_rna_spec(root: Path, algorithm: dict | None = None) -> dict:
     spec["model"] = {"arch": "mdlm", "d_model": 16, "num_layers": 1, "num_heads": 2}
     tiny = {"pretrain": {"steps": 12, "batch_size": 32, "checkpoint_every": 6, "log_every": 6, "warmup_steps": 2},
             "rl": {"steps": 4, "groups_per_step": 2, "group_size": 4, "checkpoint_every": 2, "log_every": 2},
-            "sample_pretrained": {"num_samples": 8}, "sample": {"num_samples": 8}}
+            "sample_pretrained": {"num_samples": 8}, "sample": {"num_samples": 8},
+            "sample_pretrained_draws": {"num_samples": 3, "samples_per_condition": 4},
+            "sample_draws": {"num_samples": 3, "samples_per_condition": 4}}
     for stage in spec["stages"]:
         stage.update(copy.deepcopy(tiny.get(stage["name"], {})))
         if stage["stage"] == "sample":
@@ -78,3 +91,16 @@ def test_rna_design_pipeline_end_to_end(tmp_path: Path, prefect_api) -> None:
     assert set(model) == {"accuracy", "reward", "unique_sequences"}
     assert states["evaluate_pretrained"]["metrics"]["data_floor"]["accuracy"] == 1.0
     assert np.isfinite(model["reward"])
+    store = ArtifactStore(tmp_path / "artifacts")
+    for name in ("pretrained_draws", "draws"):  # 4 draws at temperature 1 for each of 3 targets
+        path = store.local_path(store.lookup(states[f"sample_{name}"]["cache_key"]))
+        samples = open_dataset(path / "samples.zarr").load()
+        prompts, completions = samples["prompt"].values, samples["completion"].values
+        assert prompts.shape[0] == 12 and (prompts.reshape(3, 4, -1) == prompts[::4, None]).all()
+        assert len({c.tobytes() for c in completions}) > 3  # sampled, not greedy: targets get differing draws
+        metrics = states[f"evaluate_{name}"]["metrics"]
+        assert metrics["samples_per_condition"] == 4 and metrics["model"] == {
+            **{k: pytest.approx(v) for k, v in diversity(completions, 4).items()},
+            "accuracy": pytest.approx(design_scores(prompts, completions)[1].mean()),
+            "reward": pytest.approx(design_scores(prompts, completions)[0].mean()),
+            "unique_sequences": pytest.approx(len({c.tobytes() for c in completions}) / 12)}

@@ -12,9 +12,13 @@ guidance (`search: {method: discrete_cfg}`) needs for its unconditional branch.
 Sampling. The first `num_samples` held-out prompts are completed with low-confidence remasking in
 semi-autoregressive blocks (diffusers' `BlockRefinementScheduler`; `scheduler.steps` decoding steps in
 all, `scheduler.options.block_length` tokens per block), greedily, or by the stage's `search` method.
+With `samples_per_condition: k` > 1 each prompt gets k completions drawn at temperature 1 (the model's
+own distribution; tokens sampled, the most confident committed first) instead of one greedy completion.
 Evaluation scores the completions with the exact verifiers: accuracy (exactly correct) and the d1 reward
 (Countdown: 1 / 0.1 / 0; Sudoku: share of blanks filled correctly), beside the reference completions'
-scores as a floor.
+scores as a floor. For k > 1 draws per prompt it adds their diversity: per prompt the share of distinct
+completions and the mean pairwise Hamming distance (positions that differ, over the k (k - 1) / 2 pairs),
+averaged over prompts.
 """
 
 from __future__ import annotations
@@ -62,6 +66,16 @@ PREVIEW_ROWS = 8
 def token_tensors(ds: xr.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt (N, P) and completion (N, L) token ids of a split or of a samples set."""
     return torch.from_numpy(ds["prompt"].values), torch.from_numpy(ds["completion"].values)
+
+
+def diversity(completions: np.ndarray, per_prompt: int) -> dict[str, float]:
+    """Distinct share and mean pairwise Hamming distance of each prompt's `per_prompt` consecutive completions,
+    averaged over prompts."""
+    groups = np.asarray(completions).reshape(-1, per_prompt, np.asarray(completions).shape[-1])
+    distinct = [len({row.tobytes() for row in g}) / per_prompt for g in groups]
+    upper = np.triu_indices(per_prompt, k=1)
+    hamming = [(g[:, None, :] != g[None, :, :]).sum(-1)[upper].mean() for g in groups]
+    return {"distinct_share": float(np.mean(distinct)), "mean_pairwise_hamming": float(np.mean(hamming))}
 
 
 def score(task: str, prompts: np.ndarray, completions: np.ndarray) -> dict[str, float]:
@@ -130,11 +144,15 @@ class ReasoningDomain(ABC):
         return int(train.sizes["prompt_pos"]), int(train.sizes["completion_pos"])
 
     def check_spec(self, spec: PipelineSpec) -> None:
-        """The model is the masked-diffusion transformer; block lengths of the block sampler are positive integers."""
+        """The model is the masked-diffusion transformer; block lengths of the block sampler are positive integers;
+        several draws per prompt come from plain sampling, not from a search."""
         if not isinstance(spec.model, MDLMSpec):
             raise SpecError("model.arch", f"{self.task} data needs the masked-diffusion transformer", "mdlm",
                             repr(spec.model.arch))
         for i, stage in enumerate(spec.stages):
+            if isinstance(stage, SampleStage) and stage.search is not None and stage.samples_per_condition > 1:
+                raise SpecError(f"stages[{i}].samples_per_condition", "a search returns one completion per prompt",
+                                "1 with search", str(stage.samples_per_condition))
             block = getattr(getattr(stage, "scheduler", None), "options", {}).get("block_length")
             if block is not None and (isinstance(block, bool) or not isinstance(block, int) or block < 1):
                 raise SpecError(f"stages[{i}].scheduler.options.block_length", "the block sampler needs whole blocks",
@@ -174,9 +192,6 @@ class ReasoningDomain(ABC):
         if unknown:
             raise SpecError(ctx.field_path("scheduler.options"), "the block sampler takes only a block length",
                             "block_length", ", ".join(unknown))
-        if spec.samples_per_condition != 1:
-            raise SpecError(ctx.field_path("samples_per_condition"), "greedy decoding gives one completion "
-                            "per prompt", "1", str(spec.samples_per_condition))
         block_length = min(int(scheduler.config.block_length), completion_len)
         try:
             block_schedule(completion_len, spec.scheduler.steps, block_length)
@@ -187,10 +202,13 @@ class ReasoningDomain(ABC):
 
     def sample(self, ctx: StageContext, spec: SampleStage, model: ModelMixin, objective: Objective,
                scheduler: SchedulerMixin, info: dict[str, Any]) -> StageOutput:
-        """Greedy block-sampled completions of the first `num_samples` held-out prompts, as zarr."""
+        """Block-sampled completions of the first `num_samples` held-out prompts, as zarr: one greedy completion
+        each, or `samples_per_condition` draws at temperature 1."""
         test = self.load_split(ctx.input_path("data"), "test")
         prompts, _ = token_tensors(test)
-        prompts = prompts[: spec.num_samples]
+        draws = spec.samples_per_condition
+        prompts = prompts[: spec.num_samples].repeat_interleave(draws, dim=0)
+        temperature = 0.0 if draws == 1 else 1.0
         steps, block_length = self.sampler_settings(ctx, spec, scheduler, test.sizes["completion_pos"])
         net, search, length = CountingNet(model), make_search(ctx, spec), test.sizes["completion_pos"]
         chunks, gen, t0 = [], ctx.generator(offset=1000 + spec.seed), time.perf_counter()
@@ -199,28 +217,33 @@ class ReasoningDomain(ABC):
                 batch = prompts[start:start + spec.batch_size].to(ctx.device)
                 with ctx.autocast():
                     out = complete(search, net, batch, length, steps, block_length, MASK, gen) if search else \
-                        sample_completions(net, batch, length, MASK, steps=steps, block_length=block_length)
+                        sample_completions(net, batch, length, MASK, steps=steps, block_length=block_length,
+                                           temperature=temperature, generator=gen)
                 chunks.append(out.cpu())
                 advance(len(batch))
         wall = time.perf_counter() - t0
         completions = torch.cat(chunks)
         ds = xr.Dataset({"prompt": (("sample", "prompt_pos"), prompts.numpy()),
                          "completion": (("sample", "completion_pos"), completions.numpy())},
-                        attrs={"stage": ctx.node, "task": self.task, "steps": steps, "block_length": block_length})
+                        attrs={"stage": ctx.node, "task": self.task, "steps": steps, "block_length": block_length,
+                               "samples_per_condition": draws, "temperature": temperature})
         write_dataset(ds, ctx.workdir / SAMPLES_FILE)
-        metrics = {"num_samples": len(prompts), "scheduler": type(scheduler).__name__, "steps": steps,
+        metrics = {"num_samples": len(prompts), "samples_per_condition": draws, "temperature": temperature,
+                   "scheduler": type(scheduler).__name__, "steps": steps,
                    "block_length": block_length, "nfe_per_sample": steps, "sampling_wall_s": wall,
                    "samples_per_s": len(prompts) / wall, **net.costs(len(prompts)),
                    **(search.metrics() if search else {}),
                    "examples": [f"{self.vocab.decode(p)} -> {self.vocab.decode(c)}" for p, c in
                                 zip(prompts[:PREVIEW_ROWS].tolist(), completions[:PREVIEW_ROWS].tolist(),
                                     strict=True)]}
+        how = "greedy" if draws == 1 else f"{draws} draws per prompt at temperature 1"
         summary = (f"{len(prompts)} held-out {self.task} completions, {steps} steps in blocks of {block_length} "
-                   f"tokens (low-confidence remasking, greedy).")
+                   f"tokens (low-confidence remasking, {how}).")
         return StageOutput("samples", metrics, summary)
 
     def evaluate(self, ctx: StageContext, spec: EvaluateStage) -> StageOutput:
-        """Accuracy and mean reward under the exact verifiers, with the reference completions as floor."""
+        """Accuracy and mean reward under the exact verifiers, with the reference completions as floor; with
+        several draws per prompt, their diversity too."""
         if "domain" not in spec.metrics:
             raise SpecError(ctx.field_path("metrics"), f"{self.task} is scored by its exact verifiers",
                             "a list containing domain", str(spec.metrics))
@@ -229,13 +252,17 @@ class ReasoningDomain(ABC):
             raise DataError(f"{ctx.input_path('samples').name}/{SAMPLES_FILE}", "samples of another task",
                             self.task, repr(samples.attrs.get("task")))
         prompts, completions = token_tensors(samples)
+        draws = int(samples.attrs.get("samples_per_condition", 1))
         test = self.load_split(ctx.input_path("data"), "test")
         with ctx.progress_bar("sample sets scored", 2) as advance:
             model = self.score(prompts.numpy(), completions.numpy())
+            if draws > 1:
+                model.update(diversity(completions.numpy(), draws))
             advance(1)
-            floor = self.score(test["prompt"].values[: len(prompts)], test["completion"].values[: len(prompts)])
+            heldout = len(prompts) // draws
+            floor = self.score(test["prompt"].values[:heldout], test["completion"].values[:heldout])
             advance(1)
-        metrics = {"model": model, "data_floor": floor, "num_samples": len(prompts),
+        metrics = {"model": model, "data_floor": floor, "num_samples": len(prompts), "samples_per_condition": draws,
                    "not_applicable": sorted(set(spec.metrics) - {"domain"})}
         return StageOutput("metrics", metrics, metrics_table(metrics))
 

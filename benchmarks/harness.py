@@ -2,7 +2,7 @@
 a user would start them, and JSON results that say where they were measured (commit, library versions, device,
 threads, load, date).
 
-    from harness import open_benchmark, run_diffpipe, run_sweep, write_result
+    from harness import open_benchmark, run_diffpipe, run_sweep, stage_counts, write_result
 
     args = open_benchmark(parser(__doc__)).parse_args()  # --quick, --out, --threads for every benchmark
 
@@ -139,6 +139,17 @@ def run_sweep(spec: Path, grid: dict[str, list[Any]], repeat_seeds: int, overrid
     status = run_diffpipe(["status", *options], workdir).doc
     cells = {c["cell"]: {s["name"]: s for s in c["stages"]} for c in status["cells"]}
     return SweepRun(done.doc, cells, done.wall_s, done.cpu_s)
+
+
+def stage_counts(report: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Per stage of a sweep's comparison: how many cells executed it and how many found it cached (a stage the
+    cells share executes once; its other cells count as cached)."""
+    out: dict[str, dict[str, int]] = {}
+    for cell in report["cells"]:
+        for stage, state in cell["states"].items():
+            counts = out.setdefault(stage, {})
+            counts[state] = counts.get(state, 0) + 1
+    return out
 
 
 def write_result(name: str, result: dict[str, Any], out: Path = RESULTS) -> Path:

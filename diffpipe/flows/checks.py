@@ -38,8 +38,9 @@ def check_spec(spec: PipelineSpec) -> None:
             _check_trajectory_solver(i, stage)
     if isinstance(spec.model, SPFSpec):
         source = getattr(spec.data, "source", None)
-        grid = (source.nlat, source.nlon) if isinstance(source, ClimateBuilderSource) else None
-        check_pyramid(spec.model.levels, grid)
+        builder = isinstance(source, ClimateBuilderSource)
+        check_pyramid(spec.model.levels, (source.nlat, source.nlon) if builder else None,
+                      source.months_per_year if builder else None)
     domain_check = getattr(get_domain(spec.data.kind), "check_spec", None)
     if domain_check is not None:  # the model and stages against the data they will see
         domain_check(spec)

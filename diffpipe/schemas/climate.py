@@ -87,6 +87,15 @@ class ClimateBuilderSource(Strict):
     """Diurnal temperature range change per K of aerosol local cooling (K/K)."""
     dtr_noise_std_K: float = Field(default=0.08, ge=0.0)
     """Interannual diurnal temperature range std over land (K; 40% of it over ocean)."""
+    months_per_year: Literal[1, 12] = 1
+    """Records per year and member: 1 (yearly means, ClimateBench's layout) or 12 (monthly means, whose 12 months
+    average to the yearly values)."""
+    seasonal_amplitude: float = Field(default=0.5, ge=0.0, lt=1.0)
+    """Monthly store: modulation of the tas and dtr anomaly at the poles, largest in local winter (1)."""
+    seasonal_precip_amplitude: float = Field(default=0.3, ge=0.0, lt=1.0)
+    """Monthly store: modulation of the pr and pr90 anomaly at the poles, largest in local summer (1)."""
+    monthly_noise_ratio: float = Field(default=2.0, ge=0.0)
+    """Monthly store: std of a month's deviation from its year over the interannual std (1)."""
 
     @model_validator(mode="after")
     def _tcr_below_ecs(self) -> ClimateBuilderSource:
@@ -176,12 +185,31 @@ class ClimateData(Strict):
 
 
 class PyramidLevel(Strict):
-    """One level of the space-time pyramid: fields averaged over `period_years` on a grid coarsened `space_factor`x."""
+    """One level of the space-time pyramid: fields averaged over a period (`period_years` or `period_months`) on a
+    grid coarsened `space_factor`x."""
 
     space_factor: int = Field(ge=1)
     """Coarsening of lat and lon (the store's grid divided by it; 1: the store's grid)."""
-    period_years: int = Field(ge=1)
+    period_years: int | None = Field(default=None, ge=1)
     """Years each field averages (10: decadal, 1: yearly), in calendar blocks (1850-1859, 1860-1869, ...)."""
+    period_months: int | None = Field(default=None, ge=1)
+    """Months each field averages (1: monthly; a monthly store only), in calendar blocks within the year."""
+
+    @model_validator(mode="after")
+    def _one_period(self) -> PyramidLevel:
+        if (self.period_years is None) == (self.period_months is None):
+            raise ValueError("a pyramid level sets one of period_years and period_months")
+        return self
+
+    @property
+    def months(self) -> int:
+        """The period in months."""
+        return self.period_years * 12 if self.period_years is not None else int(self.period_months)
+
+    @property
+    def period_field(self) -> str:
+        """The name of the period field this level sets."""
+        return "period_years" if self.period_years is not None else "period_months"
 
 
 DEFAULT_LEVELS = (PyramidLevel(space_factor=4, period_years=10), PyramidLevel(space_factor=1, period_years=1))
@@ -193,12 +221,14 @@ class SPFSpec(Strict):
     Level 0 is the coarsest (longest period, coarsest grid); each finer level is conditioned on the
     forcing averaged over its period and on the coarser level's field of the block containing it, so
     every period of a scenario is sampled at once per level (no autoregression in time). The last level
-    is yearly on the store's grid (what evaluation scores).
+    is the store's records on its grid: yearly, or monthly in a monthly store (evaluation scores the yearly
+    means of the months, and the months).
     """
 
     arch: Literal["spf"] = "spf"
     levels: tuple[PyramidLevel, ...] = DEFAULT_LEVELS
-    """Levels from coarse to fine; each level's period and space factor are multiples of the next level's."""
+    """Levels from coarse to fine; each level's period and space factor are multiples of the next level's; the
+    last is `{space_factor: 1, period_years: 1}`, or `{space_factor: 1, period_months: 1}` on monthly data."""
     block_out_channels: tuple[int, ...] = (32, 64)
     """UNet channels per resolution level (one down/up block each)."""
     layers_per_block: int = Field(default=1, ge=1)
@@ -211,20 +241,32 @@ class SPFSpec(Strict):
     """Dropout inside the ResNet blocks."""
 
 
-def check_pyramid(levels: tuple[PyramidLevel, ...], grid: tuple[int, int] | None) -> None:
-    """SpecError naming the first level that does not divide its coarser level's period or space factor,
-    or the grid (when known); the finest level must be yearly on the store's grid."""
+def check_pyramid(levels: tuple[PyramidLevel, ...], grid: tuple[int, int] | None,
+                  months_per_year: int | None = 1) -> None:
+    """SpecError naming the first level that does not divide its coarser level's period or space factor, a year
+    (a level in months), or the grid (when known); the finest level must be the store's records (yearly, or
+    monthly in a monthly store; either when `months_per_year` is not known yet) on the store's grid."""
     last = len(levels) - 1
-    if not levels or (levels[-1].space_factor, levels[-1].period_years) != (1, 1):
-        found = "no levels" if not levels else str(levels[-1].model_dump())
-        raise SpecError(f"model.levels[{max(last, 0)}]", "the finest level must be yearly on the store's grid",
-                        "{space_factor: 1, period_years: 1}", found)
+    finest = {"space_factor": 1, "period_years": 1} if months_per_year == 1 else {"space_factor": 1, "period_months": 1}
+    allowed = (12, 1) if months_per_year is None else (12 // months_per_year,)
+    if not levels or levels[-1].space_factor != 1 or levels[-1].months not in allowed:
+        found = "no levels" if not levels else str(levels[-1].model_dump(exclude_none=True))
+        kind = {1: "yearly", 12: "monthly (the store is monthly)", None: "yearly or monthly"}[months_per_year]
+        raise SpecError(f"model.levels[{max(last, 0)}]", f"the finest level must be {kind} on the store's grid",
+                        str(finest).replace("'", ""), found)
+    for k, level in enumerate(levels):
+        if level.period_months is not None and 12 % level.period_months:
+            raise SpecError(f"model.levels[{k}].period_months", "does not divide a year", "1, 2, 3, 4, 6 or 12",
+                            str(level.period_months))
     for k in range(last):
-        for name in ("period_years", "space_factor"):
+        for name in ("months", "space_factor"):
             coarse, fine = getattr(levels[k], name), getattr(levels[k + 1], name)
             if coarse % fine:
-                raise SpecError(f"model.levels[{k + 1}].{name}", f"does not divide the coarser level's {name}",
-                                f"a divisor of {coarse} (model.levels[{k}].{name})", str(fine))
+                field = levels[k + 1].period_field if name == "months" else name
+                above = levels[k].period_field if name == "months" else name
+                raise SpecError(f"model.levels[{k + 1}].{field}", f"does not divide the coarser level's {above}",
+                                f"a divisor of {getattr(levels[k], above)} (model.levels[{k}].{above})",
+                                str(getattr(levels[k + 1], field)))
     for k, level in enumerate(levels):
         if grid is not None and (grid[0] % level.space_factor or grid[1] % level.space_factor):
             raise SpecError(f"model.levels[{k}].space_factor", "does not divide the grid",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,25 @@ def test_members_differ_and_ssp_members_branch_from_history(store: Path) -> None
     ocean = ~spatial.land_mask(*spatial.climatebench_grid(6, 8))
     last_hist, first_ssp = (hist[0, -1] - hist[1, -1])[ocean], (ssp[0, 0] - ssp[1, 0])[ocean]
     assert np.corrcoef(last_hist, first_ssp)[0, 1] > 0.5  # member differences persist across 2014 -> 2015
+
+
+def test_monthly_store_averages_to_the_yearly_store(store: Path, tmp_path: Path) -> None:
+    options = dataclasses.replace(SMALL, months_per_year=12, scenarios=("historical", "ssp245"),
+                                  stats_scenarios=("historical",))
+    monthly = open_climate_store(build_climate_store(tmp_path / "monthly.zarr", options))
+    yearly = open_climate_store(store)
+    assert monthly.attrs["months_per_year"] == 12 and monthly.sizes["record"] == 2 * (165 + 86) * 12
+    for scenario in ("historical", "ssp245"):
+        months, years = scenario_view(monthly, scenario), scenario_view(yearly, scenario)
+        assert months["tas"].dims == ("member", "time", "month", "lat", "lon")
+        for var in ("tas", "diurnal_temperature_range", "pr", "pr90"):
+            np.testing.assert_allclose(months[var].mean("month").values, years[var].values, rtol=1e-5, atol=2e-6)
+        np.testing.assert_array_equal(months["SO2"].values, years["SO2"].values)  # forcing stays yearly
+        spread = float(months["tas"].std("month").mean())
+        assert spread > 2 * float(years["tas"].diff("time").std()) / np.sqrt(2)  # months vary more than years
+    north = monthly["lat"].values > 45
+    tas = scenario_view(monthly, "ssp245")["tas"].sel(time=slice(2080, 2100)).mean(("member", "time", "lon"))
+    assert (tas.sel(month=1).values[north] > tas.sel(month=7).values[north]).all()  # Arctic warming peaks in winter
 
 
 def test_unknown_scenario_option(tmp_path: Path) -> None:

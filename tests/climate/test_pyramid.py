@@ -27,24 +27,30 @@ from diffpipe.tasks.data.climate.stream import ChunkStream
 LEVELS = (PyramidLevel(space_factor=2, period_years=10), PyramidLevel(space_factor=1, period_years=1))
 
 
-def split(years: np.ndarray, members: int = 2) -> dict[str, torch.Tensor]:
-    """A split of records (member-major) on a 4 x 6 grid with known values."""
-    n = len(years) * members
+MONTHLY = (PyramidLevel(space_factor=2, period_years=10), PyramidLevel(space_factor=1, period_years=1),
+           PyramidLevel(space_factor=1, period_months=1))
+
+
+def split(years: np.ndarray, members: int = 2, months: int = 1) -> dict[str, torch.Tensor]:
+    """A split of records (member-major; months within each year when `months` is 12) on a 4 x 6 grid with known
+    values."""
+    n = len(years) * members * months
     rng = np.random.default_rng(0)
     return {
         "target": torch.from_numpy(rng.normal(size=(n, 4, 4, 6)).astype(np.float32)),
         "maps": torch.from_numpy(rng.normal(size=(n, 2, 4, 6)).astype(np.float32)),
         "scalars": torch.from_numpy(rng.normal(size=(n, 2)).astype(np.float32)),
-        "year": torch.from_numpy(np.tile(years, members)),
-        "member": torch.from_numpy(np.repeat(np.arange(members), len(years))),
+        "year": torch.from_numpy(np.tile(np.repeat(years, months), members)),
+        "member": torch.from_numpy(np.repeat(np.arange(members), len(years) * months)),
         "scenario": torch.zeros(n, dtype=torch.int64),
+        "month": torch.from_numpy(np.tile(np.arange(1, 13), n // 12) if months == 12 else np.zeros(n, np.int64)),
     }
 
 
-def blocks_of(data: dict[str, torch.Tensor], parts: int = 1) -> list[pyramid.LevelBlocks]:
+def blocks_of(data: dict[str, torch.Tensor], parts: int = 1, levels: tuple = LEVELS) -> list[pyramid.LevelBlocks]:
     """The level blocks of an in-memory split, accumulated over `parts` consecutive parts."""
     cuts = np.array_split(np.arange(len(data["year"])), parts)
-    return pyramid.level_blocks(LEVELS, [{k: v[c] for k, v in data.items()} for c in cuts], pyramid.split_keys(data),
+    return pyramid.level_blocks(levels, [{k: v[c] for k, v in data.items()} for c in cuts], pyramid.split_keys(data),
                                 torch.zeros(3, 4, 6))
 
 
@@ -65,6 +71,27 @@ def test_level_blocks_are_block_means_pooled() -> None:
         torch.testing.assert_close(parted.target, whole.target)
         torch.testing.assert_close(parted.maps, whole.maps)
         assert (parted.block_of_record == whole.block_of_record).all()
+
+
+def test_monthly_levels_average_back_to_the_coarser_levels() -> None:
+    data = split(np.arange(2015, 2031), months=12)
+    decadal, yearly, monthly = blocks_of(data, parts=5, levels=MONTHLY)
+    assert monthly.target.shape == (2 * 16 * 12, 4, 4, 6) and yearly.target.shape == (32, 4, 4, 6)
+    torch.testing.assert_close(monthly.target, data["target"])
+    parents = pyramid.parents([decadal, yearly, monthly])
+    year_sum = torch.zeros(32, 4, 4, 6, dtype=torch.float64).index_add_(0, torch.from_numpy(parents[2]),
+                                                                         monthly.target.double())
+    torch.testing.assert_close(yearly.target, (year_sum / 12).float())  # a year is the mean of its 12 months
+    weights = torch.from_numpy(np.bincount(parents[1], minlength=6)).double()
+    decade_sum = torch.zeros(6, 4, 4, 6, dtype=torch.float64).index_add_(0, torch.from_numpy(parents[1]),
+                                                                         yearly.target.double())
+    torch.testing.assert_close(decadal.target, pyramid.pool(decade_sum / weights[:, None, None, None], 2).float())
+    torch.testing.assert_close(yearly.year, torch.from_numpy(np.tile(np.arange(2015, 2031), 2)).double())
+    assert yearly.season.abs().max() < 1e-12 and decadal.season.abs().max() < 1e-12  # whole years: no season
+    january, july = monthly.season[0], monthly.season[6]
+    torch.testing.assert_close(january, torch.tensor([1.0, 0.0]))
+    torch.testing.assert_close(july, torch.tensor([-1.0, 0.0]), atol=1e-6, rtol=0)
+    assert float(monthly.year[6]) == pytest.approx(2015 + 0.5 / 12)
 
 
 def test_sampling_conditions_each_member_on_its_own_coarser_sample() -> None:
@@ -139,11 +166,22 @@ def test_training_batches_condition_on_the_true_coarser_field(small_store: Path,
     (((3, 10), (2, 1), (1, 1)), None, "model.levels[1].space_factor"),
     (((4, 10), (1, 1)), (6, 8), "model.levels[0].space_factor"),
     (((4, 10), (2, 1)), None, "model.levels[1]"),
+    (((4, 10), (1, 1)), "monthly", "model.levels[1]"),  # a monthly store: the finest level must be monthly
+    (((4, 10), (1, 1), (1, "5m"), (1, "1m")), "monthly", "model.levels[2].period_months"),
+    (((4, "6m"), (1, 1), (1, "1m")), "monthly", "model.levels[1].period_years"),
 ])
-def test_bad_pyramids_name_the_field(levels: tuple, grid: tuple[int, int] | None, where: str) -> None:
-    spec = tuple(PyramidLevel(space_factor=f, period_years=p) for f, p in levels)
+def test_bad_pyramids_name_the_field(levels: tuple, grid: tuple[int, int] | str | None, where: str) -> None:
+    def level(f: int, p: int | str) -> PyramidLevel:
+        if isinstance(p, str):
+            return PyramidLevel(space_factor=f, period_months=int(p[:-1]))
+        return PyramidLevel(space_factor=f, period_years=p)
+
+    spec = tuple(level(*lv) for lv in levels)
     with pytest.raises(SpecError) as err:
-        check_pyramid(spec, grid)
+        if grid == "monthly":
+            check_pyramid(spec, None, 12)
+        else:
+            check_pyramid(spec, grid)
     assert err.value.where == where and err.value.exit_code == 2
 
 
@@ -197,3 +235,44 @@ def test_spf_pipeline_samples_every_level(tmp_path: Path, prefect_api) -> None:
     bad["model"]["levels"][0]["space_factor"] = 3
     with pytest.raises(SpecError, match=r"model.levels\[0\].space_factor"):
         check_spec(validate_spec(bad))
+
+
+def test_monthly_spf_pipeline_samples_months_and_scores_them(tmp_path: Path, prefect_api) -> None:
+    """A monthly builder store (2 members, 8 x 12) under a decadal -> yearly -> monthly pyramid, its monthly level
+    streamed (the budget is below the split): months sampled and scored, their yearly means scored as years."""
+    from prefect import flow
+
+    raw = spf_spec(tmp_path / "artifacts")
+    raw["data"]["source"]["months_per_year"] = 12
+    raw["data"]["memory_budget_mb"] = 4.0
+    raw["model"]["levels"] = [{"space_factor": 2, "period_years": 10}, {"space_factor": 1, "period_years": 1},
+                              {"space_factor": 1, "period_months": 1}]
+    spec = validate_spec(copy.deepcopy(raw))
+    check_spec(spec)
+    nodes = {e["name"]: e for e in flow(name="climate-spf-monthly-test")(execute)(spec)}
+    assert all(e["state"] == "executed" for e in nodes.values())
+    assert nodes["ens"]["metrics"]["blocks_per_level"] == [10, 86, 86 * 12]
+    store = ArtifactStore(raw["storage"]["root"])
+    refs = {r.name: r.ref for r in status(spec, store)}
+    folder = store.local_path(refs["ens"])
+    yearly = xr.open_zarr(folder / "samples.zarr", consolidated=False)
+    monthly = xr.open_zarr(folder / "monthly.zarr", consolidated=False)
+    assert monthly["tas"].dims == ("time", "month", "member", "lat", "lon")
+    assert monthly["tas"].shape == (86, 12, 2, 8, 12) and yearly["tas"].shape == (86, 2, 8, 12)
+    np.testing.assert_allclose(monthly["pr"].mean("month").values, yearly["pr"].values, rtol=1e-5, atol=1e-6)
+    scores = nodes["eval"]["metrics"]
+    month_scores = scores["monthly"]["model"]["tas"]
+    assert np.isfinite(month_scores["crps"]) and month_scores["crps_skill_term"] >= month_scores["crps"] > 0
+    assert scores["monthly"]["internal_variability_floor"]["tas"] == {}  # 2 target members: no leave-one-out spread
+    assert np.isfinite(scores["model"]["tas"]["crps"]) and np.isfinite(scores["pattern_scaling"]["tas"]["crps"])
+    ctx = StageContext(spec, "spf", "0" * 64, {"data": refs["data"]}, store, tmp_path)
+    batches = ClimateDomain().batches(ctx, torch.device("cpu"))
+    assert isinstance(batches.finest, ChunkStream)
+    batches.step = 2  # the monthly level: its condition carries each record's month
+    x0, cond = batches.next(torch.Generator().manual_seed(0), 6)
+    assert x0.shape == (6, 4, 8, 12) and cond.level == 2
+    torch.testing.assert_close(cond.season.norm(dim=1), torch.ones(6))  # one month: a unit phase vector
+    month = np.rint(np.degrees(np.arctan2(cond.season[:, 1], cond.season[:, 0]).numpy()) / 30) % 12 + 1
+    year = cond.year.numpy() - (month - 6.5) / 12  # the time of month m of year y is y + (m - 6.5) / 12
+    np.testing.assert_allclose(year, np.rint(year), atol=1e-9)
+    batches.finest.close()

@@ -177,6 +177,30 @@ def evaluate_climate(
     }
 
 
+def month_series(x: xr.DataArray, period: tuple[int, int] = PERIOD) -> xr.DataArray:
+    """The months of `period` of a (..., time, month, ...) array as one `time` axis of months, year-major."""
+    window = evaluation_window(x, period)
+    return window.stack(step=("time", "month")).drop_vars(["step", "time", "month"]).rename(step="time")
+
+
+def evaluate_monthly(
+    prediction: xr.Dataset, target: xr.Dataset, variables: Sequence[str], period: tuple[int, int] = PERIOD
+) -> dict[str, dict[str, float | list[float]]]:
+    """Ensemble scores (CRPS, spread/skill, rank histogram) of monthly fields over the months of `period`, and
+    `floor_` ones from the target members, in one Dask pass; both have (member, time, month, lat, lon) dims."""
+    lazy = {}
+    for v in variables:
+        pred, targ = month_series(prediction[v], period), month_series(target[v], period)
+        lazy[v] = ensemble_scores(pred, targ)
+        if targ.sizes["member"] >= 3:
+            lazy[v] |= {f"floor_{k}": x for k, x in ensemble_floor(targ).items()}
+    (computed,) = dask.compute(lazy)
+    return {
+        v: {k: (np.asarray(x).tolist() if np.ndim(x) else float(x)) for k, x in s.items()}
+        for v, s in computed.items()
+    }
+
+
 def _figure(ncols: int, width: float = 4.2, height: float = 3.0) -> tuple[Figure, list]:
     fig = Figure(figsize=(width * ncols, height), constrained_layout=True)
     FigureCanvasAgg(fig)

@@ -16,9 +16,10 @@ from .unet2d import unet_block_types
 
 @implements("arch", "spf")
 def build_spf_unet(spec: SPFSpec, grid: tuple[int, int], in_channels: int, out_channels: int,
-                   year_embedding: bool) -> UNet2DModel:
-    """The pyramid's UNet for a (lat, lon) grid, padded to its resolution levels; SpecError for a bad pyramid."""
-    check_pyramid(spec.levels, grid)
+                   year_embedding: bool, months_per_year: int = 1) -> UNet2DModel:
+    """The pyramid's UNet for a (lat, lon) grid of a store with `months_per_year` records a year, padded to its
+    resolution levels; SpecError for a bad pyramid."""
+    check_pyramid(spec.levels, grid, months_per_year)
     factor = 2 ** (len(spec.block_out_channels) - 1)
     down, up = unet_block_types(len(spec.block_out_channels), spec.attention)
     return UNet2DModel(

@@ -57,7 +57,8 @@ DEFAULT_SCENARIOS = (
     "ssp534-over",
 )
 OVERSHOOT_SCENARIO = "ssp534-over"
-NOISE_STREAMS = {"tas": 0, "dtr": 1, "pr": 2, "pr90": 3}
+NOISE_STREAMS = {"tas": 0, "dtr": 1, "pr": 2, "pr90": 3, "monthly": 4}
+MONTHS = 12
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,10 @@ class ClimateBuildOptions:
     dtr_ghg_K_per_K: float = -0.05  # diurnal range change per K of non-aerosol local warming (K/K)
     dtr_aerosol_K_per_K: float = 0.15  # diurnal range change per K of aerosol local cooling (K/K)
     dtr_noise_std_K: float = 0.08  # interannual diurnal range std over land (K; 40% of it over ocean)
+    months_per_year: int = 1  # records per year and member: 1 (yearly means) or 12 (monthly means)
+    seasonal_amplitude: float = 0.5  # winter/summer modulation of the tas anomaly at the poles (1)
+    seasonal_precip_amplitude: float = 0.3  # local-summer modulation of the pr, pr90 anomalies at the poles (1)
+    monthly_noise_ratio: float = 2.0  # std of a month's deviation from its year / the interannual std (1)
     dask_address: str | None = None  # scheduler address to scale out; None: a LocalCluster
     dask_workers: int = 2  # LocalCluster worker processes (1 thread each); 0: threads in this process
 
@@ -122,6 +127,9 @@ def validate_options(options: ClimateBuildOptions) -> None:
                 expected=", ".join(known),
                 found=name,
             )
+    if options.months_per_year not in (1, MONTHS):
+        raise DataError("climate builder option 'months_per_year'", "neither yearly nor monthly records",
+                        expected=f"1 or {MONTHS}", found=str(options.months_per_year))
     if options.nlat < 3 or options.nlon < 4 or options.members < 1 or options.chunk_records < 1:
         raise DataError(
             "climate builder options nlat/nlon/members/chunk_records",
@@ -154,7 +162,8 @@ def _local_variability(
 
 
 def member_fields(options: ClimateBuildOptions, scenario: str, member: int) -> np.ndarray:
-    """(year, variable, lat, lon) float32 outputs of one member: tas, dtr (K), pr, pr90 (mm/day) anomalies."""
+    """(record, variable, lat, lon) float32 outputs of one member: tas, dtr (K), pr, pr90 (mm/day) anomalies of
+    each year, or of each month (`months_per_year` 12; the months of a year average to its yearly values)."""
     lat, lon = spatial.climatebench_grid(options.nlat, options.nlon)
     land = spatial.land_mask(lat, lon)
     years = scenario_years(scenario)
@@ -180,8 +189,7 @@ def member_fields(options: ClimateBuildOptions, scenario: str, member: int) -> n
 
     capacity = np.where(land, options.heat_capacity_land_W_yr_m2_K, options.heat_capacity_ocean_W_yr_m2_K)
     ar1 = np.exp(-options.local_feedback_W_m2_K / capacity)
-    polar = 1.0 + 0.5 * np.abs(np.sin(np.deg2rad(lat)))[:, None]
-    tas_std = np.where(land, options.noise_std_land_K, options.noise_std_ocean_K) * polar
+    tas_std = interannual_std(options, lat, land)[0]
     noise = spatial.CorrelatedNoise.on_grid(lat, lon, options.noise_length_deg)
     streams = _streams(options, scenario, member)
     tas = (
@@ -217,7 +225,47 @@ def member_fields(options: ClimateBuildOptions, scenario: str, member: int) -> n
     pr90 = ratio90 * (daily_mean * intensify - pr0) + sampling * daily_mean * noise.draw(
         streams["pr90"], years.size
     )
-    return np.stack([tas, dtr, pr, pr90], axis=1).astype(np.float32)
+    yearly = np.stack([tas, dtr, pr, pr90], axis=1)
+    if options.months_per_year == 1:
+        return yearly.astype(np.float32)
+    return monthly_fields(options, yearly, lat, land, noise, streams["monthly"]).astype(np.float32)
+
+
+def interannual_std(options: ClimateBuildOptions, lat: np.ndarray, land: np.ndarray) -> np.ndarray:
+    """(variable, lat, lon) interannual std of the unforced fields: tas, dtr (K), pr, pr90 (mm/day)."""
+    polar = 1.0 + 0.5 * np.abs(np.sin(np.deg2rad(lat)))[:, None]
+    tas = np.where(land, options.noise_std_land_K, options.noise_std_ocean_K) * polar
+    dtr = np.where(land, 1.0, 0.4) * options.dtr_noise_std_K * np.ones_like(tas)
+    pr0 = spatial.precipitation_climatology(lat, land)
+    _, sampling = spatial.gamma_quantile_terms(options.daily_rain_gamma_shape)
+    return np.stack([tas, dtr, options.pr_noise_fraction * pr0, sampling * pr0])
+
+
+def seasonal_cycle(options: ClimateBuildOptions, lat: np.ndarray) -> np.ndarray:
+    """(month, variable, lat, 1) factors on a year's anomaly, each averaging exactly 1 over the 12 months.
+
+    tas and dtr: the anomaly peaks in local winter (January north, July south), by `seasonal_amplitude` at the
+    poles and not at the equator, as polar amplification does (sea ice). pr and pr90: the change peaks in local
+    summer (monsoon-like), by `seasonal_precip_amplitude` at the poles.
+    """
+    phase = np.cos(2 * np.pi * np.arange(MONTHS) / MONTHS)  # 1 in January, -1 in July; sums to 0
+    hemisphere = np.sin(np.deg2rad(lat))  # + north, - south
+    winter = 1.0 + options.seasonal_amplitude * phase[:, None] * hemisphere[None, :]
+    summer = 1.0 - options.seasonal_precip_amplitude * phase[:, None] * hemisphere[None, :]
+    return np.stack([winter, winter, summer, summer], axis=1)[..., None]
+
+
+def monthly_fields(options: ClimateBuildOptions, yearly: np.ndarray, lat: np.ndarray, land: np.ndarray,
+                   noise: spatial.CorrelatedNoise, rng: np.random.Generator) -> np.ndarray:
+    """(year * 12, variable, lat, lon) monthly anomalies whose 12 months average to `yearly` (year, variable, lat,
+    lon): the year's anomaly times its seasonal cycle, plus sub-annual weather, spatially correlated fields
+    drawn each month (`monthly_noise_ratio` x the interannual std) less their mean over the year."""
+    years, nvar = yearly.shape[:2]
+    draws = noise.draw(rng, years * MONTHS * nvar).reshape(years, MONTHS, nvar, *yearly.shape[-2:])
+    weather = (draws - draws.mean(axis=1, keepdims=True)) * np.sqrt(MONTHS / (MONTHS - 1))
+    weather *= options.monthly_noise_ratio * interannual_std(options, lat, land)
+    months = yearly[:, None] * seasonal_cycle(options, lat)[None] + weather
+    return months.reshape(years * MONTHS, nvar, *yearly.shape[-2:])
 
 
 def scenario_maps(options: ClimateBuildOptions, scenario: str) -> np.ndarray:
@@ -292,7 +340,8 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None,
     the build's Dask tasks as they finish."""
     options = options or ClimateBuildOptions()
     validate_options(options)
-    plans = plan_layout([(s, scenario_years(s), options.members) for s in options.scenarios])
+    plans = plan_layout([(s, scenario_years(s), options.members) for s in options.scenarios],
+                        options.months_per_year)
     shape = (len(OUTPUT_VARIABLES), options.nlat, options.nlon)
     map_shape = (len(MAP_FORCERS), options.nlat, options.nlon)
     with dask_client(options.dask_address, options.dask_workers), staged_store(dest) as tmp:
@@ -301,7 +350,8 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None,
         for plan in plans:
             outputs = [
                 da.from_delayed(
-                    dask.delayed(member_fields)(options, plan.name, m), (plan.steps, *shape), dtype=np.float32
+                    dask.delayed(member_fields)(options, plan.name, m), (plan.member_length, *shape),
+                    dtype=np.float32,
                 )
                 for m in range(plan.members)
             ]

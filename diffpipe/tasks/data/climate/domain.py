@@ -45,15 +45,24 @@ from .batches import (
     training_megabytes,
 )
 from .builder import ClimateBuildOptions, build_climate_store, dask_client
-from .evaluation import figures, pattern_scaling_forecast, score_all, scores_table
+from .evaluation import figures, monthly_scores, pattern_scaling_forecast, score_all, scores_table
 from .ingest import find_scenarios, ingest_climatebench
-from .layout import OUTPUT_VARIABLES, READ_BLOCK, cf_attributes, months_per_year, open_climate_store, scenario_view
+from .layout import (
+    OUTPUT_VARIABLES,
+    READ_BLOCK,
+    cf_attributes,
+    months_per_year,
+    open_climate_store,
+    scenario_view,
+    yearly_view,
+)
 from .loader import ClimateSamples
 from .pyramid import PyramidBatches, write_level
 from .stream import ChunkStream
 
 STORE = "climate.zarr"
 SAMPLES_FILE = "samples.zarr"
+MONTHLY_FILE = "monthly.zarr"
 DASK_ONLY_OPTIONS = ("dask_address", "dask_workers")
 
 
@@ -91,11 +100,11 @@ def check_period(store: xr.Dataset, data: ClimateData, where: str) -> None:
 
 
 def check_yearly(store: xr.Dataset) -> None:
-    """DataError for a monthly store: the emulators are trained, sampled and scored on yearly records."""
+    """DataError for a monthly store under the single-level emulators (arch unet2d), which are yearly."""
     if months_per_year(store) > 1:
-        raise DataError("data.source", "monthly outputs: the emulators (arch unet2d, spf) are yearly so far",
-                        expected="outputs files with one time entry per year", found=f"{months_per_year(store)} "
-                        "records per year (the store serves the loaders; train on yearly means)")
+        raise DataError("data.source", "monthly outputs: the single-level emulators (arch unet2d) are yearly",
+                        expected="outputs with one time entry per year, or model.arch spf with a monthly finest level",
+                        found=f"{months_per_year(store)} records per year")
 
 
 def padded(size: int, factor: int) -> int:
@@ -166,12 +175,12 @@ class ClimateDomain:
                             f"'{model.arch}'")
         data: ClimateData = ctx.pipeline.data
         store = open_climate_store(self.store_path(ctx))
-        check_yearly(store)
         grid = (store.sizes["lat"], store.sizes["lon"])
         variables = len(OUTPUT_VARIABLES)
         if isinstance(model, SPFSpec):
             return build_spf_unet(model, grid, variables + pyramid.condition_channels(len(model.levels)), variables,
-                                  data.year_embedding)
+                                  data.year_embedding, months_per_year(store))
+        check_yearly(store)
         factor = 2 ** (len(model.block_out_channels) - 1)
         down, up = unet_block_types(len(model.block_out_channels), model.attention)
         return UNet2DModel(
@@ -222,7 +231,7 @@ class ClimateDomain:
         budget = data.memory_budget_mb - sum(b.nbytes for b in coarse) / 1e6
         finest = self.records(ctx, samples, static, device, budget, start // len(model.levels))
         return PyramidBatches(pyramid.Pyramid(coarse, len(model.levels)), finest, samples.records, static, device,
-                              start)
+                              start, samples.record_month)
 
     def records(self, ctx: StageContext, samples: ClimateSamples, static: torch.Tensor, device: torch.device,
                 budget_mb: float, start_step: int) -> CachedBatches | ChunkStream:
@@ -289,7 +298,8 @@ class ClimateDomain:
     def sample_pyramid(self, ctx: StageContext, spec: SampleStage, model: ModelMixin, objective: Objective,
                        scheduler: SchedulerMixin | None) -> StageOutput:
         """Every level of the pyramid for the held-out scenario, coarse to fine, each level one batched solve
-        over all its blocks and members; the yearly level is `samples.zarr`, coarser ones `level_<k>.zarr`."""
+        over all its blocks and members; the finest level is `samples.zarr` when yearly, else `monthly.zarr` and
+        its yearly means `samples.zarr`; coarser levels are `level_<k>.zarr`."""
         data: ClimateData = ctx.pipeline.data
         levels = ctx.pipeline.model.levels
         test = self.samples(ctx, [data.test_scenario])
@@ -309,10 +319,16 @@ class ClimateDomain:
         fields = pyramid.sample_levels(draw, blocks, members, spec.batch_size)
         wall = time.perf_counter() - t0
         store = open_climate_store(self.store_path(ctx))
-        years = blocks.blocks[-1].year.numpy().round().astype(np.int64)
+        months = months_per_year(store)
+        years = np.unique(split["year"].numpy())
+        finest = test.denormalise(fields[-1])  # (blocks: years, or months year-major; member, variable, lat, lon)
+        if months > 1:
+            monthly = finest.reshape(len(years), months, *finest.shape[1:])
+            pyramid.write_months(ctx.workdir / MONTHLY_FILE, monthly.numpy(), years, store, cf_attributes(store))
+            finest = monthly.mean(1)  # the yearly fields: each member's sampled months averaged
         path = ctx.workdir / SAMPLES_FILE
         self.create_samples(ctx, path, years, members)
-        self.write_block(path, test.denormalise(fields[-1]).numpy(), slice(0, len(years)))
+        self.write_block(path, finest.numpy(), slice(0, len(years)))
         for k, (level, b) in enumerate(zip(levels[:-1], blocks.blocks[:-1], strict=True)):
             write_level(ctx.workdir / f"level_{k}.zarr", test.denormalise(fields[k]).numpy(), b.year.numpy(),
                         store, level, cf_attributes(store))
@@ -358,7 +374,7 @@ class ClimateDomain:
         with dask_client(ctx.runtime.dask_address, 0), steps as advance:
             store = open_climate_store(self.store_path(ctx), block=READ_BLOCK)
             prediction = open_dataset(ctx.input_path("samples") / SAMPLES_FILE)
-            target = scenario_view(store, data.test_scenario)
+            target = yearly_view(store, data.test_scenario)
             baseline = pattern_scaling_forecast(store, list(data.train_scenarios), data.test_scenario)
             advance(1)
             scores = score_all(prediction, baseline, target, data.evaluation_period)
@@ -368,6 +384,10 @@ class ClimateDomain:
             advance(1)
         metrics = {"test_scenario": data.test_scenario, "period": list(data.evaluation_period),
                    "members": prediction.sizes["member"], "target_members": target.sizes["member"], **scores}
+        monthly = ctx.input_path("samples") / MONTHLY_FILE
+        if monthly.exists():
+            metrics["monthly"] = monthly_scores(open_dataset(monthly), scenario_view(store, data.test_scenario),
+                                                data.evaluation_period)
         first, last = data.evaluation_period
         summary = (f"{data.test_scenario} {first}-{last}, {metrics['members']} member(s) vs "
                    f"{metrics['target_members']} ESM members\n\n" + scores_table(scores))

@@ -16,9 +16,15 @@ from typing import Any
 import xarray as xr
 
 from diffpipe.tasks.climate_baselines import GlobalTemperatureRegression, PatternScaling
-from diffpipe.tasks.metrics.climate import area_mean, evaluate_climate, plot_global_series, plot_mean_maps
+from diffpipe.tasks.metrics.climate import (
+    area_mean,
+    evaluate_climate,
+    evaluate_monthly,
+    plot_global_series,
+    plot_mean_maps,
+)
 
-from .layout import GLOBAL_FORCERS, MAP_FORCERS, OUTPUT_VARIABLES, scenario_view
+from .layout import GLOBAL_FORCERS, MAP_FORCERS, OUTPUT_VARIABLES, yearly_view
 
 FLOOR_PREFIX = "floor_"
 
@@ -30,21 +36,21 @@ def global_forcers(view: xr.Dataset) -> xr.Dataset:
 
 def pattern_scaling_forecast(store: xr.Dataset, train: Sequence[str], test: str) -> xr.Dataset:
     """Pattern-scaling prediction (time, lat, lon) of every output variable for scenario `test`."""
-    views = {s: scenario_view(store, s) for s in train}
+    views = {s: yearly_view(store, s) for s in train}
     fields = xr.concat(
         [views[s][list(OUTPUT_VARIABLES)].stack(sample=("member", "time")).drop_vars(["sample", "member", "time"])
          for s in train], dim="sample")
     global_tas = area_mean(fields["tas"])
     patterns = PatternScaling.fit(fields, global_tas, ["sample"])
     regression = fit_global_response(store, train)
-    test_view = scenario_view(store, test)
+    test_view = yearly_view(store, test)
     forecast = patterns.predict(regression.predict(global_forcers(test_view).compute()))
     return forecast.transpose("time", "lat", "lon")
 
 
 def fit_global_response(store: xr.Dataset, scenarios: Sequence[str]) -> GlobalTemperatureRegression:
     """Ensemble-mean global tas regressed on the global forcers, over every year of `scenarios`."""
-    views = [scenario_view(store, s) for s in scenarios]
+    views = [yearly_view(store, s) for s in scenarios]
     predictors = xr.concat([global_forcers(v).drop_vars("time") for v in views], dim="time")
     ensemble_tas = xr.concat([area_mean(v["tas"].mean("member")).drop_vars("time") for v in views], dim="time")
     return GlobalTemperatureRegression.fit(predictors.compute(), ensemble_tas.compute())
@@ -65,6 +71,14 @@ def score_all(prediction: xr.Dataset, baseline: xr.Dataset, target: xr.Dataset,
     model, floor = split_floors(evaluate_climate(prediction, target, variables, period))
     baseline_scores, _ = split_floors(evaluate_climate(baseline, target, variables, period))
     return {"model": model, "pattern_scaling": baseline_scores, "internal_variability_floor": floor}
+
+
+def monthly_scores(prediction: xr.Dataset, target: xr.Dataset,
+                   period: tuple[int, int]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Ensemble scores of monthly samples (time, month, member, lat, lon) against the monthly target members, and
+    the internal-variability floor, per variable over the months of `period`."""
+    model, floor = split_floors(evaluate_monthly(prediction, target, list(OUTPUT_VARIABLES), period))
+    return {"model": model, "internal_variability_floor": floor}
 
 
 def scores_table(scores: dict[str, dict[str, dict[str, Any]]]) -> str:

@@ -351,3 +351,9 @@ def scenario_view(ds: xr.Dataset, scenario: str) -> xr.Dataset:
             view[name].attrs = attrs
     view.attrs = json.loads(ds.attrs.get("source_attributes", "{}")).get(scenario, {})
     return view
+
+
+def yearly_view(ds: xr.Dataset, scenario: str) -> xr.Dataset:
+    """`scenario_view` with yearly outputs: a monthly store's months averaged (CF attributes kept)."""
+    view = scenario_view(ds, scenario)
+    return view.mean("month", keep_attrs=True) if "month" in view.dims else view

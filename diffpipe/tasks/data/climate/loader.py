@@ -23,6 +23,9 @@ from .layout import open_climate_store, scenario_code
 class ClimateSamples(Dataset):
     """Normalised (target, forcing maps, global forcings) samples of chosen scenarios from a climate store.
 
+    A record is a member-year, or a member-month of a monthly store (its `month`, 1..12; 0 when yearly), whose
+    forcing is its year's.
+
     `history` years of forcing (this year and the ones before, clamped at the scenario's first year)
     are stacked as channels: maps (history * 2, lat, lon), scalars (history * 2,).
     """
@@ -38,6 +41,9 @@ class ClimateSamples(Dataset):
         self.record_year = ds["record_year"].values.astype(np.int64)
         self.record_member = ds["record_member"].values.astype(np.int64)
         self.record_scenario = ds["record_scenario"].values.astype(np.int64)
+        self.record_month = (ds["record_month"].values.astype(np.int64) if "record_month" in ds
+                             else np.zeros(ds.sizes["record"], np.int64))
+        """Month (1..12) of each record of a monthly store; 0 in a yearly store."""
         step_scenario = ds["step_scenario"].values
         uniq, first = np.unique(step_scenario, return_index=True)
         first_of_code = np.zeros(int(uniq.max()) + 1, np.int64)
@@ -85,6 +91,7 @@ class ClimateSamples(Dataset):
             "year": torch.from_numpy(self.record_year[rec]),
             "member": torch.from_numpy(self.record_member[rec]),
             "scenario": torch.from_numpy(self.record_scenario[rec]),
+            "month": torch.from_numpy(self.record_month[rec]),
         }
         return {k: v[0] for k, v in batch.items()} if single else batch
 

@@ -1,11 +1,14 @@
 """Spatiotemporal Pyramid Flow (SPF) on the climate store: level targets, training batches, parallel sampling.
 
 A pyramid of levels runs from coarse to fine (`model.levels`): level k holds fields averaged over
-calendar blocks of `period_years` (10: decades 1850-1859, ...) on the grid coarsened `space_factor`x by
-average pooling. One UNet serves every level. Its input is the noisy level-k field and, as channels, the
-coarser level's field of the block containing this one (upsampled; zeros at level 0), the SO2/BC maps
-and CO2/CH4 averaged over the block (pooled), the static geography (pooled) and a one-hot of the level;
-the block's mean calendar year enters through the year embedding.
+calendar blocks of its period (10 years: decades 1850-1859, ...; 1 month in a monthly store) on the grid
+coarsened `space_factor`x by average pooling; the finest level is the store's records (years, or months).
+One UNet serves every level. Its input is the noisy level-k field and, as channels, the coarser level's
+field of the block containing this one (upsampled; zeros at level 0), the SO2/BC maps and CO2/CH4
+averaged over the block (pooled), the season of the block (mean cos and sin of its months' phase in the
+year: zeros for whole years), the static geography (pooled) and a one-hot of the level; the block's mean
+time in years (a month m of year y is y + (m - 6.5) / 12, so a year's months average to y) enters
+through the year embedding.
 
 Training takes the levels in turn (level k mod L at step k) and a batch of that level's blocks; the
 condition holds the true coarser field (teacher forcing), so any objective trains it as it trains the
@@ -51,9 +54,32 @@ def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x.repeat_interleave(factor, -2).repeat_interleave(factor, -1) if factor > 1 else x
 
 
+SEASON_CHANNELS = 2
+"""cos and sin of the phase of a block's months in the year (zeros for blocks of whole years)."""
+
+
 def condition_channels(levels: int) -> int:
-    """Condition channels of the pyramid UNet: coarser field, maps, scalars, static geography, level one-hot."""
-    return len(OUTPUT_VARIABLES) + len(MAP_FORCERS) + len(GLOBAL_FORCERS) + STATIC_CHANNELS + levels
+    """Condition channels of the pyramid UNet: coarser field, maps, scalars, season, static geography, level
+    one-hot."""
+    return len(OUTPUT_VARIABLES) + len(MAP_FORCERS) + len(GLOBAL_FORCERS) + SEASON_CHANNELS + STATIC_CHANNELS + levels
+
+
+def record_time(year: np.ndarray | torch.Tensor, month: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(n,) float64 time in years of records: the year, or y + (m - 6.5) / 12 for month m (1..12) of year y."""
+    year, month = torch.as_tensor(year).double(), torch.as_tensor(month)
+    return torch.where(month > 0, year + (month.double() - 6.5) / 12, year)
+
+
+def season(month: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(n, 2) cos and sin of month m's phase 2 pi (m - 1) / 12; zeros for yearly records (month 0)."""
+    month = torch.as_tensor(month)
+    phase = 2 * torch.pi * (month.double() - 1) / 12
+    return torch.stack([phase.cos(), phase.sin()], dim=1) * (month > 0).double()[:, None]
+
+
+def month_index(year: np.ndarray, month: np.ndarray) -> np.ndarray:
+    """Months since year 0 of each record (a yearly record counts as its January)."""
+    return np.asarray(year, np.int64) * 12 + np.maximum(np.asarray(month, np.int64) - 1, 0)
 
 
 @dataclass
@@ -69,17 +95,21 @@ class PyramidForcing:
     scalars: torch.Tensor
     """(batch, 2) normalised CO2 and CH4 averaged over the block."""
     year: torch.Tensor
-    """(batch,) mean calendar year of the block."""
+    """(batch,) mean time of the block in years (`record_time`)."""
     static: torch.Tensor
     """(3, h, w) static geography pooled to this level."""
+    season: torch.Tensor
+    """(batch, 2) mean cos and sin of the block's months' phase (`season`; zeros for whole years)."""
 
     def channels(self) -> torch.Tensor:
         """Every condition as (batch, channels, h, w)."""
         n, _, h, w = self.maps.shape
         scalars = self.scalars[:, :, None, None].expand(-1, -1, h, w)
+        seasons = self.season.to(self.maps.dtype)[:, :, None, None].expand(-1, -1, h, w)
         onehot = torch.zeros(n, self.levels, h, w, dtype=self.maps.dtype, device=self.maps.device)
         onehot[:, self.level] = 1.0
-        return torch.cat([self.coarse, self.maps, scalars, self.static.expand(n, -1, -1, -1), onehot], dim=1)
+        return torch.cat([self.coarse, self.maps, scalars, seasons, self.static.expand(n, -1, -1, -1), onehot],
+                         dim=1)
 
     def year_label(self) -> torch.Tensor:
         """The block's mean year as a continuous 'timestep' for the UNet's class embedding."""
@@ -92,12 +122,13 @@ class PyramidForcing:
     def __getitem__(self, index: torch.Tensor | slice) -> PyramidForcing:
         """The rows in `index`."""
         return PyramidForcing(self.level, self.levels, self.coarse[index], self.maps[index], self.scalars[index],
-                              self.year[index], self.static)
+                              self.year[index], self.static, self.season[index])
 
     def to(self, device: torch.device) -> PyramidForcing:
         """The same condition on `device`."""
         return PyramidForcing(self.level, self.levels, self.coarse.to(device), self.maps.to(device),
-                              self.scalars.to(device), self.year.to(device), self.static.to(device))
+                              self.scalars.to(device), self.year.to(device), self.static.to(device),
+                              self.season.to(device))
 
 
 @dataclass
@@ -113,17 +144,21 @@ class LevelBlocks:
     static: torch.Tensor
     block_of_record: np.ndarray
     """Index of each record's block at this level."""
+    season: torch.Tensor
+    """(blocks, 2) mean season of each block."""
 
     @property
     def nbytes(self) -> int:
         """Bytes of the block means held in memory."""
-        return sum(t.numel() * t.element_size() for t in (self.target, self.maps, self.scalars, self.year))
+        tensors = (self.target, self.maps, self.scalars, self.year, self.season)
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def block_index(level: PyramidLevel, keys: dict[str, np.ndarray]) -> np.ndarray:
-    """Each record's block at `level` from its `scenario`, `member` and `year` (blocks never mix scenarios or
-    members)."""
-    stacked = np.stack([keys["scenario"], keys["member"], keys["year"] // level.period_years], axis=1)
+    """Each record's block at `level` from its `scenario`, `member`, `year` and `month` (blocks never mix
+    scenarios or members; blocks are in scenario, member, time order)."""
+    periods = month_index(keys["year"], keys["month"]) // level.months
+    stacked = np.stack([keys["scenario"], keys["member"], periods], axis=1)
     return np.unique(stacked, axis=0, return_inverse=True)[1].reshape(-1)
 
 
@@ -143,10 +178,10 @@ class BlockSums:
             self.sums[name].index_add_(0, rows, v.double())
         self.count.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
 
-    def mean(self, name: str) -> torch.Tensor:
-        """Block means of `name` (float32)."""
+    def mean(self, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Block means of `name` (float32 unless `dtype`)."""
         s = self.sums[name]
-        return (s / self.count.reshape(-1, *([1] * (s.dim() - 1)))).float()
+        return (s / self.count.reshape(-1, *([1] * (s.dim() - 1)))).to(dtype)
 
 
 def level_blocks(levels: tuple[PyramidLevel, ...], parts: Iterable[dict[str, torch.Tensor]],
@@ -165,22 +200,23 @@ def level_blocks(levels: tuple[PyramidLevel, ...], parts: Iterable[dict[str, tor
             f = level.space_factor
             acc.add(torch.from_numpy(rows[start:start + n]), {
                 "target": pool(part["target"], f), "maps": pool(part["maps"], f), "scalars": part["scalars"],
-                "year": part["year"].double()})
+                "year": record_time(part["year"], part["month"]), "season": season(part["month"])})
         start += n
     return [LevelBlocks(level.space_factor, acc.mean("target"), acc.mean("maps"), acc.mean("scalars"),
-                        acc.mean("year"), pool(static, level.space_factor), rows)
+                        acc.mean("year", torch.float64), pool(static, level.space_factor), rows, acc.mean("season"))
             for level, rows, acc in zip(levels, index, sums, strict=True)]
 
 
 def split_keys(split: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """The scenario, member and year of each record of an in-memory split."""
-    return {k: split[k].numpy() for k in ("scenario", "member", "year")}
+    """The scenario, member, year and month of each record of an in-memory split."""
+    return {k: split[k].numpy() for k in ("scenario", "member", "year", "month")}
 
 
 def samples_keys(samples: ClimateSamples) -> dict[str, np.ndarray]:
-    """The scenario, member and year of each record of `samples`, from the store's index (no field read)."""
+    """The scenario, member, year and month of each record of `samples`, from the store's index (no field read)."""
     r = samples.records
-    return {"scenario": samples.record_scenario[r], "member": samples.record_member[r], "year": samples.record_year[r]}
+    return {"scenario": samples.record_scenario[r], "member": samples.record_member[r], "year": samples.record_year[r],
+            "month": samples.record_month[r]}
 
 
 def samples_parts(samples: ClimateSamples, records: int) -> Iterator[dict[str, torch.Tensor]]:
@@ -217,7 +253,8 @@ class Pyramid:
         b = self.blocks[level]
         if coarse is None:
             coarse = torch.zeros((len(index), *b.target.shape[1:]))
-        return PyramidForcing(level, self.levels, coarse, b.maps[index], b.scalars[index], b.year[index], b.static)
+        return PyramidForcing(level, self.levels, coarse, b.maps[index], b.scalars[index], b.year[index], b.static,
+                              b.season[index])
 
     def coarser_field(self, level: int, parent: torch.Tensor | np.ndarray, factor: int) -> torch.Tensor:
         """The true field of blocks `parent` of the level above `level`, upsampled to a level of space `factor`."""
@@ -236,12 +273,13 @@ class RecordSource(Protocol):
 class PyramidBatches:
     """Training batches of a pyramid: level k mod L at step k (round robin, so a resumed run continues the
     schedule); a coarse level's blocks are drawn from memory (`gen`), the finest level's records from `finest`,
-    each with the true coarser field of its block (teacher forcing)."""
+    each with the true coarser field of its block (teacher forcing). `record_month` is the month of every
+    store record (zeros in a yearly store), `records` the store ids of the finest level's records."""
 
     def __init__(self, coarse: Pyramid, finest: RecordSource, records: np.ndarray, static: torch.Tensor,
-                 device: torch.device, start_step: int = 0):
+                 device: torch.device, start_step: int = 0, record_month: np.ndarray | None = None):
         self.coarse, self.finest, self.records, self.static = coarse, finest, records, static
-        self.device, self.step = device, start_step
+        self.device, self.step, self.record_month = device, start_step, record_month
 
     def next(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, PyramidForcing]:
         """The batch of this step's level."""
@@ -256,7 +294,8 @@ class PyramidBatches:
         return b.target[index].to(self.device), self.coarse.condition(level, index, coarse).to(self.device)
 
     def finest_batch(self, gen: torch.Generator, n: int) -> tuple[torch.Tensor, PyramidForcing]:
-        """`n` records of the finest level, yearly on the store's grid, each with its coarser block's true field."""
+        """`n` records of the finest level (the store's years or months on its grid), each with its coarser
+        block's true field."""
         batch = self.finest.take(gen, n)
         level = self.coarse.levels - 1
         if level == 0:
@@ -265,8 +304,10 @@ class PyramidBatches:
             block = self.coarse.blocks[-1].block_of_record[np.searchsorted(self.records, batch.ids)]
             coarse = self.coarse.coarser_field(level, block, 1)
         f = batch.forcing
+        month = np.zeros(len(batch.ids), np.int64) if self.record_month is None else self.record_month[batch.ids]
         cond = PyramidForcing(level, self.coarse.levels, coarse, f.maps[:, -len(MAP_FORCERS):].cpu(),
-                              f.scalars[:, -len(GLOBAL_FORCERS):].cpu(), f.year.double().cpu(), self.static)
+                              f.scalars[:, -len(GLOBAL_FORCERS):].cpu(), record_time(f.year.cpu(), month),
+                              self.static, season(month).float())
         return batch.target.to(self.device), cond.to(self.device)
 
 
@@ -311,5 +352,17 @@ def write_level(path: Path, fields: np.ndarray, years: np.ndarray, store: xr.Dat
         coords={"period": ("period", years, {"long_name": f"mean year of a {level.period_years}-year block"}),
                 "member": np.arange(fields.shape[1]), "lat": lat, "lon": lon},
         attrs={"space_factor": f, "period_years": level.period_years},
+    )
+    ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)
+
+
+def write_months(path: Path, fields: np.ndarray, years: np.ndarray, store: xr.Dataset, cf: dict[str, dict]) -> None:
+    """A monthly finest level's samples as zarr: (time, month, member, lat, lon) per variable in physical units
+    from (year, month, member, variable, lat, lon) `fields`."""
+    dims = ("time", "month", "member", "lat", "lon")
+    ds = xr.Dataset(
+        {v: (dims, fields[:, :, :, i], cf.get(v, {})) for i, v in enumerate(OUTPUT_VARIABLES)},
+        coords={"time": ("time", years.astype(np.int64), cf.get("time", {})), "month": np.arange(1, 13),
+                "member": np.arange(fields.shape[2]), "lat": store["lat"], "lon": store["lon"]},
     )
     ds.to_zarr(path, mode="w-", zarr_format=3, consolidated=False)

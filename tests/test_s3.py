@@ -186,7 +186,8 @@ def test_missing_bucket_and_missing_credentials_exit_2(s3_env, tmp_path: Path) -
     spec["storage"] = {"root": "s3://no-such-bucket-here/x"}
     path = tmp_path / "nobucket.yaml"
     path.write_text(yaml.safe_dump(spec))
-    for command in (["status", str(path)], ["run", str(path)]):
+    for command in (["status", str(path)], ["run", str(path)], ["gc", "s3://no-such-bucket-here/x"],
+                    ["ls", str(path)]):
         done = _cli(command, s3_env, tmp_path)
         assert done.returncode == 2, done.stderr
         assert "storage.root: the bucket does not exist" in done.stderr and "no-such-bucket-here" in done.stderr
@@ -303,3 +304,58 @@ def test_gc_prunes_the_read_cache_but_not_what_a_live_process_holds(s3_env, tmp_
     assert "over the 0 GB bound" in report.removals[0].why and cached_artifacts(cache) == []
     assert _read(root, ["k" * 64], cache).returncode == 0  # still in the store: read again on demand
 
+
+def test_gc_prunes_cached_copies_of_what_it_removes_and_stale_ones(s3_env, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from diffpipe.flows.cli import main
+    from diffpipe.storage import ArtifactStore, gc
+
+    root, cache = f"s3://{BUCKET}/stale", tmp_path / "reader"
+    writer = ArtifactStore(root)  # the machine that computed them (its own read cache)
+    old = _publish(writer, tmp_path, "old", "1" * 64, files=2, size=4000)
+    writer.record_key("1" * 64, old, {"node": "sample"})  # one stage's older run ...
+    time.sleep(1.5)  # (S3 times are in seconds)
+    new = _publish(writer, tmp_path, "new", "2" * 64, files=2, size=6000)
+    writer.record_key("2" * 64, new, {"node": "sample"})  # ... and its newer one: --keep-last 1 keeps only this
+    held = _publish(writer, tmp_path, "held", "3" * 64, files=1, size=9000)
+    assert _read(root, ["1" * 64, "2" * 64, "3" * 64], cache).returncode == 0
+    holder = _reader(root, ["3" * 64], cache, hold=True)  # a running stage reads `held`
+    assert holder.stdout.readline().strip().endswith(held.sha256)
+    ten_days = time.time() - 10 * 86400
+    for c in cached_artifacts(cache):  # every copy last used ten days ago
+        os.utime(c.path, (ten_days, ten_days))
+    monkeypatch.setenv("DIFFPIPE_CACHE_DIR", str(cache))  # gc runs on the reader's machine
+    store = ArtifactStore(root)
+
+    assert gc.collect(store, older_than_days=30).removals == []  # all referenced, none unused for 30 days
+    dry = gc.collect(store, keep_last=1, dry_run=True)  # the older key is young: it stays in the store for now
+    assert [(r.what, Path(r.path).name, r.nbytes, r.why) for r in dry.removals] == [
+        ("cached copy", old.sha256, 8000, "no kept key or named run refers to it")]
+    assert len(cached_artifacts(cache)) == 3
+
+    monkeypatch.setattr(gc, "GRACE_S", 0.0)  # the older run is past the grace hour: gc removes it, copy too
+    assert main(["gc", root, "--keep-last", "1", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {(r["what"], r["why"]) for r in doc["removed"]} == {
+        ("key", "not among the kept runs"), ("artifact", "no kept key refers to it"),
+        ("cached copy", "gc removes it from the store")}
+    assert doc["freed_cache_bytes"] == 8000 and doc["freed_store_bytes"] >= 8000  # the object's bytes and more
+    assert doc["freed_bytes"] == doc["freed_store_bytes"] + 8000
+    gone = f"{BUCKET}/stale/objects/{old.sha256[:2]}/{old.sha256}"
+    assert store.key_record("1" * 64) is None and not _s3().exists(gone)
+    assert {c.sha for c in cached_artifacts(cache)} == {new.sha256, held.sha256}
+
+    assert main(["gc", root, "--older-than", "5", "--json"]) == 0  # stale copies go, the held one stays
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["freed_bytes"] == doc["freed_cache_bytes"] == 12000 and doc["freed_store_bytes"] == 0
+    assert [(Path(r["path"]).name, r["why"]) for r in doc["removed"]] == [(new.sha256, "unused for 10.0 days")]
+    assert {c.sha for c in cached_artifacts(cache)} == {held.sha256}
+    assert all(store.lookup(k * 64, verify=False) for k in "23")  # in the store still (verify=False: no read)
+    holder.communicate("\n", timeout=60)
+    os.utime(cached_artifacts(cache)[0].path, (ten_days, ten_days))
+    assert main(["gc", root, "--older-than", "5"]) == 0  # the stage has ended: its copy is stale now
+    out = capsys.readouterr().out
+    assert "removed cached copy" in out and held.sha256 in out and "unused for 10.0 days" in out
+    assert "freed 0.01 MB (9000 bytes) in 1 items: 0.00 MB in the store, 0.01 MB in 1 cached copies" in out
+    assert cached_artifacts(cache) == []

@@ -119,6 +119,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     report = collect(store, args.keep_last, args.older_than, args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": report.dry_run, "freed_bytes": report.freed,
+                          "freed_store_bytes": report.freed - report.freed_cache,
+                          "freed_cache_bytes": report.freed_cache,
                           "removed": [vars(r) for r in report.removals]}, indent=2))
     else:
         print("\n".join(describe(report)))

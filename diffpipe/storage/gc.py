@@ -12,14 +12,17 @@ Removed: unreferenced cache keys and artifacts (manifest first, so nothing half-
 object folders without a manifest and staging folders (a killed publish), and training checkpoints of
 keys that are already published or whose run stopped long ago.
 
-For a remote store, also this machine's read cache (storage/remote.py): cached copies of artifacts the
-store no longer holds (or is removing now), then the least recently used copies until the cache is within
-`DIFFPIPE_CACHE_MAX_GB`. A copy a live process has read is pinned and stays.
+For a remote store, also this machine's read cache (storage/remote.py): cached copies of artifacts no kept
+key or named run refers to (the store no longer holds them, or is removing them now), copies unused for
+longer than `older_than_days` (when given), then the least recently used copies until the cache is within
+`DIFFPIPE_CACHE_MAX_GB`. Their bytes count in what gc freed. A copy a live process has read (a running
+stage's inputs and outputs) is pinned and stays, whatever the options say.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +59,11 @@ class GcReport:
         """Bytes freed (or that would be freed)."""
         return sum(r.nbytes for r in self.removals)
 
+    @property
+    def freed_cache(self) -> int:
+        """Of `freed`, the bytes of this machine's read cache (`cached copy` removals)."""
+        return sum(r.nbytes for r in self.removals if r.what == "cached copy")
+
 
 def collect(store: ArtifactStore, keep_last: int | None = None, older_than_days: float = 0.0,
             dry_run: bool = False) -> GcReport:
@@ -83,24 +91,38 @@ def collect(store: ArtifactStore, keep_last: int | None = None, older_than_days:
         if why:
             report.removals.append(Removal("checkpoints", entry.path, entry.nbytes, why))
     if not store.is_local:
-        kept = set(inv.objects) - {r.path.rstrip("/").rsplit("/", 1)[-1] for r in report.removals
-                                   if r.what == "artifact"}
-        report.removals.extend(_read_cache_removals(store, kept))
+        removed = {r.path.rstrip("/").rsplit("/", 1)[-1] for r in report.removals if r.what == "artifact"}
+        report.removals.extend(_read_cache_removals(store, inv, live, removed, older_than_days))
     if not dry_run:
         _remove(store, report)
     return report
 
 
-def _read_cache_removals(store: ArtifactStore, kept: set[str]) -> list[Removal]:
-    """Cached copies of artifacts the store does not keep, then the oldest ones over the size bound."""
-    entries = remote.cached_artifacts()
-    mine = store.read_cache.folder
-    gone = [c for c in entries if c.path.parent == mine and c.sha not in kept]
-    out = [Removal("cached copy", str(c.path), c.nbytes, "the store no longer holds it") for c in gone]
-    rest = [c for c in entries if c not in gone]
+def _read_cache_removals(store: ArtifactStore, inv: Inventory, live: set[str], removed: set[str],
+                         older_than_days: float) -> list[Removal]:
+    """This machine's cached copies of the store's artifacts that this pass removes or nothing kept refers to,
+    or unused for longer than `older_than_days` (when > 0), then the least recently used over the size bound;
+    never a pinned one."""
+    entries = [c for c in remote.cached_artifacts() if not remote.pinned(c.path)]
+    mine, now, out, gone = store.read_cache.folder, time.time(), [], set()
+    for c in entries:
+        if c.path.parent != mine:
+            continue
+        if c.sha not in inv.objects:
+            why = "the store no longer holds it"
+        elif c.sha in removed:
+            why = "gc removes it from the store"
+        elif c.sha not in live:
+            why = "no kept key or named run refers to it"
+        elif older_than_days > 0 and now - c.last_used >= older_than_days * DAY_S:
+            why = f"unused for {(now - c.last_used) / DAY_S:.1f} days"
+        else:
+            continue
+        out.append(Removal("cached copy", str(c.path), c.nbytes, why))
+        gone.add(c.path)
     bound = remote.cache_max_bytes()
     out += [Removal("cached copy", str(c.path), c.nbytes, f"least recently used, over the {bound / 1e9:g} GB bound")
-            for c in remote.over_bound(bound, rest)]
+            for c in remote.over_bound(bound, [c for c in entries if c.path not in gone])]
     return out
 
 
@@ -169,5 +191,9 @@ def describe(report: GcReport) -> list[str]:
     lines = [f"{verb} {r.what:<14} {r.nbytes / 1e6:9.2f} MB  {r.path}  ({r.why})" for r in report.removals]
     total = f"{report.freed / 1e6:.2f} MB ({report.freed} bytes)"
     lines.append(f"{'would free' if report.dry_run else 'freed'} {total} in {len(report.removals)} items")
+    cached = sum(r.what == "cached copy" for r in report.removals)
+    if cached:
+        lines[-1] += (f": {(report.freed - report.freed_cache) / 1e6:.2f} MB in the store, "
+                      f"{report.freed_cache / 1e6:.2f} MB in {cached} cached copies on this machine")
     return lines
 

@@ -235,6 +235,15 @@ def over_bound(max_bytes: int, entries: list[CachedArtifact] | None = None) -> l
     return out
 
 
+def pinned(folder: Path) -> bool:
+    """True when a live process holds the cached artifact `folder` (it has read or written it)."""
+    pin = folder.parent / f"{folder.name}.pin"
+    if not pin.exists():
+        return False
+    with _locked(pin, fcntl.LOCK_EX | fcntl.LOCK_NB) as held:
+        return not held
+
+
 def evict(folder: Path) -> bool:
     """Remove a cached artifact's folder unless a live process has it pinned; True when it was removed."""
     pin = folder.parent / f"{folder.name}.pin"

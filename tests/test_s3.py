@@ -1,7 +1,8 @@
 """The artifact store on S3: moto's S3 server on loopback (what s3fs tests itself against), real s3fs.
 
-One digits run end to end through the CLI (run, status, show, then a sweep whose first cell is that run and
-its comparison report) with `gc` collecting the store beside the run (nothing lost), atomic publish against a
+A digits sweep end to end through the CLI (two cells sharing data and pretrain, built once, with `gc`
+collecting the store beside it and losing nothing), then `run` of its first cell (all cached), `status` and
+`show` of both read back from the bucket, and no temporary folder left behind; atomic publish against a
 killed writer and two concurrent writers of one key, the bad inputs (missing bucket, no credentials), and the
 read cache: a second read served from it, and `gc` pruning it without touching what a live process holds.
 """
@@ -69,7 +70,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=600)
 
 
-def test_digits_pipeline_and_a_sweep_run_on_s3_with_gc_running_beside_it(s3_env, tmp_path: Path) -> None:
+def test_a_digits_sweep_and_its_run_on_s3_with_gc_running_beside_it(s3_env, tmp_path: Path) -> None:
     from diffpipe.storage import ArtifactStore
     from diffpipe.storage.gc import collect
 
@@ -77,45 +78,56 @@ def test_digits_pipeline_and_a_sweep_run_on_s3_with_gc_running_beside_it(s3_env,
     spec["storage"] = {"root": f"s3://{BUCKET}/runs/digits"}
     path = tmp_path / "s3.yaml"
     path.write_text(yaml.safe_dump(spec))
-    env = {**s3_env, "DIFFPIPE_CACHE_DIR": str(tmp_path / "cache")}
-    run = subprocess.Popen([str(BIN / "diffpipe"), "run", str(path), "--json"], env={**os.environ, **env},
+    sweep = tmp_path / "sweep.yaml"  # cell c00 is the spec above; c01 shares its data and pretrain
+    sweep.write_text(yaml.safe_dump({**spec, "sweep": {"grid": {"stages.sample.num_samples": [40, 20]},
+                                                       "metrics": ["evaluate.model.frechet_distance"]}}))
+    scratch = tmp_path / "scratch"  # every temporary folder of the sweep and the commands below
+    scratch.mkdir()
+    env = {**s3_env, "DIFFPIPE_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(scratch),
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}  # (torch's own compile cache)
+    run = subprocess.Popen([str(BIN / "diffpipe"), "sweep", str(sweep), "--json"], env={**os.environ, **env},
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     store, passes = ArtifactStore(spec["storage"]["root"]), 0
-    while run.poll() is None:  # the most aggressive gc, over and over, on the store the run is writing to
+    while run.poll() is None:  # the most aggressive gc, over and over, on the store the sweep is writing to
         assert collect(store, keep_last=1).removals == []
         passes += 1
         time.sleep(0.2)
     out, err = run.communicate()
     assert run.returncode == 0, err[-3000:]
     assert passes >= 5
-    stages = {s["name"]: s["state"] for s in json.loads(out)["stages"]}
-    assert stages == {"data": "executed", "pretrain": "executed", "sample": "executed", "evaluate": "executed"}
+    report = json.loads(out)
+    stages = ("data", "pretrain", "sample", "evaluate")
+    assert [c["states"] for c in report["cells"]] == [  # the shared stages built once, in cell c00
+        dict.fromkeys(stages, "executed"), {"data": "cached", "pretrain": "cached", "sample": "executed",
+                                            "evaluate": "executed"}]
     fs = _s3()
-    assert len(fs.ls(f"{BUCKET}/runs/digits/manifests")) == 4
+    assert len(fs.ls(f"{BUCKET}/runs/digits/manifests")) == 7  # 4 + 2 stage artifacts and the comparison
+    assert len(fs.ls(f"{BUCKET}/runs/digits/keys")) == 6
     assert not fs.exists(f"{BUCKET}/runs/digits/runs")  # training checkpoints removed after publish
+    assert report["location"].startswith(f"s3://{BUCKET}/runs/digits/objects/")
+    published = {p.rsplit("/", 1)[-1] for p in fs.ls(report["location"].removeprefix("s3://"))}
+    assert {"comparison.json", "comparison.csv", "evaluate.model.frechet_distance.png"} <= published
 
+    done = _cli(["run", str(path), "--json"], env, tmp_path)  # the base spec is cell c00: all cached
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {s["name"]: s["state"] for s in json.loads(done.stdout)["stages"]} == dict.fromkeys(stages, "cached")
     status = _cli(["status", str(path), "--json"], env, tmp_path)
     assert {s["state"] for s in json.loads(status.stdout)["stages"]} == {"cached"}
     show = json.loads(_cli(["show", str(path), "pretrain", "--json"], env, tmp_path).stdout)
     assert show["location"].startswith(f"s3://{BUCKET}/runs/digits/objects/")
     assert "model/config.json" in show["files"]
-
-    spec["sweep"] = {"grid": {"stages.sample.num_samples": [40, 20]}, "metrics": ["evaluate.model.frechet_distance"]}
-    sweep = tmp_path / "sweep.yaml"  # cell c00 is the run above (all cached); c01 samples and evaluates anew
-    sweep.write_text(yaml.safe_dump(spec))
-    done = _cli(["sweep", str(sweep), "--json"], env, tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout)
-    assert [c["states"] for c in report["cells"]] == [
-        dict.fromkeys(stages, "cached"), {"data": "cached", "pretrain": "cached", "sample": "executed",
-                                          "evaluate": "executed"}]
-    assert report["location"].startswith(f"s3://{BUCKET}/runs/digits/objects/")
-    published = {p.rsplit("/", 1)[-1] for p in fs.ls(report["location"].removeprefix("s3://"))}
-    assert {"comparison.json", "comparison.csv", "evaluate.model.frechet_distance.png"} <= published
     shown = json.loads(_cli(["show", str(sweep), "--json"], env, tmp_path).stdout)  # read back from the bucket
     assert shown["location"] == report["location"] and shown["cells"] == report["cells"]
+    swept = json.loads(_cli(["status", str(sweep), "--json"], env, tmp_path).stdout)  # both cells, from the bucket
+    assert [{st["name"]: st["state"] for st in c["stages"]} for c in swept["cells"]] == [
+        dict.fromkeys(stages, "cached")] * 2
+    per_cell = json.loads(_cli(["show", str(sweep), "sample", "--json"], env, tmp_path).stdout)
+    assert [r["state"] for r in per_cell] == ["cached", "cached"]  # one sample artifact per cell, in the bucket
+    shas = [r["artifact"]["sha256"] for r in per_cell]
+    assert len(set(shas)) == 2 and all(fs.exists(f"{BUCKET}/runs/digits/manifests/{sha}.json") for sha in shas)
     cached = cached_artifacts(tmp_path / "cache")  # one known folder, one copy per artifact
     assert len(cached) == 7 and {c.store for c in cached} == {f"s3://{BUCKET}/runs/digits"}
+    assert sorted(p.name for p in scratch.iterdir()) == []  # no copies of remote artifacts left behind
 
 
 PUBLISHER = """

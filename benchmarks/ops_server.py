@@ -9,18 +9,18 @@
 3. Time from `prefect deployment run` to the flow run's start (the server's `start_time`) with two process
    workers on one pool, on the PostgreSQL server, default worker polling (PREFECT_WORKER_QUERY_SECONDS).
 
-Every run is a real `diffpipe run` / `prefect` process, one at a time; torch uses one thread. On a shared
-machine the numbers are noisy: the load average is recorded before and after.
-Usage: python benchmarks/ops_server.py [--set PATH=VALUE ...] [--repeats 3] [--deployment-runs 4]
-                                       [--parts storage server]
+Every run is a real `diffpipe run` / `prefect` process, one at a time; torch uses `--threads` (1). On a
+shared machine the numbers are noisy: the load average is recorded before and after.
+Usage: nice -n 10 python benchmarks/ops_server.py [--set PATH=VALUE ...] [--repeats 3] [--deployment-runs 4]
+                                                  [--parts storage server] [--quick] [--out DIR] [--threads N]
+Part 1 runs digits with `--set` (default: `stages.pretrain.steps=100 stages.sample.num_samples=100`);
+`--quick` runs tiny sizes, one repeat and one deployment run, and writes to a temporary folder.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -32,11 +32,12 @@ import time
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
+from harness import REPO, environment, open_benchmark, parser, write_result
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO / "tests"))
 from tiny_specs import tiny_digits_spec  # noqa: E402
@@ -44,6 +45,8 @@ from tiny_specs import tiny_digits_spec  # noqa: E402
 from diffpipe.server.postgres import LocalPostgres, pg_binary  # noqa: E402
 
 BUCKET = "diffpipe-bench"
+FULL = ["stages.pretrain.steps=100", "stages.sample.num_samples=100"]
+TINY = ["stages.pretrain.steps=2", "stages.sample.num_samples=10", "stages.sample.scheduler.steps=2"]
 
 
 def free_port() -> int:
@@ -84,8 +87,7 @@ def storage_backends(tmp: Path, overrides: list[str], env: dict[str, str]) -> di
     try:
         subprocess.run([sys.executable, "-c", f"import s3fs; s3fs.S3FileSystem().mkdir('{BUCKET}')"], env=s3,
                        check=True)
-        tiny = ["stages.pretrain.steps=2", "stages.sample.num_samples=10", "stages.sample.scheduler.steps=2"]
-        run_spec(spec, str(tmp / "warmup"), overrides + tiny, env)  # migrates Prefect's database once
+        run_spec(spec, str(tmp / "warmup"), overrides + TINY, env)  # migrates Prefect's database once
         disk = {"cold_s": run_spec(spec, str(tmp / "disk"), overrides, env),
                 "warm_s": run_spec(spec, str(tmp / "disk"), overrides, env)}
         root = f"s3://{BUCKET}/digits"
@@ -207,30 +209,31 @@ def _wait_done(api: str, run_id: str) -> None:
         time.sleep(0.5)
 
 
-def environment() -> dict:
-    """Commit, library versions, machine, threads, date, load."""
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+def services() -> dict[str, Any]:
+    """Versions of what part 2 and 3 run against (the harness records the rest of the environment)."""
     pg = subprocess.run([pg_binary("postgres"), "--version"], capture_output=True, text=True).stdout.strip()
-    return {"commit": head + ("+dirty" if dirty else ""), "date": datetime.now(UTC).isoformat(),
-            "python": platform.python_version(), "postgres": pg, "cpus": os.cpu_count(), "torch_threads": 1,
-            "device": "cpu", **{p: metadata.version(p) for p in ("prefect", "s3fs", "moto", "asyncpg", "torch")}}
+    return {"postgres": pg, **{p: metadata.version(p) for p in ("s3fs", "moto", "asyncpg")}}
 
 
 def main() -> None:
-    """Run the three measurements; print and write benchmarks/results/ops_server.json."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--set", action="append", default=[], dest="overrides", help="digits overrides (part 1)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--deployment-runs", type=int, default=4)
-    parser.add_argument("--parts", nargs="+", choices=["storage", "server"], default=["storage", "server"])
-    args = parser.parse_args()
-    out = REPO / "benchmarks" / "results" / "ops_server.json"
+    """Run the three measurements; print and write `ops_server.json` (benchmarks/results unless --quick/--out)."""
+    options = parser(__doc__)
+    options.add_argument("--set", action="append", default=None, dest="overrides", help="digits overrides (part 1)")
+    options.add_argument("--repeats", type=int, default=3)
+    options.add_argument("--deployment-runs", type=int, default=4)
+    options.add_argument("--parts", nargs="+", choices=["storage", "server"], default=["storage", "server"])
+    args = open_benchmark(options.parse_args())
+    if args.overrides is None:
+        args.overrides = TINY if args.quick else FULL
+    if args.quick:
+        args.repeats, args.deployment_runs = 1, 1
+    out = args.out / "ops_server.json"
     result: dict = json.loads(out.read_text()) if out.is_file() else {}  # parts not run keep their last numbers
-    result.update({"environment": environment(), "load_before": os.getloadavg()[0]})
+    result.pop("environment", None)
+    result.update({"command": " ".join(["python", *sys.argv]), "services": services(),
+                   "load_before": os.getloadavg()[0]})
     tmp = Path(tempfile.mkdtemp(prefix="diffpipe-ops-bench-"))
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     pg = None
     try:
@@ -266,13 +269,13 @@ def main() -> None:
             pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         result["load_after"] = os.getloadavg()[0]
-        save(out, result)
-    print(json.dumps(result, indent=2))
+        write_result("ops_server", result, args.out)
 
 
 def save(path: Path, result: dict) -> None:
-    """Write the results so far (a part that fails later keeps what the others measured)."""
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    """Write the results so far, with the environment (a part that fails later keeps what the others measured)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**result, "environment": environment()}, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

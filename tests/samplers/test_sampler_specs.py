@@ -33,6 +33,11 @@ def gmm(spec: dict) -> None:
      "greater than 0"),
     (gmm, "stages[0].method", "mdns samples discrete targets, but gmm lives on a continuous space"),
     (lambda s: s["stages"][0].update(method="pis"), "stages[0].method", "pis samples continuous targets"),
+    (lambda s: s["stages"][0].update(method="naas"), "stages[0].method", "naas samples continuous targets"),
+    (lambda s: (s["data"]["target"].update(kind="potts", beta=1.005), s["stages"][0].update(method="adjoint")),
+     "stages[0].method", "adjoint samples continuous targets, but potts lives on a discrete lattice"),
+    (lambda s: s["data"].update(target={"kind": "dw4"}), "stages[0].method",
+     "mdns samples discrete targets, but dw4 lives on a continuous space"),
     (lambda s: s.update(model={"arch": "time_mlp"}), "stages[0].method", "model.arch mdlm"),
     (lambda s: s["stages"][0].update(method="langevin"), "stages[0].method", "unknown choice"),
     (lambda s: s["stages"][0].update(warm_start_beta=0.2), "stages[0]", "warm_start_steps: a warm start needs both"),
@@ -58,4 +63,13 @@ def test_bad_sampler_specs_exit_2_naming_the_field(tmp_path: Path, capsys, edit,
 def test_good_sampler_spec_validates(tmp_path: Path, capsys) -> None:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(GOOD))
+    assert main(["validate", str(path)]) == 0
+
+
+def test_large_lattice_without_exact_log_z_validates(tmp_path: Path) -> None:
+    """The size limit is the exact log Z's: a 24x24 lattice without it (MCMC ground truth) is a valid spec."""
+    spec = copy.deepcopy(GOOD)
+    spec["data"]["target"].update(size=24, exact_log_z=False)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
     assert main(["validate", str(path)]) == 0

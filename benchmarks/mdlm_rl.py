@@ -1,31 +1,31 @@
-"""Tiny MDLM on Countdown and Sudoku: pretrain, then each discrete RL algorithm at equal rollouts.
+"""Tiny MDLM on Countdown and Sudoku: pretrain, then every discrete RL algorithm at equal rollouts, as a sweep.
 
-Every model comes from the code the pipeline runs: the shipped spec (pipelines/countdown.yaml or
-sudoku.yaml) with this run's options is built in this process by its own stage functions
-(benchmarks/inprocess.py: the data and pretrain stages, cached in an artifact root), and RL is the rl
-stage's loop (`fine_tune_discrete`, tasks/rl/discrete/stage.py) with a hook that records held-out accuracy.
-Also: the pretrained model's sampled accuracy and pass@8 on the held-out split (RL's headroom), what
-guessing scores there (Countdown: a uniformly drawn expression over the given numbers, exact by
-enumeration), greedy accuracy on the training problems RL draws from before and after RL (does a gain
-transfer to held-out problems?), ELBO estimator bias, variance and MSE against the exact ELBO (mask
-enumeration) at equal forward budgets, and forward passes per rollout of each algorithm. Prints and writes
-benchmarks/results/mdlm_rl.json (runs of several invocations are merged by task and seed; keys of runs made
-through the rl stage end in /stage, the others were measured with an earlier loop of this benchmark's own).
+A `diffpipe sweep` of the shipped spec (pipelines/countdown.yaml or sudoku.yaml) over the rl stage's algorithm
+x `runtime.seed`, through the shared harness (`benchmarks/harness.py`): the data (its own `data.seed`, shared
+by every cell), the pretrain and its "before" evaluation depend only on the seed, so every algorithm
+fine-tunes the same checkpoint (the sweep computes it once per seed; `stage_executions` counts executed and cached
+cells per stage), with `num_iterations` pinned to 2 so that every algorithm gets the same rollouts of the
+spec's group_size x groups_per_step (the spec's budget unless --rollouts). Held-out greedy accuracy and reward
+before and after RL are the spec's evaluate_pretrained and evaluate stages; the rl stage's own metrics
+(rollout reward and accuracy, zero-variance groups, forwards per rollout, wall time) come from the store's
+index. Analyses of the published checkpoints, read from the store: the pretrained model's sampled accuracy and
+pass@8 on the held-out split (RL's headroom), what guessing scores there (Countdown: a uniformly drawn
+expression over the given numbers, exact by enumeration), greedy accuracy on the training problems RL draws
+from before and after RL (does a gain transfer to held-out problems?), and ELBO estimator bias, variance and
+MSE against the exact ELBO (mask enumeration) at equal forward budgets. Prints and merges into
+benchmarks/results/mdlm_rl.json (one key per task, seed and option set; keys ending /sweep were measured this
+way, /stage by an earlier version of this benchmark that drove the rl stage's loop in its own process, the
+others with an earlier loop of this benchmark's own). Cells run one stage at a time
+(`runtime.max_parallel_stages=1`, --parallel to change it) so RL wall times are not shared.
 
-    python benchmarks/mdlm_rl.py --tasks countdown sudoku --seeds 0
-    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --pretrain-steps 4000
-    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --block-length 8   # decode in one block
-    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --closeness 0.4    # dense reward beside the verifier
-    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --set beta=0 \
-        --ema-decay 0.99 --eval-every 12288    # override an option, score an EMA, record a held-out curve
-    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --algorithms coupled_grpo --model d_model=128 \
-        num_layers=4 --rollouts-per-update 160    # a larger MDLM, a larger rollout batch
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 1 2
+    python benchmarks/mdlm_rl.py --tasks countdown --seeds 0 --rollouts 1536 \
+        --set 'stages.rl.rewards=[{name: exact_verifier}]'    # any field of the spec, e.g. stages.rl.lr=5e-4
     python benchmarks/mdlm_rl.py --quick --algorithms coupled_grpo   # smoke run, written to a temp folder
 """
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import json
 import math
@@ -36,122 +36,32 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from harness import REPO, environment, open_benchmark, parser
-from inprocess import metrics_of, run_in_process
-from pydantic import TypeAdapter, ValidationError
+from harness import REPO, environment, open_benchmark, parser, run_sweep, stage_counts
 
-from diffpipe.flows.spec_loading import validate_spec
-from diffpipe.schemas import PipelineSpec
-from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS, DiscreteAlgorithmSpec
-from diffpipe.tasks.context import StageContext
-from diffpipe.tasks.data.reasoning import MASK, VOCAB, all_countdown_expressions, reward_fn_for
+from diffpipe.schemas import ArtifactRef
+from diffpipe.schemas.rl_discrete import DISCRETE_ALGORITHMS
+from diffpipe.storage import ArtifactStore
+from diffpipe.tasks.data.reasoning import MASK, all_countdown_expressions, reward_fn_for
 from diffpipe.tasks.mdlm import MaskPlan, draw_elbo_plan, masked_token_logps, plan_estimate, sample_completions
 from diffpipe.tasks.mdlm.elbo import exact_elbo_from_sums, mask_size_sums
-from diffpipe.tasks.nets.mdlm import MaskedDiffusionTransformer
 from diffpipe.tasks.registry import get_domain
-from diffpipe.tasks.rl.discrete.stage import DiscreteRun, fine_tune_discrete, summary_metrics
 from diffpipe.tasks.sample import load_checkpoint
-from diffpipe.tasks.training import published_weights
 
 ALGORITHM_NAMES = [cls.model_fields["algorithm"].default for cls in DISCRETE_ALGORITHMS]
 """Every discrete algorithm, in the schema's order."""
-
-CACHE = Path(tempfile.gettempdir()) / "diffpipe_mdlm_rl_cache"
-"""Artifact root of the data and pretrain stages (reused by later invocations: same spec, same cache key)."""
-TASKS = {
-    # block_length: two semi-autoregressive blocks per completion; pretrain steps give a modest accuracy
-    "countdown": {"spec": "countdown.yaml", "block_length": 4, "pretrain_steps": 1500},
-    "sudoku": {"spec": "sudoku.yaml", "block_length": 8, "pretrain_steps": 600},
-}
-MODEL = {"d_model": 64, "num_layers": 3, "num_heads": 4}
-ROLLOUTS_PER_UPDATE = 48
+NUM_ITERATIONS = 2
+"""Updates per rollout batch of every algorithm (equal rollouts for equal steps), as the shipped specs pin it."""
 PRACTISED_SHOWN = 200
 """How many of the problems RL draws from are scored before and after RL (the held-out split's size)."""
-QUICK = {"data": {"num_train": 64, "num_test": 16}, "pretrain_steps": 30, "rollouts": 48}
-"""--quick: a smoke run (tiny splits, 30 pretraining steps, one or two rollout batches), not a measurement."""
+QUICK = ["data.num_train=64", "data.num_test=16", "stages.pretrain.steps=30", "stages.pretrain.checkpoint_every=30",
+         "stages.pretrain.warmup_steps=5", "stages.sample_pretrained.num_samples=16", "stages.sample.num_samples=16",
+         "stages.rl.steps=2", "stages.rl.checkpoint_every=2", "stages.rl.log_every=2"]
+"""--quick: a smoke run (tiny splits, 30 pretraining steps, one rollout batch), not a measurement."""
 
 
 def tensors(ds) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt and completion token tensors of a split."""
     return torch.from_numpy(ds.prompt.values), torch.from_numpy(ds.completion.values)
-
-
-def model_suffix(architecture: dict, separator: str) -> str:
-    """'' for the default MODEL, else e.g. '/d_model=128/num_layers=4' (separator '/'): names keys."""
-    return "".join(f"{separator}{name}={value}" for name, value in architecture.items() if MODEL[name] != value)
-
-
-def pipeline(task: str, seed: int, pretrain_steps: int, architecture: dict, quick: bool) -> tuple[dict, dict]:
-    """The shipped spec of `task` with this run's MDLM and pretraining length (its data and pretrain stages
-    only), and the spec's rl stage (a template: its init weights)."""
-    raw = yaml.safe_load((REPO / "pipelines" / TASKS[task]["spec"]).read_text())
-    raw["data"].update(seed=seed, **(QUICK["data"] if quick else {}))
-    raw["model"] = {"arch": "mdlm", **architecture}
-    pretrain = next(s for s in raw["stages"] if s["name"] == "pretrain")
-    pretrain.update(steps=pretrain_steps, checkpoint_every=pretrain_steps)
-    template = next(s for s in raw["stages"] if s["name"] == "rl")
-    raw["stages"] = [pretrain]
-    raw["storage"] = {"root": str(CACHE / ("quick" if quick else "full"))}
-    raw["runtime"] = {"device": "cpu", "seed": seed, "num_threads": 1}
-    return raw, template
-
-
-def rl_stage(template: dict, algorithm: str, options: dict, args) -> dict:
-    """The rl stage of one algorithm at this run's budget: the references' group size, `rollouts_per_update`
-    rollouts per batch, enough batches for `rollouts`, the verifier's reward (plus closeness), AdamW as the
-    pipeline's loop runs it with the references' gradient clip 0.2 and no weight decay."""
-    spec = TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **options})
-    group_size = spec.reference_group_size
-    groups = max(1, args.rollouts_per_update // group_size)
-    updates = math.ceil(args.rollouts / (group_size * groups))
-    steps = updates * spec.num_iterations
-    rewards = [{"name": "exact_verifier"}] + ([{"name": "countdown_closeness", "weight": args.closeness}]
-                                              if args.closeness else [])
-    return {"name": "rl", "stage": "rl", "init": "pretrain", "init_weights": template.get("init_weights", "online"),
-            "algorithm": spec.model_dump(mode="json"), "rewards": rewards, "group_size": group_size,
-            "groups_per_step": groups, "steps": steps, "lr": args.lr, "grad_clip": 0.2, "weight_decay": 0.0,
-            "warmup_steps": 0, "ema_decay": args.ema_decay or None, "checkpoint_every": steps, "log_every": steps}
-
-
-def run_rl(spec: PipelineSpec, store, refs: dict, data: dict, task: str, block_length: int,
-           eval_every: int) -> dict:
-    """The rl stage's loop from the pretrained checkpoint; held-out accuracy and wall time (evaluation excluded).
-
-    With `eval_every`, greedy held-out accuracy of the online weights is also recorded every that many rollouts.
-    What is scored at the end is what the stage publishes (its EMA when `ema_decay` is set); the online
-    weights' scores are kept beside it.
-    """
-    curve, evaluating = {}, [0.0]
-    mu = spec.stage("rl").algorithm.num_iterations
-
-    def hook(step: int, run: DiscreteRun) -> None:
-        rollouts = step // mu * spec.stage("rl").group_size * spec.stage("rl").groups_per_step
-        if eval_every and step % mu == 0 and rollouts // eval_every > len(curve):
-            tick = time.perf_counter()
-            curve[rollouts] = evaluate(run.policy.eval(), task, data["test"], block_length)["accuracy"]
-            run.policy.train()
-            evaluating[0] += time.perf_counter() - tick
-
-    with tempfile.TemporaryDirectory() as tmp:
-        key = f"bench-mdlm-rl-{time.time_ns()}"
-        ctx = StageContext(spec, "rl", key, {"data": refs["data"], "init": refs["pretrain"]}, store, Path(tmp),
-                           log=lambda m: None, progress=False)
-        done = fine_tune_discrete(ctx, spec.stage("rl"), hook)
-        store.clear_run(key)
-    wall = done.result.wall_s - evaluating[0]
-    scored = published_weights(done.policy, done.ema)
-    stats = summary_metrics(done.state)
-    return {
-        "after": evaluate(scored, task, data["test"], block_length), "wall_seconds": wall,
-        "after_on_rl_problems": evaluate(scored, task, practised(data["train"]), block_length),
-        **({"after_online_weights": evaluate(done.policy, task, data["test"], block_length)} if done.ema else {}),
-        "updates": stats["rollout_batches"], "rollouts": stats["samples_generated"],
-        "group_size": spec.stage("rl").group_size, "num_iterations": mu,
-        "train_reward": stats["train_reward"], "train_accuracy": stats["train_accuracy"],
-        "zero_std_ratio": stats["zero_std_ratio"], "forwards_per_rollout": stats["forwards_per_rollout"],
-        "seconds_per_update": wall / stats["rollout_batches"],
-        **({"held_out_accuracy_by_rollouts": curve} if curve else {}),
-    }
 
 
 @torch.no_grad()
@@ -196,6 +106,7 @@ def elbo_study(model: torch.nn.Module, data: dict, num_sequences: int, replicate
     """Bias, variance and MSE of each estimator against the exact ELBO at equal forward budgets."""
     prompts, completions = tensors(data["test"])
     prompts, completions = prompts[:num_sequences], completions[:num_sequences]
+    num_sequences = len(prompts)  # a split smaller than asked (--quick)
     length = completions.shape[1]
     exact = exact_elbo_from_sums(mask_size_sums(model, prompts, completions, MASK)).double()
     generator = torch.Generator().manual_seed(seed)
@@ -264,126 +175,112 @@ def merge_run(key: str, run: dict, config: dict, path: Path) -> None:
     temporary.replace(path)
 
 
-def check_architecture(architecture: dict) -> None:
-    """Exit with a message naming the problem when `--model` overrides do not build an MDLM."""
-    if set(architecture) - set(MODEL):
-        raise SystemExit(f"--model takes {sorted(MODEL)}, got {sorted(set(architecture) - set(MODEL))}")
-    try:
-        MaskedDiffusionTransformer(VOCAB.size, 8, MASK, **architecture)
-    except (AssertionError, TypeError, ValueError, RuntimeError) as error:
-        raise SystemExit(f"--model {architecture} does not build an MDLM: {error}") from None
+def sweep_options(args, raw: dict) -> tuple[dict, list[str]]:
+    """The grid (every algorithm at the spec's block length, NUM_ITERATIONS updates per batch) and the overrides
+    of every cell."""
+    rl = next(s for s in raw["stages"] if s["name"] == "rl")
+    block = rl["algorithm"].get("block_length")
+    grid = {"stages.rl.algorithm": [{"algorithm": a, "num_iterations": NUM_ITERATIONS, "block_length": block}
+                                    for a in args.algorithms], "runtime.seed": args.seeds}
+    per_batch = rl["group_size"] * rl["groups_per_step"]
+    overrides = ["runtime.device=cpu", f"runtime.max_parallel_stages={args.parallel}",
+                 *(QUICK if args.quick else [])]
+    if args.rollouts:
+        steps = math.ceil(args.rollouts / per_batch) * NUM_ITERATIONS
+        overrides += [f"stages.rl.steps={steps}", f"stages.rl.checkpoint_every={steps}"]
+    return grid, [*overrides, *args.set]
 
 
-def option_override(item: str) -> tuple[str, object]:
-    """'key=value' as a (key, YAML-parsed value) pair for the algorithm schema to validate."""
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise SystemExit(f"--set takes KEY=VALUE, got {item!r}")
-    return name, yaml.safe_load(value)
+def artifact(store: ArtifactStore, node: dict) -> Path:
+    """The folder of a stage's published artifact (from its `diffpipe status` entry)."""
+    return store.local_path(ArtifactRef.model_validate(node["artifact"]))
 
 
-def run_key(task: str, seed: int, args, architecture: dict, overrides: dict) -> str:
-    """The results key of a run: task, seed and every option that differs from the defaults; '/stage' last."""
-    key = f"{task}/seed{seed}/lr{args.lr:g}/rollouts{args.rollouts}{model_suffix(architecture, '/')}"
-    if args.pretrain_steps:
-        key += f"/pretrain{args.pretrain_steps}"
-    if args.block_length:
-        key += f"/block{args.block_length}"
-    if args.closeness:
-        key += f"/closeness{args.closeness:g}"
-    key += "".join(f"/{name}={value}" for name, value in overrides.items())
-    if args.ema_decay:
-        key += f"/ema{args.ema_decay:g}"
-    if args.rollouts_per_update != ROLLOUTS_PER_UPDATE:
-        key += f"/batch{args.rollouts_per_update}"
-    return key + "/stage"
+def seed_record(task: str, store: ArtifactStore, cells: list[tuple[dict, dict]], args, block_length: int,
+                init_weights: str) -> dict:
+    """One seed: the pretrain and its held-out scores, headroom, chance, ELBO study, then every algorithm."""
+    nodes = cells[0][1]
+    domain = get_domain(task)
+    data = {split: domain.load_split(artifact(store, nodes["data"]), split) for split in ("train", "test")}
+    model, _, _ = load_checkpoint(artifact(store, nodes["pretrain"]), init_weights)
+    pretrain = nodes["pretrain"]["metrics"]
+    run = {"pretrain": {k: v for k, v in pretrain.items() if isinstance(v, int | float | str | None)},
+           "before": nodes["evaluate_pretrained"]["metrics"]["model"],
+           "before_on_rl_problems": evaluate(model, task, practised(data["train"]), block_length),
+           "headroom": headroom(model, task, data["test"], block_length), "rl_problems": data["train"].sizes["problem"],
+           "algorithms": {}}
+    if task == "countdown":
+        run["chance"] = countdown_chance(data["test"])
+    print(task, cells[0][0]["seed"], "pretrained", run["before"], run["headroom"], flush=True)
+    if task == "countdown" and not args.skip_elbo:
+        run["elbo_study"] = elbo_study(model, data, 24, args.elbo_replicates, cells[0][0]["seed"])
+    for row, nodes in cells:
+        rl = nodes["rl"]["metrics"]
+        after_model, _, _ = load_checkpoint(artifact(store, nodes["rl"]), "ema")  # what the stage publishes
+        entry = {"after": nodes["evaluate"]["metrics"]["model"], "wall_seconds": rl["train_wall_s"],
+                 "after_on_rl_problems": evaluate(after_model, task, practised(data["train"]), block_length),
+                 "updates": rl["rollout_batches"], "rollouts": rl["samples_generated"],
+                 "num_iterations": NUM_ITERATIONS, "train_reward": rl["train_reward"],
+                 "train_accuracy": rl["train_accuracy"], "zero_std_ratio": rl["zero_std_ratio"],
+                 "forwards_per_rollout": rl["forwards_per_rollout"],
+                 "seconds_per_update": rl["train_wall_s"] / rl["rollout_batches"]}
+        algorithm = row["params"]["stages.rl.algorithm"]["algorithm"]
+        run["algorithms"][algorithm] = entry
+        print(task, row["seed"], algorithm, json.dumps(entry), flush=True)
+    return run
 
 
-def pretrained(task: str, seed: int, args, architecture: dict) -> tuple[dict, dict, object, dict, dict,
-                                                                       torch.nn.Module]:
-    """Data and pretrain stages of the task's spec (cached): raw spec, rl template, store, refs, splits and the
-    weights RL starts from."""
-    steps = args.pretrain_steps or (QUICK["pretrain_steps"] if args.quick else TASKS[task]["pretrain_steps"])
-    raw, template = pipeline(task, seed, steps, architecture, args.quick)
-    store, refs = run_in_process(validate_spec(copy.deepcopy(raw)))
-    domain, data_path = get_domain(raw["data"]["kind"]), store.local_path(refs["data"])
-    data = {split: domain.load_split(data_path, split) for split in ("train", "test")}
-    model, _, _ = load_checkpoint(store.local_path(refs["pretrain"]), template.get("init_weights", "online"))
-    return raw, template, store, refs, data, model.eval()
-
-
-def parse() -> tuple:
-    """Options (the harness's shared ones and this benchmark's), algorithm overrides and the MDLM architecture."""
-    options = parser(__doc__)
-    options.add_argument("--tasks", nargs="+", choices=list(TASKS), default=["countdown", "sudoku"])
-    options.add_argument("--seeds", nargs="+", type=int, default=[0])
-    options.add_argument("--algorithms", nargs="+", choices=ALGORITHM_NAMES, default=list(ALGORITHM_NAMES))
-    options.add_argument("--rollouts", type=int, default=None, help="rollouts per algorithm (default 1536)")
-    options.add_argument("--elbo-replicates", type=int, default=128)
-    options.add_argument("--lr", type=float, default=1e-4)
-    options.add_argument("--skip-elbo", action="store_true")
-    options.add_argument("--pretrain-steps", type=int, default=None, help="default: the task's")
-    options.add_argument("--block-length", type=int, default=None,
-                         help="decoding block length of evaluation and rollouts (default: the task's)")
-    options.add_argument("--closeness", type=float, default=0.0,
-                         help="Countdown: weight of the countdown_closeness reward added to the verifier's")
-    options.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                         help="override the algorithms' schema options, e.g. beta=0 num_iterations=4")
-    options.add_argument("--eval-every", type=int, default=0,
-                         help="also record greedy held-out accuracy every this many rollouts")
-    options.add_argument("--ema-decay", type=float, default=0.0,
-                         help="the rl stage's ema_decay (per optimizer step); its EMA is what is scored (0: none)")
-    options.add_argument("--model", nargs="+", default=[], metavar="KEY=VALUE",
-                         help=f"override the MDLM's architecture {MODEL}, e.g. d_model=128 num_layers=4")
-    options.add_argument("--rollouts-per-update", type=int, default=ROLLOUTS_PER_UPDATE,
-                         help="rollouts per rollout batch (rounded down to whole groups, at least one group)")
-    args = open_benchmark(options.parse_args())
-    args.rollouts = args.rollouts or (QUICK["rollouts"] if args.quick else 1536)
-    overrides = dict(option_override(item) for item in args.set)
-    architecture = {**MODEL, **dict(option_override(item) for item in args.model)}
-    check_architecture(architecture)
-    for algorithm in args.algorithms:  # fail before pretraining, not after it
-        try:
-            TypeAdapter(DiscreteAlgorithmSpec).validate_python({"algorithm": algorithm, **overrides})
-        except ValidationError as error:
-            raise SystemExit(f"--set {' '.join(args.set)} does not fit {algorithm}: {error}") from None
-    return args, overrides, architecture
+def run_key(task: str, seed: int, overrides: list[str], rollouts: int) -> str:
+    """The results key of a run: task, seed, rollouts and every --set override; '/sweep' last."""
+    return f"{task}/seed{seed}/rollouts{rollouts}" + "".join(f"/{o}" for o in overrides) + "/sweep"
 
 
 def main() -> None:
-    """Run the benchmark for the requested tasks and seeds, merge into the JSON results."""
-    args, overrides, architecture = parse()
+    """Sweep every algorithm over the seeds for each task, analyse the published checkpoints, merge the JSON."""
+    options = parser(__doc__)
+    options.add_argument("--tasks", nargs="+", choices=["countdown", "sudoku"], default=["countdown"])
+    options.add_argument("--seeds", type=int, nargs="+", default=[0], help="runtime seeds (one pretrain each)")
+    options.add_argument("--algorithms", nargs="+", choices=ALGORITHM_NAMES, default=list(ALGORITHM_NAMES))
+    options.add_argument("--rollouts", type=int, default=None, help="rollouts per algorithm (default: the spec's)")
+    options.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                         help="override a field of every cell, e.g. stages.rl.lr=5e-4 (repeatable)")
+    options.add_argument("--elbo-replicates", type=int, default=128)
+    options.add_argument("--skip-elbo", action="store_true")
+    options.add_argument("--parallel", type=int, default=1, help="runtime.max_parallel_stages of the sweep")
+    options.add_argument("--root", type=Path, default=None, help="artifact root (default: a temporary folder)")
+    args = open_benchmark(options.parse_args())
+    if args.quick:
+        args.elbo_replicates = 4
     results = args.out / "mdlm_rl.json"
-    config = {"model": MODEL, "rollouts_per_update": ROLLOUTS_PER_UPDATE, "torch_threads": args.threads,
-              "loop": "the rl stage's (fine_tune_discrete: AdamW, grad_clip 0.2, no weight decay, no warmup)",
-              "options": "the rl stage schema's defaults (schemas/rl_discrete.py = the references'), "
-                         "block_length per task unless a run's key names one"}
+    config = {"torch_threads": args.threads, "loop": "diffpipe sweep of the shipped spec (keys ending /sweep)",
+              "options": "the shipped spec's rl stage, algorithm options the schema's defaults (the references') "
+                         f"but num_iterations {NUM_ITERATIONS} and the spec's block_length"}
     for task in args.tasks:
-        block_length = args.block_length or TASKS[task]["block_length"]
-        for seed in args.seeds:
-            raw, template, store, refs, data, model = pretrained(task, seed, args, architecture)
-            meta = metrics_of(store, refs["pretrain"])
-            run = {"pretrain": {k: v for k, v in meta.items() if isinstance(v, int | float | str | None)},
-                   "before": evaluate(model, task, data["test"], block_length),
-                   "before_on_rl_problems": evaluate(model, task, practised(data["train"]), block_length),
-                   "headroom": headroom(model, task, data["test"], block_length), "algorithms": {}}
-            if task == "countdown":
-                run["chance"] = countdown_chance(data["test"])
-            print(task, seed, "pretrained", run["before"], run["headroom"], run["pretrain"], flush=True)
-            if task == "countdown" and not args.skip_elbo:
-                run["elbo_study"] = elbo_study(model, data, 24, args.elbo_replicates, seed)
-                print(json.dumps(run["elbo_study"], indent=1), flush=True)
-            for algorithm in args.algorithms:
-                options = {"block_length": block_length, **overrides}
-                stage = rl_stage(template, algorithm, options, args)
-                spec = validate_spec({**raw, "stages": [*raw["stages"], stage]})
-                run["algorithms"][algorithm] = run_rl(spec, store, refs, data, task, block_length, args.eval_every)
-                print(task, seed, algorithm, json.dumps(run["algorithms"][algorithm]), flush=True)
-            run.update(rl_lr=args.lr, rollouts_per_algorithm=args.rollouts, block_length=block_length,
-                       closeness_weight=args.closeness, option_overrides=overrides, ema_decay=args.ema_decay,
-                       model=architecture, rollouts_per_update=args.rollouts_per_update,
-                       rl_problems=data["train"].sizes["problem"], environment=environment())
-            save_run(run_key(task, seed, args, architecture, overrides), run, config, results)
+        spec = REPO / "pipelines" / f"{task}.yaml"
+        raw = yaml.safe_load(spec.read_text())
+        grid, overrides = sweep_options(args, raw)
+        rl = next(s for s in raw["stages"] if s["name"] == "rl")
+        with tempfile.TemporaryDirectory(prefix="diffpipe-mdlm-rl-") as tmp:
+            root = args.root or Path(tmp) / "artifacts"
+            t0 = time.perf_counter()
+            done = run_sweep(spec, grid, 1, [f"storage.root={root}", *overrides], Path(tmp) / "sweep")
+            counts = stage_counts(done.report)
+            print(f"{task}: sweep of {len(done.report['cells'])} cells in {done.wall_s:.0f} s, stage executions "
+                  f"{counts}", flush=True)
+            store = ArtifactStore(str(root))
+            by_seed: dict[int, list] = {}
+            for row in done.report["cells"]:
+                by_seed.setdefault(row["seed"], []).append((row, done.cells[row["cell"]]))
+            for seed, cells in by_seed.items():
+                run = seed_record(task, store, cells, args, rl["algorithm"]["block_length"],
+                                  rl.get("init_weights", "online"))
+                rollouts = cells[0][1]["rl"]["metrics"]["samples_generated"]
+                run.update(spec=f"pipelines/{task}.yaml", overrides=overrides, rollouts_per_algorithm=rollouts,
+                           block_length=rl["algorithm"]["block_length"],
+                           sweep={"cells": len(done.report["cells"]), "wall_s": done.wall_s,
+                                  "stage_executions": counts, "benchmark_wall_s": time.perf_counter() - t0},
+                           environment=environment())
+                save_run(run_key(task, seed, args.set, rollouts), run, config, results)
     print(f"wrote {results}")
 
 

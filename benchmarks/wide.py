@@ -1,7 +1,7 @@
 """Running wide: independent stages at once, and sweeps whose cells share stages, measured through the CLI.
 
     python benchmarks/wide.py cei          # pipelines/cei.yaml: concurrent / serial wall time, same digests
-    python benchmarks/wide.py rl_sweep     # 4 algorithms x 3 seeds on digits: pretrain runs, concurrent / serial
+    python benchmarks/wide.py rl_sweep     # 4 algorithms x 3 seeds on digits: one sweep / 12 separate runs
     python benchmarks/wide.py rl_sweep --dask   # the same sweep on a 2-worker Dask cluster on loopback
 
 Step counts are cut with --set overrides so each measurement takes minutes on a shared 2-core machine
@@ -12,13 +12,17 @@ with one torch thread per stage, on fresh artifact roots. Writes benchmarks/resu
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from harness import REPO, open_benchmark, parser, run_diffpipe, set_options, write_result
+import yaml
+from harness import REPO, open_benchmark, parser, run_diffpipe, set_options, stage_counts, write_result
+
+from diffpipe.flows.comparison import cell_metrics
 
 CEI_QUICK = ["stages.diffusion.steps=300", "stages.baseline.steps=300", "stages.diffusion.checkpoint_every=300",
              "stages.baseline.checkpoint_every=300", "data.geometries_per_molecule=8",
@@ -57,41 +61,50 @@ def cei(work: Path, quick: bool) -> dict:
 
 
 def rl_sweep(work: Path, dask: bool, quick: bool) -> dict:
-    """4 RL algorithms x 3 seeds on digits: cells at once (threads or Dask) vs one cell at a time."""
-    grid = ["--grid", f"stages.rl.algorithm={ALGORITHMS}", "--repeat-seeds", "3"]
-    arms, cluster, smoke = {}, None, SMOKE["rl_sweep"] if quick else []
+    """4 RL algorithms x 3 seeds on digits: one sweep, cells at once (threads or Dask), against the same 12 cells
+    as 12 separate `diffpipe run`s one after another, each on its own fresh root (nothing shared: 12 pretrains)."""
+    spec, smoke, seeds = str(REPO / "pipelines" / "digits_rl.yaml"), SMOKE["rl_sweep"] if quick else [], range(3)
+    cluster, extra = None, []
     try:
-        extra = []
         if dask:
             cluster = _start_dask(work)
             extra = ["runtime.dask_address=tcp://127.0.0.1:8797"]
-        for name, parallel in (("serial", 1), ("concurrent", 2)):
-            if dask and name == "serial":
-                sets = [*RL_QUICK, *smoke, f"storage.root={work / name}", "runtime.max_parallel_stages=1"]
-            else:
-                sets = [*RL_QUICK, *smoke, *extra, f"storage.root={work / name}",
-                        f"runtime.max_parallel_stages={parallel}"]
-            done = run_diffpipe(["sweep", str(REPO / "pipelines" / "digits_rl.yaml"), *grid, *set_options(sets)],
-                                work / name)
-            report, wall = done.doc, done.wall_s
-            executed = {stage: sum(c["states"][stage] == "executed" for c in report["cells"])
-                        for stage in report["cells"][0]["states"]}
-            arms[name] = {"wall_s": wall, "executions": executed, "cells": len(report["cells"]),
-                          "digests_by_cell": {c["cell"]: c["metrics"] for c in report["cells"]}}
-            print(f"rl sweep {name}: {wall:.1f} s, executions {executed}", flush=True)
+        sets = [*RL_QUICK, *smoke, *extra, f"storage.root={work / 'concurrent'}", "runtime.max_parallel_stages=2"]
+        done = run_diffpipe(["sweep", spec, "--grid", f"stages.rl.algorithm={ALGORITHMS}", "--repeat-seeds", "3",
+                             *set_options(sets)], work / "concurrent")
+        report = done.doc
+        concurrent = {"wall_s": done.wall_s, "cpu_s": done.cpu_s, "cells": len(report["cells"]),
+                      "stage_executions": stage_counts(report)}
+        metrics = {(c["params"]["stages.rl.algorithm"]["algorithm"], c["seed"]): c["metrics"] for c in report["cells"]}
+        print(f"rl sweep concurrent: {done.wall_s:.1f} s, executions {concurrent['stage_executions']}", flush=True)
     finally:
         for proc in cluster or []:
             proc.terminate()
             proc.wait(timeout=30)
-    same = arms["serial"]["digests_by_cell"] == arms["concurrent"]["digests_by_cell"]
-    for arm in arms.values():
-        arm.pop("digests_by_cell")
+    serial = {"wall_s": 0.0, "cpu_s": 0.0, "runs": 0, "stage_executions": {}}
+    same = True
+    for algorithm in yaml.safe_load(ALGORITHMS):
+        for seed in seeds:
+            name = f"serial_{algorithm['algorithm']}_{seed}"
+            sets = [*RL_QUICK, *smoke, f"storage.root={work / name}", "runtime.max_parallel_stages=1",
+                    f"runtime.seed={seed}", f"stages.rl.algorithm={json.dumps(algorithm)}"]
+            run = run_diffpipe(["run", spec, *set_options(sets)], work / name)
+            serial["wall_s"] += run.wall_s
+            serial["cpu_s"] += run.cpu_s
+            serial["runs"] += 1
+            for stage in run.doc["stages"]:
+                counts = serial["stage_executions"].setdefault(stage["name"], {})
+                counts[stage["state"]] = counts.get(stage["state"], 0) + 1
+            same &= cell_metrics(run.doc["stages"]) == metrics[(algorithm["algorithm"], seed)]
+            print(f"rl run {name}: {run.wall_s:.1f} s", flush=True)
     runner = "a 2-worker Dask cluster on 127.0.0.1 (DaskTaskRunner), 1 thread each" if dask else "threads"
-    return {"what": f"digits_rl sweep, 4 algorithms x 3 seeds = 12 cells; concurrent on {runner} "
-                    "(max_parallel_stages=2) / one stage at a time in threads (max_parallel_stages=1)",
-            "overrides": RL_QUICK, "serial": arms["serial"], "concurrent": arms["concurrent"],
-            "pretrain_executions": arms["concurrent"]["executions"]["pretrain"],
-            "wall_ratio_concurrent_over_serial": arms["concurrent"]["wall_s"] / arms["serial"]["wall_s"],
+    return {"what": f"digits_rl, 4 algorithms x 3 seeds = 12 cells: one sweep on {runner} (max_parallel_stages=2, "
+                    "shared stages once) / serial: the 12 cells as separate `diffpipe run`s one after another, "
+                    "each on a fresh root (max_parallel_stages=1)",
+            "overrides": RL_QUICK, "serial": serial, "concurrent": concurrent,
+            "pretrain_executions": {"concurrent": concurrent["stage_executions"]["pretrain"].get("executed", 0),
+                                    "serial": serial["stage_executions"]["pretrain"].get("executed", 0)},
+            "wall_ratio_concurrent_over_serial": concurrent["wall_s"] / serial["wall_s"],
             "same_metrics": same}
 
 

@@ -1,23 +1,25 @@
 """SDPO and TR2-D2 against coupled-GRPO and GDPO on Countdown and Sudoku, and on RNA design (reward, diversity).
 
-Every number comes from the real pipeline: `pipelines/countdown.yaml`, `pipelines/sudoku.yaml` or
-`pipelines/rna_design.yaml` (shrunk to CPU size) runs pretrain -> evaluate the pretrained model -> rl
-with one algorithm -> sample -> evaluate, so held-out accuracy is the evaluate stage's (greedy,
-held-out problems). Every algorithm gets the same reward evaluations: steps / num_iterations rollout
-batches of groups_per_step prompts x group_size rewards (tr2d2: mcts_iterations x num_children =
-group_size per prompt). Wall time is the rl stage's training wall time. The pretrain stage is shared by
-the algorithms of a seed (cached).
+Every number comes from the real pipeline, run as one `diffpipe sweep` per task (through the shared
+harness) over the rl stage's `algorithm` x `runtime.seed`: `pipelines/countdown.yaml`,
+`pipelines/sudoku.yaml` or `pipelines/rna_design.yaml`, shrunk to CPU size, runs pretrain -> evaluate
+the pretrained model -> rl with one algorithm -> sample -> evaluate, so held-out accuracy is the
+evaluate stage's (greedy, held-out problems). The cells of a seed share its data and pretrain stages
+(computed once; the JSON counts how many ran). Every algorithm gets the same reward evaluations:
+steps / num_iterations rollout batches of groups_per_step prompts x group_size rewards (tr2d2:
+mcts_iterations x num_children = group_size per prompt). Wall time is the rl stage's training wall
+time; cells run one stage at a time (`runtime.max_parallel_stages=1`) so wall times are not shared.
 
-RNA diversity: for the first `--diversity-targets` held-out structures, `--diversity-samples`
-completions each at temperature 1 with the rollout sampler the rl stage uses; reported are the share
-of distinct sequences and the mean pairwise Hamming distance per target (in nucleotides), beside the
-mean base-pair F1 of those samples.
+RNA diversity: the spec's `sample_pretrained_draws` / `sample_draws` stages draw `--diversity-samples`
+designs at temperature 1 for each of the first `--diversity-targets` held-out structures, and their
+evaluate stages report the share of distinct designs and the mean pairwise Hamming distance per target
+(in nucleotides), beside the mean base-pair F1 and exact-fold share of those draws.
 
 Sudoku scores partial credit (the exact verifier's share of blanks filled right) besides exact solves.
 
 Prints and writes benchmarks/results/mdlm_align.json through benchmarks/harness.py (commit, libraries,
-device, threads, load, date; plus ViennaRNA's version), after every run so a stopped benchmark keeps
-what it measured. One thread; a busy shared 2-core machine.
+device, threads, load, date; plus ViennaRNA's version), after every task so a stopped benchmark keeps
+what it measured. One thread.
 
     python benchmarks/mdlm_align.py --seeds 0 1 2
     python benchmarks/mdlm_align.py --quick     # one seed at tiny sizes, to a temporary folder
@@ -26,27 +28,13 @@ what it measured. One thread; a busy shared 2-core machine.
 from __future__ import annotations
 
 import argparse
-import copy
-import itertools
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
-from harness import REPO, open_benchmark, parser, write_result
-from prefect import flow
-
-from diffpipe.flows.pipeline import execute
-from diffpipe.flows.spec_loading import validate_spec
-from diffpipe.schemas.rl_discrete import SDPO
-from diffpipe.storage import ArtifactStore
-from diffpipe.tasks.data.reasoning_domain import token_tensors
-from diffpipe.tasks.data.rna import RNADesignDomain, design_scores
-from diffpipe.tasks.rl.discrete import rollout
-from diffpipe.tasks.sample import load_checkpoint
+from harness import REPO, open_benchmark, parser, run_sweep, write_result
 
 GROUP_SIZE = 6
 ALGORITHMS = {  # num_iterations pinned so every algorithm gets the same rollout batches
@@ -70,8 +58,8 @@ TASKS = {  # sample_steps: decoding steps of the evaluation sampler (one token p
 }
 
 
-def spec(task: str, root: Path, seed: int, algorithm: dict, args: argparse.Namespace) -> dict:
-    """The shipped spec of `task`, CPU-shrunk, with the given rl algorithm."""
+def spec(task: str, root: Path, args: argparse.Namespace) -> dict:
+    """The shipped spec of `task`, CPU-shrunk (the rl algorithm and the seed are the sweep's axes)."""
     setting = TASKS[task]
     raw = yaml.safe_load((REPO / "pipelines" / setting["spec"]).read_text())
     raw["data"].update(setting["data"], **(QUICK_DATA if args.quick else {}))
@@ -80,58 +68,58 @@ def spec(task: str, root: Path, seed: int, algorithm: dict, args: argparse.Names
     for stage in raw["stages"]:
         if stage["stage"] == "pretrain":
             stage.update(steps=args.pretrain_steps, checkpoint_every=args.pretrain_steps, log_every=100)
+        elif stage["stage"] == "sample" and stage.get("samples_per_condition", 1) > 1:
+            stage.update(num_samples=args.diversity_targets, samples_per_condition=args.diversity_samples)
         elif stage["stage"] == "sample":
             stage.update(num_samples=raw["data"]["num_test"],
                          scheduler={"name": "BlockRefinementScheduler", "steps": setting["sample_steps"],
                                     "options": {"block_length": length}})
         elif stage["stage"] == "rl":
-            stage.update(algorithm={**algorithm, "block_length": length}, rewards=setting["rewards"],
+            stage.update(rewards=setting["rewards"],
                          group_size=GROUP_SIZE, groups_per_step=args.groups_per_step, steps=args.rl_steps,
                          checkpoint_every=args.rl_steps, log_every=args.rl_steps, lr=args.lr)
     raw["storage"] = {"root": str(root)}
-    raw["runtime"] = {"device": "cpu", "seed": seed, "num_threads": 1}
+    raw["runtime"] = {"device": "cpu", "seed": 0, "num_threads": 1, "max_parallel_stages": 1}
     return raw
 
 
-@torch.no_grad()
-def diversity(store: ArtifactStore, summary: dict, args: argparse.Namespace, seed: int) -> dict:
-    """Distinct share, mean pairwise Hamming distance and mean F1 of sampled designs per held-out target."""
-    refs = {name: store.lookup(entry["cache_key"]) for name, entry in summary.items()}
-    test = RNADesignDomain().load_split(store.local_path(refs["data"]), "test")
-    prompts = token_tensors(test)[0][: args.diversity_targets]
-    out = {}
-    for stage in ("pretrain", "rl"):
-        model, _, _ = load_checkpoint(store.local_path(refs[stage]))
-        sampler = SDPO(temperature=1.0, block_length=TASKS["rna_design"]["block_length"])  # rollout sampler options
-        batch = rollout(model, prompts, unscored, sampler, args.diversity_samples, prompts.shape[1],
-                        torch.Generator().manual_seed(seed))
-        groups = batch.completion.view(len(prompts), args.diversity_samples, -1)
-        distinct = [len({tuple(row.tolist()) for row in g}) / len(g) for g in groups]
-        hamming = [float(np.mean([(a != b).sum().item() for a, b in itertools.combinations(g, 2)])) for g in groups]
-        rewards, correct = design_scores(batch.prompt.numpy(), batch.completion.numpy())
-        out[stage] = {"distinct_share": float(np.mean(distinct)), "mean_pairwise_hamming": float(np.mean(hamming)),
-                      "sampled_f1": float(rewards.mean()), "sampled_exact": float(correct.mean())}
-    return out
+def run_task(task: str, workdir: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """One sweep of `task` over algorithms x seeds: per-cell runs, and how often each stage was computed."""
+    path = workdir / f"{task}.yaml"
+    path.write_text(yaml.safe_dump(spec(task, workdir / "artifacts", args), sort_keys=False))
+    length = TASKS[task]["block_length"]
+    blocks = {name: {**ALGORITHMS[name], "block_length": length} for name in args.algorithms}
+    done = run_sweep(path, {"stages.rl.algorithm": list(blocks.values()), "runtime.seed": args.seeds}, 1, [],
+                     workdir / f"{task}-sweep")
+    names = {json.dumps(block, sort_keys=True): name for name, block in blocks.items()}
+    runs, computed = {}, {}
+    for row in done.report["cells"]:
+        name = names[json.dumps(row["params"]["stages.rl.algorithm"], sort_keys=True)]
+        stages = done.cells[row["cell"]]
+        runs[f"{task}/{name}/seed{row['seed']}"] = one_run(stages)
+        for stage, entry in stages.items():
+            computed.setdefault(stage, set()).add(entry["cache_key"])
+    return runs, {"sweep_wall_s": done.wall_s, "cells": len(runs),
+                  "distinct_stage_artifacts": {stage: len(keys) for stage, keys in computed.items()}}
 
 
-def unscored(prompts: torch.Tensor, completions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """No reward at sampling time (the designs are scored afterwards)."""
-    return torch.zeros(len(completions)), torch.zeros(len(completions), dtype=torch.bool)
-
-
-def one_run(task: str, root: Path, seed: int, name: str, args: argparse.Namespace) -> dict:
-    """Run the pipeline with one algorithm; held-out scores before and after, rl metrics, wall time."""
-    raw = spec(task, root, seed, ALGORITHMS[name], args)
-    t0 = time.perf_counter()
-    summary = {s["name"]: s for s in flow(name="mdlm-align")(execute)(validate_spec(copy.deepcopy(raw)))}
-    rl = summary["rl"]["metrics"]
-    run = {"before": summary["evaluate_pretrained"]["metrics"]["model"],
-           "after": summary["evaluate"]["metrics"]["model"], "rl_train_wall_s": rl["train_wall_s"],
+def one_run(stages: dict) -> dict:
+    """Held-out scores before and after rl, rl metrics and wall time of one cell (and RNA draws' diversity)."""
+    rl = stages["rl"]["metrics"]
+    run = {"before": stages["evaluate_pretrained"]["metrics"]["model"],
+           "after": stages["evaluate"]["metrics"]["model"], "rl_train_wall_s": rl["train_wall_s"],
            "reward_evaluations": rl["samples_generated"], "train_reward": rl["train_reward"],
-           "forwards_per_rollout": rl["forwards_per_rollout"], "pipeline_wall_s": time.perf_counter() - t0}
-    if task == "rna_design":
-        run["diversity"] = diversity(ArtifactStore(raw["storage"]["root"]), summary, args, seed)
+           "forwards_per_rollout": rl["forwards_per_rollout"]}
+    if "evaluate_draws" in stages:
+        run["diversity"] = {when: draws(stages[f"evaluate_{stage}"]["metrics"]["model"])
+                            for when, stage in (("pretrain", "pretrained_draws"), ("rl", "draws"))}
     return run
+
+
+def draws(model: dict) -> dict:
+    """Diversity and scores of the sampled designs, as the evaluate stage reported them."""
+    return {"distinct_share": model["distinct_share"], "mean_pairwise_hamming": model["mean_pairwise_hamming"],
+            "sampled_f1": model["reward"], "sampled_exact": model["accuracy"]}
 
 
 def summarise(runs: dict) -> dict:
@@ -173,20 +161,22 @@ def main() -> None:
     if args.quick:
         vars(args).update(QUICK)
     runs: dict = {}
+    sharing: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for task, seed, name in itertools.product(args.tasks, args.seeds, args.algorithms):
-            runs[f"{task}/{name}/seed{seed}"] = one_run(task, Path(tmp) / f"{task}-{seed}", seed, name, args)
-            print(task, name, seed, json.dumps(runs[f"{task}/{name}/seed{seed}"]), flush=True)
-            write(args, runs)  # after every run, so a stopped benchmark keeps what it measured
+        for task in args.tasks:
+            task_runs, sharing[task] = run_task(task, Path(tmp), args)
+            runs.update(task_runs)
+            print(task, json.dumps(sharing[task]), flush=True)
+            write(args, runs, sharing)  # after every task, so a stopped benchmark keeps what it measured
 
 
-def write(args: argparse.Namespace, runs: dict) -> None:
+def write(args: argparse.Namespace, runs: dict, sharing: dict) -> None:
     """The results JSON of the runs so far (the harness adds the environment)."""
     import RNA
 
     config = {k: v for k, v in vars(args).items() if k != "out"}
     result = {"config": {**config, "group_size": GROUP_SIZE, "algorithms": ALGORITHMS},
-              "viennarna": RNA.__version__, "summary": summarise(runs), "runs": runs}
+              "viennarna": RNA.__version__, "summary": summarise(runs), "sharing": sharing, "runs": runs}
     write_result("mdlm_align", result, args.out)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import xarray as xr
 import yaml
 from safetensors.torch import load_file
 from tiny_specs import REPO, tiny_digits_spec
@@ -490,3 +491,71 @@ def test_stop_request_reaches_every_rank_which_checkpoint_together(built: Built)
     resumed = built.run("pretrain", "stopped", logs=logs, nproc_per_node=2)
     assert f"pretrain: resumed from the checkpoint at step {stopped_at}" in logs
     assert_weights_close(resumed["weights"], built.two["weights"], atol=0)
+
+
+SAMPLER_MLP = {"arch": "time_mlp", "hidden": 16, "layers": 1}
+SAMPLERS = {
+    "pdns": ({"kind": "gmm", "num_modes": 4, "loc_scale": 4.0}, SAMPLER_MLP,
+             {"sde_steps": 8, "samples_per_step": 16, "sigma": 4.0}),
+    "naas": ({"kind": "many_well", "dim": 2, "wells": 1}, SAMPLER_MLP, {"sde_steps": 8, "samples_per_step": 16}),
+    "mdns": ({"kind": "ising", "size": 3, "beta": 0.4}, {"arch": "mdlm", "d_model": 16, "num_layers": 1,
+                                                         "num_heads": 2}, {"replicates": 2}),
+    "pis": ({"kind": "many_well", "dim": 2, "wells": 1}, SAMPLER_MLP, {"sde_steps": 8}),
+}
+"""Tiny sampler stages (8 steps, buffers refilled every 3): PDNS, NAAS and MDNS train on buffers of rollouts,
+PIS differentiates through the rollout and the energy (the gathers' adjoints carry the gradient across ranks)."""
+SAMPLER_WEIGHT_ATOL = 1e-5
+"""8 steps at lr 1e-3: the halves' gradients summed in another order (float32 rounding, below 1e-6 measured)."""
+
+
+def without_key_bias(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The weights with the attention's key bias cut out of its input-projection bias (query and value parts kept):
+    its gradient is exactly zero (softmax ignores a shift), so Adam turns float noise into whole steps."""
+    out = dict(weights)
+    for name, w in weights.items():
+        if name.endswith("self_attn.in_proj_bias"):
+            d = len(w) // 3
+            out[name] = torch.cat([w[:d], w[2 * d:]])
+    return out
+
+
+def sampler_spec(root: Path, method: str, **distributed) -> dict:
+    """Energy data -> a tiny neural_sampler stage of `method`, with `runtime.distributed` set."""
+    target, model, options = SAMPLERS[method]
+    return {"name": "s", "data": {"kind": "energy", "target": target, "num_reference": 20}, "model": model,
+            "stages": [{"name": "sampler", "stage": "neural_sampler", "method": method, "steps": 8, "lr": 1e-3,
+                        "batch_size": 16, "num_samples": 32, "checkpoint_every": 4, "resample_every": 3,
+                        **options}],
+            "runtime": {"device": "cpu", "distributed": distributed}, "storage": {"root": str(root)}}
+
+
+def run_sampler(root: Path, method: str, key: str, **distributed) -> dict:
+    """The sampler stage (its data built first) in one process or across processes: losses, weights, samples."""
+    spec = validate_spec(sampler_spec(root, method, **distributed))
+    store = ArtifactStore(spec.storage.root)
+    with tempfile.TemporaryDirectory() as data, tempfile.TemporaryDirectory() as tmp:
+        get_domain("energy").build(StageContext(spec, "data", "d" * 64, {}, store, Path(data), progress=False))
+        ref = store.publish(Path(data), "dataset", {})
+        ctx = StageContext(spec, "sampler", key, {"data": ref}, store, Path(tmp), progress=False)
+        out = stage_function("neural_sampler", spec.runtime)(ctx)
+        samples = xr.open_zarr(Path(tmp, "samples.zarr"), consolidated=False).load()
+        return {"metrics": out.metrics, "losses": read_json(Path(tmp, "losses.json"))["losses"],
+                "weights": load_file(Path(tmp, "model", "diffusion_pytorch_model.safetensors")),
+                "x": torch.from_numpy(samples["x"].values), "log_w": torch.from_numpy(samples["log_w"].values),
+                "energy_evals": samples.attrs["energy_evals"]}
+
+
+@pytest.mark.parametrize("method", ["mdns", "naas", pytest.param("pdns", marks=pytest.mark.slow),
+                                    pytest.param("pis", marks=pytest.mark.slow)])
+def test_neural_sampler_at_two_ranks_matches_one_process(tmp_path: Path, method: str) -> None:
+    """The neural_sampler stage through the launcher (DDP, two real ranks): every rank runs the network and the
+    energy on half the rows of each call (gathered), so buffers, losses, trained weights, published samples
+    and the energy count are one process's (weights to float rounding of the halves' gradient sums)."""
+    one = run_sampler(tmp_path / "artifacts", method, "one")
+    two = run_sampler(tmp_path / "artifacts", method, "two", nproc_per_node=2)
+    assert two["metrics"]["processes"] == 2 and one["metrics"]["processes"] == 1
+    torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=LOSS_RTOL, atol=1e-7)
+    assert_weights_close(*(without_key_bias(w) for w in (two["weights"], one["weights"])), atol=SAMPLER_WEIGHT_ATOL)
+    torch.testing.assert_close(two["x"], one["x"], rtol=0, atol=1e-4)
+    torch.testing.assert_close(two["log_w"], one["log_w"], rtol=1e-4, atol=1e-4)
+    assert two["energy_evals"] == one["energy_evals"] > 0

@@ -184,7 +184,9 @@ class RowSharded(nn.Module):
     (group-normalised advantages, token means over the batch) is sharded without being rewritten. A
     batch that does not split evenly runs whole on every rank (replicated: the averaged gradient is then
     each rank's own). The model's outputs are gathered, so this suits models whose output per row is
-    small (the masked-diffusion LMs' logits over a small vocabulary).
+    small (the masked-diffusion LMs' logits over a small vocabulary, a neural sampler's control): the
+    gradient is exact also through chains of calls, as a rollout differentiated along its whole path,
+    since every cross-rank dependency goes through the gather, whose backward is its adjoint.
     """
 
     def __init__(self, model: nn.Module):
@@ -196,11 +198,20 @@ class RowSharded(nn.Module):
         """The wrapped (diffusers) model's config."""
         return self.model.config
 
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """The model's output for every row of `batch`, this rank's rows computed here."""
-        if batch.shape[0] % world_size():
-            return self.model(batch)
-        return GatherRows.apply(self.model(batch[local_slice(batch.shape[0])]))
+    def forward(self, batch: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+        """The model's output for every row of `batch` (and of the other per-row inputs, as a sampler's times),
+        this rank's rows computed here."""
+        return on_own_rows(self.model, batch, *others)
+
+
+def on_own_rows(fn: Callable[..., torch.Tensor], batch: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """`fn` of global-batch tensors run on this rank's rows, every rank's output rows gathered differentiably
+    (`GatherRows`; as `RowSharded`, for functions such as an energy target's log density). A batch that does not
+    split evenly, or one process, runs whole."""
+    if not active() or batch.shape[0] % world_size():
+        return fn(batch, *others)
+    rows = local_slice(batch.shape[0])
+    return GatherRows.apply(fn(batch[rows], *(o[rows] for o in others)))
 
 
 def row_sharded(model: nn.Module) -> nn.Module:

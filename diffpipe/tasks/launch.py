@@ -39,7 +39,7 @@ from .stopping import stop_requested
 if TYPE_CHECKING:
     from .registry import StageFn
 
-TRAINING_STAGES = frozenset({"pretrain", "midtrain", "distill", "rl"})
+TRAINING_STAGES = frozenset({"pretrain", "midtrain", "distill", "rl", "neural_sampler"})
 """Stage kinds that run the shared training loop, and so may run across processes."""
 
 PAYLOAD_FILE, OUTPUT_FILE, FAILURE_FILE = "payload.json", "output.json", "failure.json"
@@ -92,10 +92,11 @@ def check_launch(spec: PipelineSpec, node: str, kind: str) -> None:
     if kind == "rl" and groups % dist.world_size:
         raise InputError(f"stages[{index}].groups_per_step", f"each of the {dist.world_size} processes rolls out "
                          "whole groups", f"a multiple of {dist.world_size}", str(groups))
-    batch = getattr(spec.stages[index], "batch_size", None)
-    if batch is not None and batch % dist.world_size:
-        raise InputError(f"stages[{index}].batch_size", f"the global batch must split evenly over "
-                         f"{dist.world_size} processes", f"a multiple of {dist.world_size}", str(batch))
+    for name in ("batch_size", "samples_per_step"):  # samples_per_step: a neural sampler's loss batch
+        batch = getattr(spec.stages[index], name, None)
+        if batch is not None and batch % dist.world_size:
+            raise InputError(f"stages[{index}].{name}", f"the global batch must split evenly over "
+                             f"{dist.world_size} processes", f"a multiple of {dist.world_size}", str(batch))
 
 
 def run_launcher(payload: Path, spec: PipelineSpec, node: str, kind: str, key: str, inputs: dict[str, Any],

@@ -6,10 +6,18 @@ from typing import Any
 
 import torch
 
+from ..distributed import on_own_rows, sharded_rows
+
 
 class CountingTarget:
     """Wraps a target and counts the rows passed through its log density (a gradient or a Hessian-vector
-    product of it counts as one evaluation per row)."""
+    product of it counts as one evaluation per row).
+
+    Across processes every rank calls it with the same global batch: each rank evaluates its own rows
+    and the results are gathered (differentiably for the log density, which PIS differentiates through
+    the rollout), so every rank gets the whole batch's values having computed 1 / world_size of them.
+    The count is the global batch's, hence one process's at any world size.
+    """
 
     def __init__(self, target: Any):
         self.target, self.evals = target, 0
@@ -17,15 +25,20 @@ class CountingTarget:
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """The target's log density, counted."""
         self.evals += x.shape[0]
-        return self.target.log_prob(x)
+        return on_own_rows(self.target.log_prob, x)
 
     def value_and_score(self, x: torch.Tensor, clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """log pi(x) and grad log pi(x), each row's gradient norm clipped to `clip` (counted once per row)."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            value = self.log_prob(x)
-            (grad,) = torch.autograd.grad(value.sum(), x)
-        return value.detach(), clip_norm(grad, clip)
+        self.evals += x.shape[0]
+
+        def rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                value = self.target.log_prob(x)
+                (grad,) = torch.autograd.grad(value.sum(), x)
+            return value.detach(), clip_norm(grad, clip)
+
+        return sharded_rows(rows)(x)
 
     def score(self, x: torch.Tensor, clip: float | None = None) -> torch.Tensor:
         """grad log pi(x), each row's norm clipped to `clip` (counted once per row)."""
@@ -33,11 +46,16 @@ class CountingTarget:
 
     def hvp(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Hessian of log pi at x times v, per row (double backward; counted once per row)."""
-        with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(self.log_prob(x).sum(), x, create_graph=True)
-            (hv,) = torch.autograd.grad((grad * v).sum(), x)
-        return hv
+        self.evals += x.shape[0]
+
+        def rows(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor]:
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(self.target.log_prob(x).sum(), x, create_graph=True)
+                (hv,) = torch.autograd.grad((grad * v).sum(), x)
+            return (hv,)
+
+        return sharded_rows(rows)(x, v)[0]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.target, name)

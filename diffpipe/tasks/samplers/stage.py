@@ -5,6 +5,13 @@ Artifact: `samples.zarr` (x, log_w; attrs: method, energy evaluations), `model/`
 `model_online/` with EMA), `losses.json`, a loss curve, `metrics.json` (its wall times move to the manifest's
 lineage on publishing, so identical samples keep one digest). Checkpoints hold the
 method's buffer and counters (the loop's loss state), so a killed run resumes to identical weights.
+
+Across processes (`runtime.distributed`, launched by tasks/launch.py) every rank simulates the same
+global batch of trajectories from the same generator, while the method's network and the energy target
+run on this rank's rows of every call and their outputs are gathered (`distributed.RowSharded`,
+differentiably; `CountingTarget`): buffers, importance weights and the loss are the whole batch's on
+every rank, DDP / FSDP2's average of the gradients is the one-process gradient, and the energy count is
+one process's. Rank 0 publishes.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from diffpipe.schemas.samplers import NeuralSamplerBase
 from diffpipe.storage.formats import write_dataset, write_json
 
 from ..context import StageContext, StageOutput
+from ..distributed import row_sharded
 from ..registry import get_domain, get_implementation, stage
 from ..targets import make_target
 from ..training import TrainConfig, publish_losses, published_weights, save_trained, train
@@ -51,12 +59,12 @@ def run_neural_sampler(ctx: StageContext) -> StageOutput:
     target = CountingTarget(make_target(ctx.pipeline.data.target))
     torch.manual_seed(ctx.runtime.seed + spec.seed)
     model = get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx).to(ctx.device)
-    method = get_implementation("method", spec.method)(spec, target, model, ctx.device)
+    method = get_implementation("method", spec.method)(spec, target, row_sharded(model), ctx.device)
     model, result, ema = train(ctx, model, method.step_loss, train_config(spec),
                                ctx.generator(offset=1 + 1000 * spec.seed), loss_state=method)
     train_evals = target.evals
     t0 = time.perf_counter()
-    x, log_w = draw(method, published_weights(model, ema), spec.num_samples, spec.batch_size,
+    x, log_w = draw(method, row_sharded(published_weights(model, ema)), spec.num_samples, spec.batch_size,
                     ctx.generator(offset=2 + 1000 * spec.seed))
     sample_wall = time.perf_counter() - t0
     if not torch.isfinite(log_w).all() or not torch.isfinite(x.double()).all():

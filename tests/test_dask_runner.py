@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,21 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 from tiny_specs import tiny_digits_spec
 
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def dask_cluster(tmp_path: Path):
     """`dask scheduler` and two 1-thread `dask worker` processes on loopback; yields the scheduler address."""
-    port, bin_dir = _free_port(), Path(sys.executable).parent
+    port, bin_dir = free_port(), Path(sys.executable).parent
     address = f"tcp://127.0.0.1:{port}"
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": tmp_path}
     procs = [subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),

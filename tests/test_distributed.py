@@ -15,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import pytest
 import torch
 import xarray as xr
 import yaml
+from helpers import free_port
 from safetensors.torch import load_file
 from tiny_specs import REPO, tiny_digits_spec
 
@@ -212,13 +212,6 @@ def test_killed_rank_ends_the_stage_and_the_rerun_resumes(built: Built) -> None:
     shutil.copytree(run.path, other.path)
     one = built.run("pretrain", "killed-one")
     assert_weights_close(one["weights"], built.one["weights"])
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from helpers import api_server, free_port
 from tiny_specs import REPO, tiny_digits_spec
 
 from diffpipe.server.postgres import LocalPostgres
@@ -29,16 +29,10 @@ BIN = Path(sys.executable).parent
 USER, PASSWORD = "team", "s3cret-pw"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[LocalPostgres]:
     root = Path(tempfile.mkdtemp(prefix="diffpipe-pg-"))  # not below pytest's root-only folder: as root, the
-    pg = LocalPostgres(root / "cluster", _free_port())  # cluster runs as the postgres user, who must reach it
+    pg = LocalPostgres(root / "cluster", free_port())  # cluster runs as the postgres user, who must reach it
     if os.geteuid() == 0:
         os.chmod(root, 0o755)
     pg.start()
@@ -50,30 +44,16 @@ def postgres() -> Iterator[LocalPostgres]:
 @pytest.fixture(scope="module")
 def team_server(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict]]:
     home = tmp_path_factory.mktemp("team-server")
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home / "server"), "PREFECT_API_DATABASE_CONNECTION_URL": postgres.url,
            "PREFECT_SERVER_API_AUTH_STRING": f"{USER}:{PASSWORD}", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    log = open(home / "server.log", "w")  # noqa: SIM115 (the server's log, open while it runs)
-    proc = subprocess.Popen([sys.executable, "-m", "diffpipe.server", "--port", str(port)], env=env, cwd=home,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, (home / "server.log").read_text()[-3000:]
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.5)
-    client = {**os.environ, "PREFECT_HOME": str(home / "client"), "PREFECT_API_URL": api,
-              "PREFECT_API_AUTH_STRING": f"{USER}:{PASSWORD}", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    yield api, client
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-    log.close()
+    command = [sys.executable, "-m", "diffpipe.server", "--port", str(port)]
+    with api_server(command, env, home / "server.log", api, cwd=home, timeout=240):
+        client = {**os.environ, "PREFECT_HOME": str(home / "client"), "PREFECT_API_URL": api,
+                  "PREFECT_API_AUTH_STRING": f"{USER}:{PASSWORD}", "PATH": f"{BIN}:{os.environ['PATH']}"}
+        yield api, client
 
 
 def _api(api: str, method: str, path: str, body: dict | None = None) -> httpx.Response:
@@ -196,7 +176,7 @@ def test_a_wrong_database_url_exits_2_naming_it(postgres: LocalPostgres, tmp_pat
     assert done.returncode == 2
     assert "PREFECT_API_DATABASE_CONNECTION_URL: cannot connect to the database" in done.stderr
     assert "not-the-password" not in done.stderr and "password authentication failed" in done.stderr
-    for url, why in ((f"postgresql+asyncpg://prefect:pw@127.0.0.1:{_free_port()}/prefect", "ConnectionRefused"),
+    for url, why in ((f"postgresql+asyncpg://prefect:pw@127.0.0.1:{free_port()}/prefect", "ConnectionRefused"),
                      ("postgres-at-db-host", "not a database URL")):  # nothing listens there; not a URL at all
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = url
         done = subprocess.run([sys.executable, "-m", "diffpipe.server"], env=env, cwd=tmp_path, capture_output=True,

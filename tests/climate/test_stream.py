@@ -3,7 +3,6 @@ and the same code path on an S3 server (moto on loopback, real s3fs)."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 
 from diffpipe.errors import DataError
 from diffpipe.tasks.data.climate import ClimateBuildOptions, ClimateSamples, build_climate_store
@@ -165,12 +165,6 @@ def test_missing_chunk_is_bad_input(store: Path, tmp_path: Path) -> None:
     s.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def s3_store(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict]]:
     """The store uploaded to a moto S3 server on 127.0.0.1; its URI and storage options."""
@@ -178,7 +172,7 @@ def s3_store(store: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str
     from moto.server import ThreadedMotoServer
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     options = {"key": "testing", "secret": "testing", "endpoint_url": f"http://127.0.0.1:{port}"}

@@ -49,6 +49,16 @@ def zero_std_ratio(rewards: torch.Tensor, group_size: int) -> float:
     return float((grouped.max(dim=1).values == grouped.min(dim=1).values).float().mean())
 
 
+def weighted_cross_entropy(signal: torch.Tensor, current: torch.Tensor,
+                           rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
+    """-sum_i w_i log p_i per group, averaged over groups, with the effective size of the positive weights
+    (DMPO's weighted denoising cross-entropy, TR2-D2's buffer objective)."""
+    loss = -rollouts.grouped(signal * current).sum(dim=1).mean()
+    positive = rollouts.grouped(signal.clamp(min=0))
+    ess = positive.sum(dim=1) ** 2 / (positive ** 2).sum(dim=1).clamp(min=1e-12)
+    return loss, {"positive_weight_ess": float(ess.mean())}
+
+
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator exp(d) - d - 1 with d = ref - current (TRL, d1, DiffuCoder)."""
     diff = ref_logp - logp

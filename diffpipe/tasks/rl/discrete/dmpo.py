@@ -10,7 +10,7 @@ from diffpipe.tasks.mdlm.plans import MaskPlan, plan_estimate
 from diffpipe.tasks.registry import implements
 
 from .base import DiscreteAlgorithm
-from .core import Rollouts
+from .core import Rollouts, weighted_cross_entropy
 
 
 def wdce_plan(batch_size: int, length: int, num_replicates: int, t_min: float,
@@ -64,7 +64,4 @@ class DMPOAlgorithm(DiscreteAlgorithm):
     def objective(self, current: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None,
                   signal: torch.Tensor, rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
         """sum_i a_i CE_i per group, averaged over groups."""
-        loss = -rollouts.grouped(signal * current).sum(dim=1).mean()
-        positive = rollouts.grouped(signal.clamp(min=0))
-        ess = positive.sum(dim=1) ** 2 / (positive ** 2).sum(dim=1).clamp(min=1e-12)
-        return loss, {"positive_weight_ess": float(ess.mean())}
+        return weighted_cross_entropy(signal, current, rollouts)

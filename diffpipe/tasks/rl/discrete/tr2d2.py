@@ -50,7 +50,7 @@ from diffpipe.tasks.mdlm.sampler import block_schedule
 from diffpipe.tasks.registry import implements
 
 from .base import DiscreteAlgorithm, Prepared
-from .core import RewardFn, Rollouts
+from .core import RewardFn, Rollouts, weighted_cross_entropy
 from .replay import ReplayBuffer
 
 MAX_INVERSE_RATIO = 1e5
@@ -301,7 +301,4 @@ class TR2D2Algorithm(DiscreteAlgorithm):
     def objective(self, current: torch.Tensor, old: torch.Tensor, ref: torch.Tensor | None,
                   signal: torch.Tensor, rollouts: Rollouts) -> tuple[torch.Tensor, dict[str, float]]:
         """-sum_i (w_i / B) WDCE_i per prompt, averaged over prompts."""
-        loss = -rollouts.grouped(signal * current).sum(dim=1).mean()
-        positive = rollouts.grouped(signal.clamp(min=0))
-        ess = positive.sum(dim=1) ** 2 / (positive ** 2).sum(dim=1).clamp(min=1e-12)
-        return loss, {"positive_weight_ess": float(ess.mean())}
+        return weighted_cross_entropy(signal, current, rollouts)

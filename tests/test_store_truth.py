@@ -8,20 +8,13 @@ import logging
 from pathlib import Path
 
 import pytest
+from tiny_specs import run_spec
 
-from diffpipe.flows.pipeline import execute
 from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
 
 pytestmark = pytest.mark.slow
-
-
-def _run(raw: dict) -> dict[str, dict]:
-    from prefect import flow
-
-    summary = flow(name="diffpipe-truth-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    return {s["name"]: s for s in summary}
 
 
 def _rooted(raw: dict, root: Path) -> dict:
@@ -33,11 +26,11 @@ def _rooted(raw: dict, root: Path) -> dict:
 def test_two_roots_in_one_project_and_content_only_digests(tiny_spec: dict, tmp_path: Path, prefect_api,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     a, b = _rooted(tiny_spec, tmp_path / "a"), _rooted(tiny_spec, tmp_path / "b")
-    first = _run(a)
-    second = _run(b)  # same keys, another root: Prefect's result store now remembers b's artifacts
+    first = run_spec(a)
+    second = run_spec(b)  # same keys, another root: Prefect's result store now remembers b's artifacts
     changed = copy.deepcopy(a)
     changed["stages"][2]["sw_projections"] = 64  # one changed option on root a: only evaluate reruns
-    third = _run(changed)  # (before the fix: handed b's pretrain, FileNotFoundError under b's object)
+    third = run_spec(changed)  # (before the fix: handed b's pretrain, FileNotFoundError under b's object)
     assert {n: s["state"] for n, s in second.items()} == dict.fromkeys(first, "executed")
     assert {n: s["state"] for n, s in third.items()} == {"data": "cached", "pretrain": "cached",
                                                           "sample": "cached", "evaluate": "executed"}
@@ -56,7 +49,7 @@ def test_two_roots_in_one_project_and_content_only_digests(tiny_spec: dict, tmp_
     (keys / f"{first['sample']['cache_key']}.json").write_bytes(b"\x00\xffnot json")
     (keys / f"{first['pretrain']['cache_key']}.json").write_text(json.dumps({"ref": {"sha256": 5}}))
     with caplog.at_level(logging.WARNING):
-        fourth = _run(changed)
+        fourth = run_spec(changed)
     assert fourth["pretrain"]["state"] == "executed" and fourth["sample"]["state"] == "executed"
     assert fourth["pretrain"]["artifact"]["sha256"] == pretrain  # same content, same digest
     assert "unreadable" in caplog.text and "wrong shape" in caplog.text

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_specs import run_flow
 
 from diffpipe.flows.cli import main
 from diffpipe.flows.comparison import MAX_DEFAULT_PLOTS, default_headline
 from diffpipe.flows.graph import GraphFailed
-from diffpipe.flows.pipeline import execute
-from diffpipe.flows.spec_loading import validate_spec
 
 
 def _spec_file(tmp_path: Path, tiny_spec: dict, sweep: dict | None = None) -> Path:
@@ -110,7 +109,6 @@ def test_sweep_shares_stages_and_compares(tiny_spec: dict, tmp_path: Path, prefe
 
 @pytest.mark.slow
 def test_a_failing_stage_fails_its_descendants_only(tiny_spec: dict, prefect_api) -> None:
-    from prefect import flow
 
     raw = copy.deepcopy(tiny_spec)
     pretrain, sample = raw["stages"][0], raw["stages"][1]
@@ -119,7 +117,7 @@ def test_a_failing_stage_fails_its_descendants_only(tiny_spec: dict, prefect_api
                      {**sample, "name": "sample", "model": "pretrain"},
                      {**sample, "name": "sample_broken", "model": "broken"}]
     with pytest.raises(GraphFailed) as failed:
-        flow(name="diffpipe-branches-test")(execute)(validate_spec(raw))
+        run_flow(raw)
     states = {s["name"]: s["state"] for s in failed.value.summary[""]}
     assert states == {"data": "executed", "pretrain": "executed", "broken": "failed", "sample": "executed",
                       "sample_broken": "not run"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -27,15 +28,21 @@ def tiny_digits_spec(root: Path) -> dict:
     return spec
 
 
-def run_spec(raw: dict) -> dict[str, dict]:
-    """Validate a spec dict and run it through the real Prefect flow; stage name -> summary entry."""
+def run_flow(raw: dict | Any) -> list[dict]:
+    """Run a spec (a dict, validated here, or a validated PipelineSpec) through the real Prefect flow; the
+    summary entry of each stage, in the spec's order."""
     from prefect import flow
 
     from diffpipe.flows.pipeline import execute
     from diffpipe.flows.spec_loading import validate_spec
 
-    summary = flow(name="diffpipe-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    return {s["name"]: s for s in summary}
+    spec = validate_spec(copy.deepcopy(raw)) if isinstance(raw, dict) else raw
+    return flow(name="diffpipe-test")(execute)(spec)
+
+
+def run_spec(raw: dict | Any) -> dict[str, dict]:
+    """`run_flow` keyed by stage name."""
+    return {s["name"]: s for s in run_flow(raw)}
 
 
 def rl_log_first(store_root: str, entry: dict, column: str) -> float:

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from tiny_specs import run_spec
 
 from diffpipe.errors import SpecError
 from diffpipe.flows.checks import check_spec
-from diffpipe.flows.pipeline import execute
 from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas.climate import PyramidLevel, check_pyramid
@@ -209,12 +209,11 @@ def spf_spec(root: Path) -> dict:
 
 
 def test_spf_pipeline_samples_every_level(tmp_path: Path, prefect_api) -> None:
-    from prefect import flow
 
     raw = spf_spec(tmp_path / "artifacts")
     spec = validate_spec(copy.deepcopy(raw))
     check_spec(spec)
-    nodes = {e["name"]: e for e in flow(name="climate-spf-test")(execute)(spec)}
+    nodes = run_spec(spec)
     assert all(e["state"] == "executed" for e in nodes.values())
     metrics = nodes["ens"]["metrics"]
     assert metrics["blocks_per_level"] == [10, 86] and metrics["sampling_s_per_simulated_year"] > 0
@@ -240,7 +239,6 @@ def test_spf_pipeline_samples_every_level(tmp_path: Path, prefect_api) -> None:
 def test_monthly_spf_pipeline_samples_months_and_scores_them(tmp_path: Path, prefect_api) -> None:
     """A monthly builder store (2 members, 8 x 12) under a decadal -> yearly -> monthly pyramid, its monthly level
     streamed (the budget is below the split): months sampled and scored, their yearly means scored as years."""
-    from prefect import flow
 
     raw = spf_spec(tmp_path / "artifacts")
     raw["data"]["source"]["months_per_year"] = 12
@@ -249,7 +247,7 @@ def test_monthly_spf_pipeline_samples_months_and_scores_them(tmp_path: Path, pre
                               {"space_factor": 1, "period_months": 1}]
     spec = validate_spec(copy.deepcopy(raw))
     check_spec(spec)
-    nodes = {e["name"]: e for e in flow(name="climate-spf-monthly-test")(execute)(spec)}
+    nodes = run_spec(spec)
     assert all(e["state"] == "executed" for e in nodes.values())
     assert nodes["ens"]["metrics"]["blocks_per_level"] == [10, 86, 86 * 12]
     store = ArtifactStore(raw["storage"]["root"])

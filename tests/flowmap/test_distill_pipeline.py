@@ -12,6 +12,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from tiny_specs import run_flow, run_spec
 
 from diffpipe.errors import SpecError  # noqa: E402
 from diffpipe.flows.checks import check_spec  # noqa: E402
@@ -136,13 +137,10 @@ def test_cmt_solvers_must_step_a_velocity_ode(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory, prefect_api) -> tuple[dict, ArtifactStore, dict]:
     """The tiny distill pipeline run once through the real Prefect flow: spec, store, per-stage summary."""
-    from prefect import flow
-
-    from diffpipe.flows.pipeline import execute
 
     torch.set_num_threads(1)
     raw = tiny_distill_spec(tmp_path_factory.mktemp("distill") / "artifacts")
-    summary = flow(name="diffpipe-distill-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    summary = run_flow(raw)
     return raw, ArtifactStore(raw["storage"]["root"]), {s["name"]: s for s in summary}
 
 
@@ -238,9 +236,6 @@ def test_ddpm_and_edm_teachers_are_converted_but_their_weights_start_no_student(
 
 @pytest.mark.slow
 def test_cmt_from_a_ddpm_teacher_runs_and_samples(tmp_path: Path, prefect_api) -> None:
-    from prefect import flow
-
-    from diffpipe.flows.pipeline import execute
 
     raw = tiny_distill_spec(tmp_path / "artifacts")
     stages = _stages(raw)
@@ -248,7 +243,7 @@ def test_cmt_from_a_ddpm_teacher_runs_and_samples(tmp_path: Path, prefect_api) -
     stages["cmt"]["init"] = "random"
     raw["stages"] = [s for s in raw["stages"] if s["name"] in ("pretrain", "cmt", "sample_cmt_2step",
                                                                 "evaluate_cmt_2step")]
-    summary = {s["name"]: s for s in flow(name="diffpipe-ddpm-teacher")(execute)(validate_spec(raw))}
+    summary = run_spec(raw)
     assert all(s["state"] == "executed" for s in summary.values())
     assert summary["sample_cmt_2step"]["metrics"]["nfe_per_sample"] == 2
     assert torch.isfinite(torch.tensor(summary["evaluate_cmt_2step"]["metrics"]["model"]["frechet_distance"]))

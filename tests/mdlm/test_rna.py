@@ -8,10 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from prefect import flow
+from tiny_specs import run_flow
 
-from diffpipe.flows.pipeline import execute
-from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas.rna import RNADesignData
 from diffpipe.storage import ArtifactStore
 from diffpipe.storage.formats import open_dataset
@@ -82,7 +80,7 @@ def tiny_rna_spec(root: Path, algorithm: dict | None = None) -> dict:
 def test_rna_design_pipeline_end_to_end(tmp_path: Path, prefect_api) -> None:
     tr2d2 = {"algorithm": "tr2d2", "num_iterations": 2, "mcts_iterations": 2, "num_children": 2, "num_replicates": 2}
     raw = tiny_rna_spec(tmp_path / "artifacts", tr2d2)
-    summary = flow(name="diffpipe-rna-test")(execute)(validate_spec(raw))
+    summary = run_flow(raw)
     states = {s["name"]: s for s in summary}
     assert all(s["state"] == "executed" for s in states.values())
     rl = states["rl"]["metrics"]

@@ -12,8 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import UNet2DModel  # noqa: E402
+from tiny_specs import run_flow
 
-from diffpipe.flows.pipeline import execute  # noqa: E402
 from diffpipe.flows.plan import node_key, nodes, status  # noqa: E402
 from diffpipe.flows.spec_loading import validate_spec  # noqa: E402
 from diffpipe.storage import ArtifactStore  # noqa: E402
@@ -39,11 +39,10 @@ def rl_spec(tiny_spec: dict, **rl) -> dict:
 
 
 def test_rl_pipeline_publishes_a_sampleable_flow_matching_checkpoint(tiny_spec: dict, prefect_api) -> None:
-    from prefect import flow
 
     raw = rl_spec(tiny_spec, algorithm={"algorithm": "flow_grpo", "sampler_steps": 4},
                   rewards=[{"name": "classifier_logprob"}, {"name": "ink", "weight": 0.5}])
-    summary = flow(name="diffpipe-rl-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    summary = run_flow(raw)
     assert [s["state"] for s in summary] == ["executed"] * 5
     spec = validate_spec(copy.deepcopy(raw))
     store = ArtifactStore(spec.storage.root)
@@ -63,7 +62,7 @@ def test_rl_pipeline_publishes_a_sampleable_flow_matching_checkpoint(tiny_spec: 
     assert (folder / "reward_curve.png").stat().st_size > 1000 and (folder / "scheduler").is_dir()
     evaluate = read_json(store.local_path(rows["evaluate"].ref) / "metrics.json")
     assert "frechet_distance" in evaluate["model"]
-    again = flow(name="diffpipe-rl-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    again = run_flow(raw)
     assert [s["state"] for s in again] == ["cached"] * 5
 
 

@@ -3,16 +3,14 @@ samples and weights on disk as zarr, the metrics of each target family, a fully 
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from tiny_specs import run_spec
 
-from diffpipe.flows.pipeline import execute
-from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.schemas import ArtifactRef
 from diffpipe.storage import ArtifactStore
 
@@ -41,14 +39,6 @@ def tiny(name: str, root: Path) -> dict:
     return spec
 
 
-def run(raw: dict) -> dict[str, dict]:
-    """Run a spec dict through the real flow; stage name -> summary entry."""
-    from prefect import flow
-
-    summary = flow(name="diffpipe-samplers-test")(execute)(validate_spec(copy.deepcopy(raw)))
-    return {s["name"]: s for s in summary}
-
-
 def samples_of(root: Path, entry: dict) -> xr.Dataset:
     """The samples.zarr of a neural_sampler stage's artifact."""
     path = ArtifactStore(str(root)).local_path(ArtifactRef.model_validate(entry["artifact"]))
@@ -59,7 +49,7 @@ def test_gmm40_pipeline_runs_every_continuous_method_and_caches(tmp_path: Path, 
     spec = tiny("samplers_gmm40.yaml", tmp_path / "a")
     methods = {s["name"]: s["method"] for s in spec["stages"] if s["stage"] == "neural_sampler"}
     assert set(methods.values()) >= {"pdns", "pis"}
-    summary = run(spec)
+    summary = run_spec(spec)
     for name in methods:
         ds = samples_of(tmp_path / "a", summary[name])
         assert ds["x"].shape == (64, 2) and np.isfinite(ds["log_w"].values).all()
@@ -71,13 +61,13 @@ def test_gmm40_pipeline_runs_every_continuous_method_and_caches(tmp_path: Path, 
         assert 0 <= m["fraction_in_modes"] <= 1
         assert m["ess"] > 0 and m["energy_distance"] > 0 and m["wasserstein2"] > 0
         assert abs(m["log_z_error"] - abs(m["log_z_estimate"])) < 1e-12
-    again = run(spec)
+    again = run_spec(spec)
     assert all(entry["state"] == "cached" for entry in again.values())
 
 
 def test_many_well_pipeline_runs_naas_against_adjoint_sampling(tmp_path: Path, prefect_api) -> None:
     spec = tiny("samplers_many_well.yaml", tmp_path / "a")
-    summary = run(spec)
+    summary = run_spec(spec)
     methods = {s["method"] for s in spec["stages"] if s["stage"] == "neural_sampler"}
     assert {"naas", "adjoint"} <= methods
     evals = [summary[s["name"]]["metrics"] for s in spec["stages"] if s["stage"] == "evaluate"]
@@ -86,7 +76,7 @@ def test_many_well_pipeline_runs_naas_against_adjoint_sampling(tmp_path: Path, p
 
 def test_ising_pipeline_runs_mdns_and_pdns(tmp_path: Path, prefect_api) -> None:
     spec = tiny("samplers_ising.yaml", tmp_path / "a")
-    summary = run(spec)
+    summary = run_spec(spec)
     for s in spec["stages"]:
         if s["stage"] == "neural_sampler":
             x = samples_of(tmp_path / "a", summary[s["name"]])["x"].values
@@ -105,7 +95,7 @@ def test_dw4_pipeline_draws_its_ground_truth_from_dask_chains(tmp_path: Path, pr
     spec["data"]["mcmc"] = {"chains": 2, "walkers_per_chain": 32, "burn_in": 1000, "sweeps": 1000, "thin": 10,
                             "step_size": 0.7, "max_rhat": 3.0}
     spec["runtime"]["dask_workers"] = 2
-    summary = run(spec)
+    summary = run_spec(spec)
     data = summary["data"]["metrics"]
     assert data["source"] == "mcmc" and 1.0 <= data["mcmc_rhat"] <= 3.0 and data["log_z"] is None
     path = ArtifactStore(str(tmp_path / "a")).local_path(ArtifactRef.model_validate(summary["data"]["artifact"]))
@@ -123,7 +113,7 @@ def test_unconverged_mcmc_fails_the_data_stage(tmp_path: Path, prefect_api) -> N
     spec["data"]["mcmc"] = {"chains": 2, "walkers_per_chain": 8, "burn_in": 0, "sweeps": 40, "thin": 1,
                             "step_size": 0.05, "max_rhat": 1.001}
     with pytest.raises(Exception, match="did not converge: split R-hat"):
-        run(spec)
+        run_spec(spec)
     assert not list((tmp_path / "a").glob("objects/*/*/reference.zarr"))
 
 
@@ -133,7 +123,7 @@ def test_identical_sampler_runs_publish_identical_digests(tmp_path: Path, prefec
     for root in ("a", "b"):
         spec = tiny("samplers_gmm40.yaml", tmp_path / root)
         spec["stages"] = [s for s in spec["stages"] if s["name"] in ("pdns", "evaluate_pdns")]
-        runs.append(run(spec))
+        runs.append(run_spec(spec))
     assert [s["state"] for s in runs[1].values()] == ["executed"] * 3  # another root: computed again
     digests = [{n: s["artifact"]["sha256"] for n, s in summary.items()} for summary in runs]
     assert digests[0] == digests[1]

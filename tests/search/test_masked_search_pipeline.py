@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_specs import run_flow
 
 from diffpipe.flows.cli import main
-from diffpipe.flows.pipeline import execute
 from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
@@ -48,10 +48,9 @@ SEARCHES = {
 
 
 def test_masked_searches_run_through_the_flow_and_report_their_cost(tmp_path: Path, prefect_api) -> None:
-    from prefect import flow
 
     raw = countdown_spec(tmp_path / "artifacts", SEARCHES)
-    summary = flow(name="diffpipe-masked-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    summary = run_flow(raw)
     assert all(s["state"] == "executed" for s in summary)
     spec = validate_spec(copy.deepcopy(raw))
     store = ArtifactStore(spec.storage.root)

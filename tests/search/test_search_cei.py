@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from dask.distributed import LocalCluster
+from tiny_specs import run_flow
 
-from diffpipe.flows.pipeline import execute
 from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
@@ -39,11 +39,10 @@ def cei_spec(root: Path, dask_address: str) -> dict:
 
 
 def test_fk_steering_samples_cei_geometries_with_the_round_trip_reward(tmp_path: Path, prefect_api) -> None:
-    from prefect import flow
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         raw = cei_spec(tmp_path / "artifacts", cluster.scheduler_address)
-        summary = flow(name="diffpipe-cei-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+        summary = run_flow(raw)
     assert {s["state"] for s in summary} == {"executed"}
     spec = validate_spec(copy.deepcopy(raw))
     store = ArtifactStore(spec.storage.root)

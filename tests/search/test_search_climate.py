@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from diffpipe.flows.pipeline import execute
+from tiny_specs import run_flow
+
 from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
@@ -40,10 +41,9 @@ def climate_search_spec(root: Path) -> dict:
 
 
 def test_continuous_searches_sample_the_climate_emulator_with_its_reward(tmp_path: Path, prefect_api) -> None:
-    from prefect import flow
 
     raw = climate_search_spec(tmp_path / "artifacts")
-    summary = flow(name="diffpipe-climate-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    summary = run_flow(raw)
     assert {s["state"] for s in summary} == {"executed"}
     spec = validate_spec(copy.deepcopy(raw))
     store = ArtifactStore(spec.storage.root)

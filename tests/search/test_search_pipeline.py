@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 
-from diffpipe.flows.pipeline import execute
+from tiny_specs import run_flow
+
 from diffpipe.flows.plan import status
 from diffpipe.flows.spec_loading import validate_spec
 from diffpipe.storage import ArtifactStore
@@ -20,7 +21,6 @@ SEARCHES = {
 
 
 def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, prefect_api) -> None:
-    from prefect import flow
 
     raw = copy.deepcopy(tiny_spec)
     raw["name"] = "digits_search_test"
@@ -28,7 +28,7 @@ def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, pr
     plain["num_samples"] = 20
     searched = [{**copy.deepcopy(plain), "name": name, "search": s} for name, s in SEARCHES.items()]
     raw["stages"] = [raw["stages"][0], plain, *searched, {**evaluate, "name": "evaluate_fk", "samples": "fk"}]
-    summary = flow(name="diffpipe-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    summary = run_flow(raw)
     assert [s["state"] for s in summary] == ["executed"] * 8
     spec = validate_spec(copy.deepcopy(raw))
     store = ArtifactStore(spec.storage.root)
@@ -52,5 +52,5 @@ def test_search_stages_sample_score_and_report_their_compute(tiny_spec: dict, pr
     scored = metrics["evaluate_fk"]
     assert "frechet_distance" in scored["model"] and scored["sampling_costs"]["search"] == "fk_steering"
     assert scored["evaluation_flops"] > 0
-    again = flow(name="diffpipe-search-test")(execute)(validate_spec(copy.deepcopy(raw)))
+    again = run_flow(raw)
     assert [s["state"] for s in again] == ["cached"] * 8

@@ -1,18 +1,19 @@
 """Inference-time search on Coulomb explosion imaging: physics round-trip reward and held-out MAE against NFE.
 
 A sweep of the shipped CEI quick profile (`pipelines/cei.yaml`, `diffpipe sweep` through the shared harness)
-over the `sample_diffusion` stage's `search:` block x its `seed`, in one artifact root: the data, the
-flow-matching model (runtime seed 0) and the regression baseline are computed once and shared by every
-cell, so each method searches the same checkpoint. Methods at budgets B in --budgets (the blocks of
-benchmarks/search_digits.py): best_of_n (N = B Euler ODE trajectories from N noises; B = 1 is plain
-sampling), fk_steering with the max potential (B particles, SDE) and tree_search DTS / DTS* (B rollouts),
-each about B x steps NFE per sample on a `steps`-step grid. Reward: `physics_round_trip` (minus the
-relative momentum error of the geometry re-exploded with the observed charges; it needs no true
-geometry, so it is a fair test-time reward on held-out events). Quality: the evaluate stage's held-out
-MAE against the true geometry (one draw per event, in the aligned frame and after Kabsch alignment),
-RMSD, and its round-trip error. Seeds: the sample stage's `seed` (initial and SDE noise), one model.
-Cells run one stage at a time (`runtime.max_parallel_stages=1`) so wall times are not shared. Prints
-and writes benchmarks/results/search_cei.json.
+over the `sample_diffusion` stage's `search:` block x its `seed`, in one artifact root: the data, the flow-
+matching model (runtime seed 0) and the regression baseline are computed once and shared by every cell, so
+each method searches the same checkpoint. Methods at budgets B in --budgets (the blocks of
+benchmarks/search_digits.py): best_of_n (N = B Euler ODE trajectories from N noises; B = 1 is plain sampling),
+best_of_n_sde (N = B trajectories of the SDE that FK steering and DTS sample with, at their default noise
+level: the control that separates searching from SDE sampling), fk_steering with the max potential (B
+particles, SDE) and tree_search DTS / DTS* (B rollouts), each about B x steps NFE per sample on a `steps`-step
+grid. Reward: `physics_round_trip` (minus the relative momentum error of the geometry re-exploded with the
+observed charges; it needs no true geometry, so it is a fair test-time reward on held-out events). Quality:
+the evaluate stage's held-out MAE against the true geometry (one draw per event, in the aligned frame and
+after Kabsch alignment), RMSD, and its round-trip error. Seeds: the sample stage's `seed` (initial and SDE
+noise), one model. Cells run one stage at a time (`runtime.max_parallel_stages=1`) so wall times are not
+shared. Prints and writes benchmarks/results/search_cei.json.
 
     python benchmarks/search_cei.py                 # 3 seeds, budgets 1 4 16
     python benchmarks/search_cei.py --quick         # a smoke run of minutes, written to a temp folder
@@ -20,29 +21,22 @@ and writes benchmarks/results/search_cei.json.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from harness import REPO, open_benchmark, parser, run_sweep, write_result
-from search_digits import methods, summarise
+from search_digits import cells_by_tag, searches, summarise
 
 SPEC = REPO / "pipelines" / "cei.yaml"
 STAGE = "stages.sample_diffusion"
 REWARD = "physics_round_trip"
-METHODS = ("best_of_n", "fk_max", "dts", "dts_star")
+METHODS = ("best_of_n", "best_of_n_sde", "fk_max", "dts", "dts_star")
 KEYS = ("reward", "nfe_per_sample", "mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error",
         "search_wall_s")
 QUICK = ["stages.diffusion.steps=40", "stages.diffusion.checkpoint_every=40", "stages.baseline.steps=20",
          "stages.baseline.checkpoint_every=20", "data.geometries_per_molecule=4"]
 """--quick: a smoke run (tiny data, 40 pretraining steps), not a measurement."""
-
-
-def searches(budgets: list[int], names: tuple[str, ...]) -> dict[str, dict]:
-    """`<method>_b<budget>` -> search block (best-of-N alone at budget 1: plain sampling)."""
-    return {f"{name}_b{b}": block for b in budgets for name, block in methods(b, REWARD).items()
-            if name in names and (b > 1 or name == "best_of_n")}
 
 
 def record(tag: str, seed: int, nodes: dict[str, dict]) -> dict:
@@ -76,16 +70,14 @@ def main() -> None:
     events = args.events or (16 if args.quick else 300)
     root = args.root or Path(tempfile.gettempdir()) / ("diffpipe_search_cei_quick" if args.quick else
                                                        "diffpipe_search_cei")
-    blocks = searches(budgets, tuple(args.methods))
+    blocks = searches(budgets, REWARD, tuple(args.methods))
     overrides = [f"storage.root={root}", "runtime.max_parallel_stages=1", f"{STAGE}.num_samples={events}",
                  f"{STAGE}.samples_per_condition={args.draws}", f"{STAGE}.batch_size={events * args.draws}",
                  f"{STAGE}.scheduler.steps={args.steps}", *(QUICK if args.quick else [])]
     t0 = time.perf_counter()
     done = run_sweep(SPEC, {f"{STAGE}.search": list(blocks.values()), f"{STAGE}.seed": args.seeds}, 1, overrides,
                      root / "sweep")
-    tags = {json.dumps(block, sort_keys=True): tag for tag, block in blocks.items()}
-    runs = [record(tags[json.dumps(row["params"][f"{STAGE}.search"], sort_keys=True)], row["params"][f"{STAGE}.seed"],
-                   done.cells[row["cell"]]) for row in done.report["cells"]]
+    runs = [record(tag, seed, nodes) for tag, seed, nodes in cells_by_tag(done, blocks, STAGE)]
     baseline = next(iter(done.cells.values()))["evaluate_baseline"]["metrics"]["sample"]["overall"]
     result = {"spec": "pipelines/cei.yaml", "overrides": overrides, "searches": blocks,
               "config": {**vars(args), "budgets": budgets, "events": events, "root": str(root), "out": str(args.out)},

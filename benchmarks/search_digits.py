@@ -29,9 +29,15 @@ from pathlib import Path
 
 from harness import REPO, environment, open_benchmark, parser, run_sweep, write_result
 
+from diffpipe.schemas.search import FKSteering, TreeSearch
+
 SPEC = REPO / "pipelines" / "digits.yaml"
 STAGE = "stages.sample"
 REWARD = "classifier_logprob"
+SDE_NOISE = FKSteering.model_fields["noise_level"].default
+assert TreeSearch.model_fields["noise_level"].default == SDE_NOISE
+"""best_of_n_sde: best-of-N with the SDE noise FK steering and DTS sample with (their default), so the
+comparison with them is not also one of ODE against SDE sampling."""
 SMALL_UNET = "{arch: unet2d, block_out_channels: [16, 32], norm_num_groups: 8, layers_per_block: 1}"
 
 
@@ -49,6 +55,7 @@ def methods(budget: int, reward: str = REWARD) -> dict[str, dict]:
     """Search blocks of every method at one budget with `reward` (shared with search_cei.py)."""
     return {
         "best_of_n": {"method": "best_of_n", "reward": reward, "particles": budget},
+        "best_of_n_sde": {"method": "best_of_n", "reward": reward, "particles": budget, "noise_level": SDE_NOISE},
         "fk_max": {"method": "fk_steering", "reward": reward, "particles": max(2, budget), "potential": "max"},
         "fk_difference": {"method": "fk_steering", "reward": reward, "particles": max(2, budget),
                           "potential": "difference"},
@@ -86,22 +93,31 @@ def summarise(rows: list[dict], keys: tuple[str, ...] = DIGITS_METRICS, quality:
                 k: {"mean": statistics.fmean(r[k] for r in group),
                     "std": statistics.stdev(r[k] for r in group) if len(group) > 1 else 0.0}
                 for k in keys}
-    bon = table["best_of_n"]
+    out = {"table": table, "vs_best_of_n": against(table, "best_of_n", quality, label)}
+    if "best_of_n_sde" in table:
+        out["vs_best_of_n_sde"] = against(table, "best_of_n_sde", quality, label)
+    return out
+
+
+def against(table: dict[str, dict[int, dict]], base: str, quality: str, label: str) -> dict:
+    """Each other method's reward and `quality` differences with `base` at equal budgets, its NFE ratio, and
+    the NFE at which it first reaches `base`'s reward at `base`'s top budget."""
+    ref, name = table[base], base
     comparisons = {}
     for method, by_budget in table.items():
-        if method == "best_of_n":
+        if method == base:
             continue
         comparisons[method] = {
-            budget: {"reward_minus_best_of_n": v["reward"]["mean"] - bon[budget]["reward"]["mean"],
-                     f"{label}_minus_best_of_n": v[quality]["mean"] - bon[budget][quality]["mean"],
-                     "nfe_ratio_to_best_of_n": v["nfe_per_sample"]["mean"] / bon[budget]["nfe_per_sample"]["mean"]}
-            for budget, v in by_budget.items() if budget in bon}
-        top = max(bon)
-        reached = [b for b, v in sorted(by_budget.items()) if v["reward"]["mean"] >= bon[top]["reward"]["mean"]]
-        comparisons[method]["nfe_to_reach_best_of_n_at_top_budget"] = (
+            budget: {f"reward_minus_{name}": v["reward"]["mean"] - ref[budget]["reward"]["mean"],
+                     f"{label}_minus_{name}": v[quality]["mean"] - ref[budget][quality]["mean"],
+                     f"nfe_ratio_to_{name}": v["nfe_per_sample"]["mean"] / ref[budget]["nfe_per_sample"]["mean"]}
+            for budget, v in by_budget.items() if budget in ref}
+        top = max(ref)
+        reached = [b for b, v in sorted(by_budget.items()) if v["reward"]["mean"] >= ref[top]["reward"]["mean"]]
+        comparisons[method][f"nfe_to_reach_{name}_at_top_budget"] = (
             None if not reached else by_budget[reached[0]]["nfe_per_sample"]["mean"])
-        comparisons[method]["best_of_n_nfe_at_top_budget"] = bon[top]["nfe_per_sample"]["mean"]
-    return {"table": table, "vs_best_of_n": comparisons}
+        comparisons[method][f"{name}_nfe_at_top_budget"] = ref[top]["nfe_per_sample"]["mean"]
+    return comparisons
 
 
 def record(tag: str, seed: int, nodes: dict[str, dict]) -> dict:

@@ -35,17 +35,19 @@ def gather(client: Any, futures: Sequence[Any], advance: Callable[[int], None],
     from distributed import as_completed
 
     weight = dict(zip((f.key for f in futures), weights or [1] * len(futures), strict=True))
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):
         if future.status == "error":
             future.result()
         advance(weight[future.key])
     return client.gather(list(futures))
 
 
-def compute(*collections: Any, bars: ProgressBars, what: str, scheduler: str | None = None) -> tuple[Any, ...]:
-    """`dask.compute(*collections)` with a progress bar over the graph's tasks, named `what`."""
+def compute(*collections: Any, bars: ProgressBars, what: str, scheduler: str | None = None,
+            client: Any = None) -> tuple[Any, ...]:
+    """`dask.compute(*collections)` with a progress bar over the graph's tasks, named `what`: on `client` (a
+    distributed client) when given, else on the default client or local scheduler dask would use."""
     with _task_counts(bars, what) as report:
-        client = _distributed_client(scheduler)
+        client = client if client is not None else _distributed_client(scheduler)
         if client is None:
             with _LocalCounts(report):
                 return dask.compute(*collections, scheduler=scheduler)

@@ -6,8 +6,6 @@ rebuilds its target from the spec, so only specs and seeds cross process boundar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from diffpipe.schemas.targets import EnergyData
 
 from ..context import ProgressBars, no_progress
+from ..dask_cluster import dask_client
 from ..dask_progress import gather
 
 
@@ -68,26 +67,12 @@ def split_rhat(trace: np.ndarray) -> float:
     return float(np.sqrt(((n - 1) / n * within + between / n) / within))
 
 
-@contextmanager
-def dask_client(address: str | None, workers: int) -> Iterator[Any]:
-    """A client of the scheduler at `address`, or of a fresh LocalCluster of single-threaded processes."""
-    from distributed import Client, LocalCluster
-
-    if address is not None:
-        with Client(address) as client:
-            yield client
-        return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        yield client
-
-
 def run_chains(spec: EnergyData, address: str | None, workers: int,
                bars: ProgressBars = no_progress) -> tuple[np.ndarray, np.ndarray]:
     """All chains in parallel on Dask: states (walkers, draws, dim) and log densities (walkers, draws); `bars`
     shows the chains as they finish."""
     data = spec.model_dump(mode="json")
-    with dask_client(address, workers) as client, bars("MCMC chains", spec.mcmc.chains) as advance:
+    with dask_client(address, max(1, workers)) as client, bars("MCMC chains", spec.mcmc.chains) as advance:
         futures = client.map(run_chain, [data] * spec.mcmc.chains, range(spec.mcmc.chains), pure=False)
         results = gather(client, futures, advance)
     return np.concatenate([r[0] for r in results]), np.concatenate([r[1] for r in results])

@@ -27,6 +27,7 @@ import xarray as xr
 from diffpipe.errors import DataError
 
 from ...context import ProgressBars, no_progress
+from ...dask_cluster import dask_client
 from ...dask_progress import gather
 from .augment import random_rotations, rotate
 from .charges import masses_from_atomic_numbers, sample_charges
@@ -250,15 +251,8 @@ def _dask_client(n_workers: int, dask_address: str | None, client) -> Iterator:
     if client is not None:
         yield client
         return
-    from distributed import Client, LocalCluster
-
-    if dask_address is not None:
-        with Client(dask_address) as remote:
-            yield remote
-        return
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as local:
-        yield local
+    with dask_client(dask_address, max(1, n_workers)) as own:
+        yield own
 
 
 def check_cei_store(store_path: str) -> xr.Dataset:

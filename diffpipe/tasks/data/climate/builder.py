@@ -9,8 +9,6 @@ whatever the number of scenarios and members.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,11 +16,11 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from distributed import Client, LocalCluster
 
 from diffpipe.errors import DataError
 
 from ...context import ProgressBars, no_progress
+from ...dask_cluster import dask_client
 from ...dask_progress import compute
 from . import spatial
 from .forcing import (
@@ -315,25 +313,6 @@ def _grid(options: ClimateBuildOptions) -> tuple[xr.DataArray, xr.DataArray]:
     )
 
 
-@contextmanager
-def dask_client(address: str | None, workers: int) -> Iterator[Client | None]:
-    """A client on `address`, a LocalCluster of `workers` processes, or (workers == 0) local threads."""
-    if address:
-        with Client(address) as client:
-            yield client
-    elif workers > 0:
-        with (
-            LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            yield client
-    else:
-        with dask.config.set(scheduler="threads"):
-            yield None
-
-
 def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None,
                         bars: ProgressBars = no_progress) -> Path:
     """Build every scenario and member with Dask and publish the climate store at `dest` atomically; `bars` shows
@@ -344,7 +323,7 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None,
                         options.months_per_year)
     shape = (len(OUTPUT_VARIABLES), options.nlat, options.nlon)
     map_shape = (len(MAP_FORCERS), options.nlat, options.nlon)
-    with dask_client(options.dask_address, options.dask_workers), staged_store(dest) as tmp:
+    with dask_client(options.dask_address, options.dask_workers) as client, staged_store(dest) as tmp:
         create_store(tmp, template(plans, *_grid(options), _store_attrs(options), options.chunk_records))
         scenarios = []
         for plan in plans:
@@ -359,6 +338,6 @@ def build_climate_store(dest: Path, options: ClimateBuildOptions | None = None,
                 dask.delayed(scenario_maps)(options, plan.name), (plan.steps, *map_shape), dtype=np.float32
             )
             scenarios.append(ScenarioData(outputs, maps, pathway(plan.name).scalar_inputs()))
-        compute(*store_writes(tmp, scenarios), bars=bars, what="store tasks")
+        compute(*store_writes(tmp, scenarios), bars=bars, what="store tasks", client=client)
         write_statistics(tmp, options.resolved_stats_scenarios())
     return Path(dest)

@@ -27,6 +27,7 @@ from diffpipe.schemas.climate import ClimateBenchFiles, ClimateData, SPFSpec
 from diffpipe.storage.formats import open_dataset, write_json
 
 from ...context import StageContext, StageOutput
+from ...dask_cluster import dask_client
 from ...nets.flowmap import network_fn
 from ...nets.spf import build_spf_unet
 from ...nets.unet2d import unet_block_types
@@ -44,7 +45,7 @@ from .batches import (
     to_batch,
     training_megabytes,
 )
-from .builder import ClimateBuildOptions, build_climate_store, dask_client
+from .builder import ClimateBuildOptions, build_climate_store
 from .evaluation import figures, monthly_scores, pattern_scaling_forecast, score_all, scores_table
 from .ingest import find_scenarios, ingest_climatebench
 from .layout import (
@@ -146,8 +147,8 @@ class ClimateDomain:
         if isinstance(data.source, ClimateBenchFiles):
             source = data.source
             check_file_scenarios(source, data)
-            with dask_client(ctx.runtime.dask_address, ctx.runtime.dask_workers):
-                ingest_climatebench(source.uri, dest, scenarios=source.scenarios,
+            with dask_client(ctx.runtime.dask_address, ctx.runtime.dask_workers) as client:
+                ingest_climatebench(source.uri, dest, scenarios=source.scenarios, client=client,
                                     stats_scenarios=source.stats_scenarios or data.train_scenarios,
                                     storage_options=source.storage_options, chunk_records=source.chunk_records,
                                     bars=ctx.progress_bar)
@@ -371,7 +372,7 @@ class ClimateDomain:
                             "[domain]", str(spec.metrics))
         data: ClimateData = ctx.pipeline.data
         steps = ctx.progress_bar("evaluation steps (baseline, scores, figures)", 3)
-        with dask_client(ctx.runtime.dask_address, 0), steps as advance:
+        with steps as advance:
             store = open_climate_store(self.store_path(ctx), block=READ_BLOCK)
             prediction = open_dataset(ctx.input_path("samples") / SAMPLES_FILE)
             target = yearly_view(store, data.test_scenario)

@@ -299,7 +299,7 @@ def check_resolution(scenarios: list[ScenarioFiles]) -> int:
     return first.months
 
 
-def check_values(scenarios: list[ScenarioFiles], bars: ProgressBars = no_progress) -> None:
+def check_values(scenarios: list[ScenarioFiles], bars: ProgressBars = no_progress, client: Any = None) -> None:
     """Raise DataError on the first variable holding NaN, infinite or fill (|x| >= 1e19) values."""
     counts = {}
     for s in scenarios:
@@ -310,7 +310,7 @@ def check_values(scenarios: list[ScenarioFiles], bars: ProgressBars = no_progres
             for name in names:
                 x = ds[name].data
                 counts[(path, name)] = (~da.isfinite(x) | (abs(x) >= FILL_THRESHOLD)).sum()
-    (computed,) = compute(counts, bars=bars, what="value checks")
+    (computed,) = compute(counts, bars=bars, what="value checks", client=client)
     for (path, name), n in computed.items():
         if n:
             raise DataError(
@@ -358,13 +358,15 @@ def ingest_climatebench(
     known_scenarios: Sequence[str] = KNOWN_SCENARIOS,
     storage_options: dict[str, Any] | None = None,
     scheduler: str | None = None,
+    client: Any = None,
     chunk_records: int = CHUNK_RECORDS,
     bars: ProgressBars = no_progress,
 ) -> Path:
     """Validate ClimateBench netCDF files under a directory or fsspec URI; write one climate store at `dest`.
 
     Everything is checked before anything is written; the store appears at `dest` only when complete.
-    `stats_scenarios` default: every scenario except ssp245. `scheduler` is passed to `dask.compute`.
+    `stats_scenarios` default: every scenario except ssp245. `scheduler` is passed to `dask.compute`;
+    with a distributed `client` the checks and writes run on its cluster.
     `chunk_records`: records (member-years, or member-months) per zarr chunk of the store. Outputs files
     whose `time` holds every month of each year are ingested as monthly records (12 per year and member)
     beside the yearly forcing of the inputs files; one store is either yearly or monthly. `bars` shows the
@@ -378,7 +380,7 @@ def ingest_climatebench(
         opened = [open_scenario(fs, n, found[n], stack) for n in names]
         check_grids([g for s in opened for g in (s.grids[1], s.grids[0])])
         months = check_resolution(opened)
-        check_values(opened, bars)
+        check_values(opened, bars, client)
         plans = plan_layout([(s.name, s.years, s.outputs.sizes["member"]) for s in opened], months)
         stats = (
             list(stats_scenarios) if stats_scenarios else [n for n in names if n != TEST_SCENARIO] or names
@@ -391,7 +393,7 @@ def ingest_climatebench(
                              np.stack([s.inputs[n].values for n in GLOBAL_FORCERS], axis=-1))
                 for s in opened
             ]
-            compute(*store_writes(tmp, scenarios), bars=bars, what="store tasks", scheduler=scheduler)
+            compute(*store_writes(tmp, scenarios), bars=bars, what="store tasks", scheduler=scheduler, client=client)
             write_statistics(tmp, stats)
     return Path(dest)
 

@@ -1,9 +1,11 @@
 """Model collapse: quality, memorisation and entropy per generation for none / random / entropy selection.
 
 Runs `pipelines/digits_self_train.yaml` (images) or `pipelines/rna_self_train.yaml` (token sequences:
-RNA designs of a masked-diffusion LM) through the real pipeline (each generation a cached `self_train`
-node) with small models and small training sets, for each selection policy and seed. Generation 0
-(the pretrain stage, trained on all real training data) is shared by the three policies of a seed.
+RNA designs of a masked-diffusion LM) as one `diffpipe sweep` over `stages.self_train.selection` x
+`runtime.seed` through the shared harness (each generation a cached `self_train` node), with small models
+and small training sets set by `--set` overrides. Generation 0 (the pretrain stage, trained on all real
+training data) is computed once per seed and shared by its three policies (the JSON records the sweep's
+executed / cached counts per stage).
 Per generation it records what the stage measures: the quality of samples against held-out data
 (digits: classifier accuracy and Frechet distance; RNA: fold accuracy and base-pair F1 of designs for
 held-out structures, share of distinct designs), the memorisation ratio (mean nearest-neighbour
@@ -24,19 +26,12 @@ date). One thread; a busy shared 2-core machine, so wall times are indicative on
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
-from harness import REPO, open_benchmark, parser, write_result
-from prefect import flow
-
-from diffpipe.flows.pipeline import execute
-from diffpipe.flows.spec_loading import validate_spec
+from harness import REPO, open_benchmark, parser, run_sweep, stage_counts, write_result
 
 SELECTIONS = ("none", "random", "entropy")
 COMMON = {"memorisation_ratio": ("memorisation", "memorisation_ratio"),
@@ -61,22 +56,21 @@ def tracked(data: str) -> dict[str, tuple[str, ...]]:
     return {**{name: ("quality", name) for name in DATA[data]["quality"]}, **COMMON}
 
 
-def spec(root: Path, seed: int, selection: str, args: argparse.Namespace) -> dict:
-    """The shipped spec, CPU-shrunk, for one seed and selection policy."""
+def overrides(root: Path, args: argparse.Namespace) -> list[str]:
+    """`--set` options shrinking the shipped spec for a CPU (the sweep sets selection and runtime.seed)."""
     setting = DATA[args.data]
-    raw = yaml.safe_load((REPO / "pipelines" / setting["spec"]).read_text())
-    if setting["model"] is not None:
-        raw["model"] = setting["model"]
     small = {"steps": args.steps, "batch_size": 64, "checkpoint_every": args.steps, "log_every": args.steps,
-             "warmup_steps": 20}
-    raw["stages"][0].update(small)
-    raw["stages"][1].update(small, generations=args.generations, selection=selection, data_size=args.data_size,
-                            real_fraction=args.real_fraction, eval_samples=args.eval_samples)
+             "warmup_steps": min(20, args.steps // 2)}
+    grown = {**small, "generations": args.generations, "data_size": args.data_size,
+             "real_fraction": args.real_fraction, "eval_samples": args.eval_samples}
+    out = [f"stages.pretrain.{k}={v}" for k, v in small.items()]
+    out += [f"stages.self_train.{k}={v}" for k, v in grown.items()]
+    if setting["model"] is not None:
+        out.append(f"model={json.dumps(setting['model'])}")
     if setting["scheduler"] is not None:
-        raw["stages"][1]["scheduler"] = setting["scheduler"](args)
-    raw["storage"] = {"root": str(root)}
-    raw["runtime"] = {"device": "cpu", "seed": seed, "num_threads": 1}
-    return raw
+        out.append(f"stages.self_train.scheduler={json.dumps(setting['scheduler'](args))}")
+    return [*out, f"storage.root={root}", "runtime.device=cpu", "runtime.num_threads=1",
+            "runtime.max_parallel_stages=1"]
 
 
 def pick(metrics: dict, path: tuple[str, ...]) -> float:
@@ -86,9 +80,11 @@ def pick(metrics: dict, path: tuple[str, ...]) -> float:
     return float(metrics)
 
 
-def curves(summary: list[dict], data: str) -> dict[str, list[float]]:
-    """Each tracked metric against generation 0..N (the training-set entropy from generation 1)."""
-    gens = [s["metrics"] for s in summary if s["stage"] == "self_train"]
+def curves(stages: dict[str, dict], data: str) -> dict[str, list[float]]:
+    """Each tracked metric against generation 0..N (the training-set entropy from generation 1), from one
+    cell's stages as `diffpipe status` reads them (generation nodes `self_train.gen<k>`)."""
+    gens = [e["metrics"] for _, e in sorted(((int(name.rsplit("gen", 1)[1]), e) for name, e in stages.items()
+                                             if e["stage"] == "self_train"), key=lambda pair: pair[0])]
     zero = gens[0]["generation_0"]
     out = {}
     for name, path in tracked(data).items():
@@ -124,16 +120,17 @@ def main() -> None:
         vars(args).update(QUICK)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            for selection in SELECTIONS:
-                t0 = time.perf_counter()
-                raw = spec(Path(tmp) / f"seed{seed}", seed, selection, args)
-                summary = flow(name="self-train-collapse")(execute)(validate_spec(copy.deepcopy(raw)))
-                runs[f"{selection}/seed{seed}"] = {"curves": curves(summary, args.data),
-                                                   "wall_s": time.perf_counter() - t0}
-                print(selection, seed, json.dumps(runs[f"{selection}/seed{seed}"]["curves"]), flush=True)
+        root = Path(tmp)
+        done = run_sweep(REPO / "pipelines" / DATA[args.data]["spec"],
+                         {"stages.self_train.selection": list(SELECTIONS), "runtime.seed": args.seeds}, 1,
+                         overrides(root / "store", args), root / "sweep")
+        for row in done.report["cells"]:
+            selection = row["params"]["stages.self_train.selection"]
+            runs[f"{selection}/seed{row['seed']}"] = {"curves": curves(done.cells[row["cell"]], args.data)}
+            print(selection, row["seed"], json.dumps(runs[f"{selection}/seed{row['seed']}"]["curves"]), flush=True)
     config = {k: v for k, v in vars(args).items() if k != "out"}
     result = {"config": config, "mean_over_seeds": summarise(runs, args.data), "runs": runs,
+              "sweep_wall_s": done.wall_s, "stage_counts": stage_counts(done.report),
               "notes": "curves start at generation 0 (the pretrain model, from generation 1's `generation_0` "
                        "block) except training_set_entropy, which starts at generation 1's training set"}
     write_result(DATA[args.data]["result"], result, args.out)

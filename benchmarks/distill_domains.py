@@ -1,13 +1,14 @@
-"""Few-step generation on the science domains: teacher vs CMT and MeanFlow students, by function evaluations.
+"""Few-step generation: teacher vs CMT and MeanFlow students by function evaluations, on digits, CEI or climate.
 
-Runs the shipped spec of a domain (pipelines/cei_distill.yaml or pipelines/climate_distill.yaml) as one
+Runs the shipped spec of a domain (pipelines/digits_distill.yaml, cei_distill.yaml or climate_distill.yaml) as one
 `diffpipe sweep` over the seeds (through the shared harness; one stage at a time unless --parallel, so the
 training wall times are not shared), with its sample / evaluate stages replaced by a grid: the flow-matching
 teacher with its Euler solver in 1, 2, 4, 8 and 50 steps, and each two-time student (the CMT checkpoint,
 and MeanFlow students initialised from CMT, from the teacher and from random weights, equal steps) in 1,
 2 and 4 flow-map steps; each MeanFlow init is also trained for 1/4 and 1/2 of its steps and sampled in 2
 steps (quality after equal numbers of steps; steps to reach 110% of the 50-step teacher's score).
-Scores are the domain's own evaluate metrics on held-out data (CEI: MAE and RMSD
+Scores are the domain's own evaluate metrics on held-out data (digits: Frechet distance in the classifier's
+features and classifier accuracy, with the data floor; CEI: MAE and RMSD
 in Bohr, the momentum round trip and the 90% coverage of the draws, one draw per event; climate: fair CRPS,
 NRMSE and spread/skill over the evaluation period, with the internal-variability floor). A rerun on the same
 root reuses every cached stage and only re-reads the metrics. Cost of each route (pretrain -> cmt ->
@@ -45,8 +46,10 @@ CURVE_SAMPLER_STEPS = 2
 THRESHOLD = 1.1
 """Steps to threshold: the 2-step score within 10% of the 50-step teacher's (lower is better for every metric used)."""
 SPIKE = 3.0
-"""A loss spike: a step whose loss exceeds SPIKE x the median of the previous 50 (as benchmarks/distill_digits.py)."""
+"""A loss spike: a step whose loss exceeds SPIKE x the median of the previous 50 (tasks/training.count_spikes)."""
 DOMAINS = {
+    "digits": {"spec": "digits_distill.yaml", "teacher": "pretrain", "evaluate": {}, "primary": "frechet_distance",
+               "scores": ("frechet_distance", "classifier_accuracy")},
     "cei": {"spec": "cei_distill.yaml", "teacher": "diffusion", "evaluate": {}, "primary": "mae_frame_bohr",
             "scores": ("mae_frame_bohr", "mae_kabsch_bohr", "rmsd_bohr", "momentum_rel_error", "coverage_0.9")},
     "climate": {"spec": "climate_distill.yaml", "teacher": "emulator", "evaluate": {"metrics": ["domain"]},
@@ -124,6 +127,8 @@ def scores_of(domain: str, metrics: dict) -> dict[str, float]:
     """Headline held-out scores of one evaluate stage (CEI: one draw per event)."""
     if domain == "cei":
         return {k: metrics["sample"]["overall"][k] for k in DOMAINS["cei"]["scores"]}
+    if domain == "digits":
+        return {k: metrics["model"][k] for k in DOMAINS["digits"]["scores"]}
     out = {}
     for key in DOMAINS["climate"]["scores"]:
         var, score = key.split("/")
@@ -132,7 +137,10 @@ def scores_of(domain: str, metrics: dict) -> dict[str, float]:
 
 
 def floor_of(domain: str, metrics: dict) -> dict[str, float] | None:
-    """The data floor where the evaluation reports one (climate: internal variability between members)."""
+    """The data floor where the evaluation reports one (digits: held-out against train images; climate: internal
+    variability between members)."""
+    if domain == "digits":
+        return {k: metrics["data_floor"].get(k) for k in DOMAINS["digits"]["scores"]}
     if domain != "climate":
         return None
     floor = metrics["internal_variability_floor"]

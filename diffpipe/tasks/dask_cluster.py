@@ -14,13 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# imported with the module, not on first use: distributed sets up its loggers when first imported, which
+# would undo the CLI's quieting of them (flows/quiet.py) after it ran
+from distributed import Client, LocalCluster
+
 
 @contextmanager
 def dask_client(address: str | None, workers: int) -> Iterator[Any]:
     """A client of the scheduler at `address`, of a fresh LocalCluster of `workers` single-threaded processes,
     or None (no address and `workers == 0`: compute on local threads)."""
-    from distributed import Client, LocalCluster
-
     if address:
         with Client(address, set_as_default=False) as client:
             yield client

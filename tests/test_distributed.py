@@ -552,3 +552,16 @@ def test_neural_sampler_at_two_ranks_matches_one_process(tmp_path: Path, method:
     torch.testing.assert_close(two["x"], one["x"], rtol=0, atol=1e-4)
     torch.testing.assert_close(two["log_w"], one["log_w"], rtol=1e-4, atol=1e-4)
     assert two["energy_evals"] == one["energy_evals"] > 0
+
+
+def test_a_rank_killed_by_a_signal_is_reported_before_the_peers_it_broke() -> None:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from diffpipe.tasks.launch import root_failure
+
+    peer = ProcessFailure(local_rank=0, pid=1, exitcode=1, error_file="/nonexistent")  # gloo: connection closed
+    killed = ProcessFailure(local_rank=1, pid=2, exitcode=-9, error_file="/nonexistent")
+    peer.timestamp, killed.timestamp = 100, 101  # on a busy machine the peer's failure can be recorded first
+    assert root_failure(ChildFailedError("rank_worker", {0: peer, 1: killed}))[0] == 1
+    killed.exitcode = 1  # no signal: the first to fail
+    assert root_failure(ChildFailedError("rank_worker", {0: peer, 1: killed}))[0] == 0

@@ -203,6 +203,16 @@ def set_parent_death_signal() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def root_failure(error: Any) -> tuple[int, Any]:
+    """The failed rank a ChildFailedError should be reported as: one killed by a signal (its peers then fail on the
+    broken connection, and on a busy machine one of them can be recorded first), else the first to fail."""
+    killed = sorted((failure.timestamp, rank) for rank, failure in error.failures.items() if failure.exitcode < 0)
+    if killed:
+        rank = killed[0][1]
+        return rank, error.failures[rank]
+    return error.get_first_failure()
+
+
 def main(payload: Path) -> int:
     """The launcher child: torchrun's agent for this node; a failure is written to `failure.json`."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -215,7 +225,7 @@ def main(payload: Path) -> int:
     try:
         run(parse_args(torchrun_args(spec, doc["key"], payload)))
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
+        rank, failure = root_failure(e)
         per_node = spec.runtime.distributed.nproc_per_node
         error = payload / f"error-{rank}.json"
         _write(payload / FAILURE_FILE, {"rank": rank, "node": rank // per_node, "local_rank": failure.local_rank,

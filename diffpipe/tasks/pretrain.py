@@ -15,6 +15,7 @@ from .nets import load_model
 from .objectives import make_loss
 from .registry import get_domain, stage
 from .schedulers import make_scheduler
+from .seeding import seeded
 from .training import TrainConfig, TrainResult, publish_losses, save_trained, train
 
 
@@ -24,8 +25,8 @@ def initial_model(ctx: StageContext, init: str | None) -> ModelMixin:
         path = ctx.input_path("init")
         online = path / ONLINE_MODEL_DIR
         return load_model(online if online.exists() else path / MODEL_DIR)
-    torch.manual_seed(ctx.runtime.seed)
-    return get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx)
+    with seeded(ctx.runtime.seed):
+        return get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx)
 
 
 def train_config(spec: PretrainStage) -> TrainConfig:

@@ -20,6 +20,7 @@ from diffpipe.storage.formats import load_tensors, save_tensors, write_dataset, 
 from ..context import StageContext, StageOutput
 from ..domain import ImageDomain
 from ..registry import domain
+from ..seeding import seeded
 from .images import save_grid
 
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -47,8 +48,8 @@ class DigitsClassifier(nn.Module):
 def train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int = CLASSIFIER_EPOCHS,
                      advance: Callable[[int], None] | None = None) -> DigitsClassifier:
     """Train the classifier full-batch with Adam (deterministic for a seed); `advance(1)` after each epoch."""
-    torch.manual_seed(seed)
-    clf = DigitsClassifier()
+    with seeded(seed):
+        clf = DigitsClassifier()
     opt = torch.optim.Adam(clf.parameters(), lr=3e-3, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

@@ -18,6 +18,7 @@ from diffpipe.schemas.distill import MeanFlowOptions
 from diffpipe.tasks.distributed import local_rows
 from diffpipe.tasks.registry import implements
 
+from ..seeding import seeded
 from . import FlowMapLoss, TwoTimeNet, bcast
 
 TimeSampler = Literal["v0", "v1"]
@@ -51,8 +52,7 @@ def sample_two_times(
 @contextmanager
 def shared_randomness(seed: int, device: torch.device) -> Iterator[None]:
     """Run a block with the global RNG seeded to `seed` (so dropout masks repeat), restoring it afterwards."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), seeded(seed):
         yield
 
 

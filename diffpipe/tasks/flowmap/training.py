@@ -24,6 +24,7 @@ from ..nets.flowmap import FlowMapNet, TwoTimeCall
 from ..pretrain import train_config
 from ..registry import get_domain, get_implementation
 from ..sample import load_checkpoint
+from ..seeding import seeded
 from ..training import TrainResult, publish_losses, save_trained, train
 from . import FlowMapLoss, VelocityFn
 from .teachers import velocity_teacher
@@ -49,14 +50,14 @@ def initial_student(ctx: StageContext, spec: TwoTimeTraining, init: ModelMixin |
 
     Seeded from the runtime seed: the new gap embedding's first layer is random in every case.
     """
-    torch.manual_seed(ctx.runtime.seed)
-    if isinstance(init, ModelMixin):
-        return FlowMapNet.from_teacher(init)
-    if init is None:
-        model = stage_domain(ctx).build_model(ctx.pipeline.model, ctx)
-        return FlowMapNet.from_teacher(model, time_scale=spec.random_init_time_scale)
-    model = load_model(ctx.input_path(init) / MODEL_DIR)
-    return model if isinstance(model, FlowMapNet) else FlowMapNet.from_teacher(model)
+    with seeded(ctx.runtime.seed):
+        if isinstance(init, ModelMixin):
+            return FlowMapNet.from_teacher(init)
+        if init is None:
+            model = stage_domain(ctx).build_model(ctx.pipeline.model, ctx)
+            return FlowMapNet.from_teacher(model, time_scale=spec.random_init_time_scale)
+        model = load_model(ctx.input_path(init) / MODEL_DIR)
+        return model if isinstance(model, FlowMapNet) else FlowMapNet.from_teacher(model)
 
 
 def method_loss(ctx: StageContext, spec: TwoTimeTraining, teacher: VelocityFn | None = None) -> FlowMapLoss:

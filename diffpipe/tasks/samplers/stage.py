@@ -27,6 +27,7 @@ from diffpipe.storage.formats import write_dataset, write_json
 from ..context import StageContext, StageOutput
 from ..distributed import row_sharded
 from ..registry import get_domain, get_implementation, stage
+from ..seeding import seeded
 from ..targets import make_target
 from ..training import TrainConfig, publish_losses, published_weights, save_trained, train
 from . import adjoint, mdns, naas, pdns, pis  # noqa: F401  (imported here so their code is in this stage's key)
@@ -57,8 +58,8 @@ def run_neural_sampler(ctx: StageContext) -> StageOutput:
     """Train the method's network on the target, publish samples, weights and the checkpoint."""
     spec: NeuralSamplerBase = ctx.pipeline.stage(ctx.node)
     target = CountingTarget(make_target(ctx.pipeline.data.target))
-    torch.manual_seed(ctx.runtime.seed + spec.seed)
-    model = get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx).to(ctx.device)
+    with seeded(ctx.runtime.seed + spec.seed):
+        model = get_domain(ctx.pipeline.data.kind).build_model(ctx.pipeline.model, ctx).to(ctx.device)
     method = get_implementation("method", spec.method)(spec, target, row_sharded(model), ctx.device)
     model, result, ema = train(ctx, model, method.step_loss, train_config(spec),
                                ctx.generator(offset=1 + 1000 * spec.seed), loss_state=method)

@@ -129,8 +129,8 @@ def main() -> None:
     args = open_benchmark(options.parse_args())
     with tempfile.TemporaryDirectory(prefix="diffpipe-wide-") as tmp:
         result = cei(Path(tmp), args.quick) if args.what == "cei" else rl_sweep(Path(tmp), args.dask, args.quick)
-    result["note"] = ("shared, busy 2-core machine (other engineers' jobs ran beside it; see the load average): "
-                      "step counts cut with --set so each arm takes minutes; ratios are noisy")
+    result["note"] = ("step counts cut with --set so each arm takes minutes; the environment's load average says "
+                      "how busy the machine was (ratios on a shared machine are noisy)")
     write_result(f"wide_{args.what}{'_dask' if args.dask else ''}", result, args.out)
 
 

@@ -195,7 +195,10 @@ def test_killed_rank_ends_the_stage_and_the_rerun_resumes(built: Built) -> None:
     thread.join(timeout=120)
     assert len(failure) == 1 and isinstance(failure[0], StageError), failure
     message = str(failure[0])
-    assert "rank 1 of 2" in message and "signal 9 (SIGKILL)" in message, message
+    # torchrun reports the killed rank, or (when the agent saw the peer fail first) rank 0's broken connection
+    killed_named = "rank 1 of 2" in message and "signal 9 (SIGKILL)" in message
+    peer_named = "rank 0 of 2" in message and "by peer" in message
+    assert killed_named or peer_named, message
     killed_at = max(run.steps())
     assert 0 < killed_at < STEPS
     assert rank_process(0) is None and rank_process(1) is None  # no rank outlives the stage

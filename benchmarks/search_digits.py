@@ -102,21 +102,21 @@ def summarise(rows: list[dict], keys: tuple[str, ...] = DIGITS_METRICS, quality:
 def against(table: dict[str, dict[int, dict]], base: str, quality: str, label: str) -> dict:
     """Each other method's reward and `quality` differences with `base` at equal budgets, its NFE ratio, and
     the NFE at which it first reaches `base`'s reward at `base`'s top budget."""
-    ref, name = table[base], base
+    ref = table[base]
     comparisons = {}
     for method, by_budget in table.items():
         if method == base:
             continue
         comparisons[method] = {
-            budget: {f"reward_minus_{name}": v["reward"]["mean"] - ref[budget]["reward"]["mean"],
-                     f"{label}_minus_{name}": v[quality]["mean"] - ref[budget][quality]["mean"],
-                     f"nfe_ratio_to_{name}": v["nfe_per_sample"]["mean"] / ref[budget]["nfe_per_sample"]["mean"]}
+            budget: {f"reward_minus_{base}": v["reward"]["mean"] - ref[budget]["reward"]["mean"],
+                     f"{label}_minus_{base}": v[quality]["mean"] - ref[budget][quality]["mean"],
+                     f"nfe_ratio_to_{base}": v["nfe_per_sample"]["mean"] / ref[budget]["nfe_per_sample"]["mean"]}
             for budget, v in by_budget.items() if budget in ref}
         top = max(ref)
         reached = [b for b, v in sorted(by_budget.items()) if v["reward"]["mean"] >= ref[top]["reward"]["mean"]]
-        comparisons[method][f"nfe_to_reach_{name}_at_top_budget"] = (
+        comparisons[method][f"nfe_to_reach_{base}_at_top_budget"] = (
             None if not reached else by_budget[reached[0]]["nfe_per_sample"]["mean"])
-        comparisons[method][f"{name}_nfe_at_top_budget"] = ref[top]["nfe_per_sample"]["mean"]
+        comparisons[method][f"{base}_nfe_at_top_budget"] = ref[top]["nfe_per_sample"]["mean"]
     return comparisons
 
 
